@@ -1,0 +1,648 @@
+//! Configuration: TOML -> serde "raw" types (unknown keys rejected) -> validated runtime types.
+//!
+//! Every error names the file, the key path (`service[1].timeout.connect`) and the reason, so an
+//! operator can fix the file without reading code.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+/// A configuration that failed to load: where and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}:{key}: {reason}")]
+pub struct ConfigError {
+    pub file: String,
+    /// Key path such as `service[0].timeout.connect`, or `-` when the file itself is unreadable.
+    pub key: String,
+    pub reason: String,
+}
+
+/// Data path mode requested in `[datapath] mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Auto,
+    Sockmap,
+    Uring,
+    Userspace,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Auto => "auto",
+            Mode::Sockmap => "sockmap",
+            Mode::Uring => "uring",
+            Mode::Userspace => "userspace",
+        })
+    }
+}
+
+/// What happens to established sessions when the master of their service changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnMasterChange {
+    /// Close every session to the old master at once (HAProxy `on-marked-down shutdown-sessions`).
+    ShutdownSessions,
+    /// Leave them; only new sessions go to the new master.
+    Keep,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw (file) types.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    datapath: RawDatapath,
+    admin: Option<RawAdmin>,
+    #[serde(default)]
+    service: Vec<RawService>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDatapath {
+    mode: Option<Mode>,
+    workers: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    name: String,
+    listen: String,
+    #[serde(default)]
+    servers: Vec<String>,
+    allow: Option<Vec<String>>,
+    maxconn: Option<u32>,
+    on_master_change: Option<OnMasterChange>,
+    #[serde(default)]
+    timeout: RawTimeouts,
+    #[serde(default)]
+    check: RawCheck,
+    sentinel: Option<RawSentinel>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTimeouts {
+    connect: Option<String>,
+    client: Option<String>,
+    server: Option<String>,
+    queue: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCheck {
+    kind: Option<CheckKind>,
+    steps: Option<Vec<String>>,
+    interval: Option<String>,
+    fastinter: Option<String>,
+    downinter: Option<String>,
+    rise: Option<u32>,
+    fall: Option<u32>,
+    timeout: Option<String>,
+    user: Option<String>,
+    password: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSentinel {
+    addresses: Vec<String>,
+    master_name: String,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Runtime types.
+
+/// The validated configuration the daemon runs.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    pub datapath: Datapath,
+    pub admin: Option<Admin>,
+    pub service: Vec<Service>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Datapath {
+    pub mode: Mode,
+    /// Data path threads; 0 in the file means one per core.
+    pub workers: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Admin {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Service {
+    pub name: String,
+    pub listen: SocketAddr,
+    pub servers: Vec<SocketAddr>,
+    /// Source networks allowed to connect; empty means everyone.
+    pub allow: Vec<IpNet>,
+    pub maxconn: u32,
+    pub on_master_change: OnMasterChange,
+    pub timeout: Timeouts,
+    pub check: Check,
+    pub sentinel: Option<Sentinel>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Timeouts {
+    #[serde(with = "humantime_serde")]
+    pub connect: Duration,
+    /// Idle time allowed on the client side (no byte read from or written to the client).
+    #[serde(with = "humantime_serde")]
+    pub client: Duration,
+    /// Idle time allowed on the server side.
+    #[serde(with = "humantime_serde")]
+    pub server: Duration,
+    /// How long a new client is held while the service has no master.
+    #[serde(with = "humantime_serde")]
+    pub queue: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CheckKind {
+    /// HAProxy's Redis sequence: PING/+PONG, INFO replication/role:master, QUIT/+OK.
+    RedisMaster,
+    /// Explicit HAProxy-style steps.
+    TcpCheck,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub kind: CheckKind,
+    /// The steps as written (tcp-check) or as generated (redis-master, password masked).
+    pub steps: Vec<String>,
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub fastinter: Duration,
+    #[serde(with = "humantime_serde")]
+    pub downinter: Duration,
+    pub rise: u32,
+    pub fall: u32,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    #[serde(skip)]
+    pub program: health::Program,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Sentinel {
+    pub addresses: Vec<SocketAddr>,
+    pub master_name: String,
+}
+
+impl Check {
+    /// The health-check schedule of this check.
+    pub fn schedule(&self) -> health::Schedule {
+        health::Schedule {
+            interval: self.interval,
+            fastinter: Some(self.fastinter),
+            downinter: Some(self.downinter),
+            rise: self.rise,
+            fall: self.fall,
+            timeout: self.timeout,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loading.
+
+impl Config {
+    /// Reads, parses and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.display().to_string(),
+            key: "-".into(),
+            reason: format!("cannot read: {e}"),
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates configuration text; `path` is only used in error messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let de = toml::Deserializer::new(text);
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            let mut reason = inner.message().to_string();
+            if let Some(span) = inner.span() {
+                let (line, col) = line_col(text, span.start);
+                reason = format!("{reason} (line {line}, column {col})");
+            }
+            ConfigError {
+                file: file.clone(),
+                key: if key == "." { "-".into() } else { key },
+                reason,
+            }
+        })?;
+        Validator { file }.config(raw)
+    }
+
+    /// The effective configuration as TOML (what `forwarder check` prints).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, col)
+}
+
+struct Validator {
+    file: String,
+}
+
+type Res<T> = Result<T, ConfigError>;
+
+const DEFAULT_CONNECT: Duration = Duration::from_secs(4);
+const DEFAULT_IDLE: Duration = Duration::from_secs(30);
+const DEFAULT_QUEUE: Duration = Duration::from_secs(5);
+const DEFAULT_MAXCONN: u32 = 10_000;
+
+impl Validator {
+    fn err(&self, key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.file.clone(),
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+
+    fn config(&self, raw: RawConfig) -> Res<Config> {
+        let workers = raw.datapath.workers.unwrap_or(0);
+        if workers > 1024 {
+            return Err(self.err("datapath.workers", "at most 1024 (0 means one per core)"));
+        }
+        let admin = match raw.admin {
+            Some(a) => Some(Admin {
+                listen: self.addr("admin.listen", &a.listen)?,
+            }),
+            None => None,
+        };
+        if raw.service.is_empty() {
+            return Err(self.err("service", "at least one [[service]] is required"));
+        }
+        let mut names = HashSet::new();
+        let mut listens = HashSet::new();
+        let mut services = Vec::with_capacity(raw.service.len());
+        for (i, s) in raw.service.into_iter().enumerate() {
+            let key = format!("service[{i}]");
+            let svc = self.service(&key, s)?;
+            if !names.insert(svc.name.clone()) {
+                return Err(self.err(
+                    format!("{key}.name"),
+                    format!("duplicate service name {:?}", svc.name),
+                ));
+            }
+            if !listens.insert(svc.listen) {
+                return Err(self.err(
+                    format!("{key}.listen"),
+                    format!(
+                        "{} is already the listen address of another service",
+                        svc.listen
+                    ),
+                ));
+            }
+            if admin.as_ref().is_some_and(|a| a.listen == svc.listen) {
+                return Err(self.err(
+                    format!("{key}.listen"),
+                    format!("{} is also the admin listen address", svc.listen),
+                ));
+            }
+            services.push(svc);
+        }
+        Ok(Config {
+            datapath: Datapath {
+                mode: raw.datapath.mode.unwrap_or(Mode::Auto),
+                workers,
+            },
+            admin,
+            service: services,
+        })
+    }
+
+    fn service(&self, key: &str, s: RawService) -> Res<Service> {
+        let name = s.name.trim().to_string();
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(self.err(
+                format!("{key}.name"),
+                format!(
+                    "{:?} is not a valid name: use letters, digits, '-', '_' or '.'",
+                    s.name
+                ),
+            ));
+        }
+        let listen = self.addr(&format!("{key}.listen"), &s.listen)?;
+        if s.servers.is_empty() {
+            return Err(self.err(format!("{key}.servers"), "at least one server is required"));
+        }
+        let mut servers = Vec::with_capacity(s.servers.len());
+        for (j, srv) in s.servers.iter().enumerate() {
+            let addr = self.addr(&format!("{key}.servers[{j}]"), srv)?;
+            if servers.contains(&addr) {
+                return Err(self.err(
+                    format!("{key}.servers[{j}]"),
+                    format!("{addr} is listed twice"),
+                ));
+            }
+            if addr == listen {
+                return Err(self.err(
+                    format!("{key}.servers[{j}]"),
+                    format!("{addr} is the service's own listen address (a loop)"),
+                ));
+            }
+            servers.push(addr);
+        }
+        let mut allow = Vec::new();
+        for (j, cidr) in s.allow.unwrap_or_default().iter().enumerate() {
+            allow.push(self.cidr(&format!("{key}.allow[{j}]"), cidr)?);
+        }
+        let maxconn = s.maxconn.unwrap_or(DEFAULT_MAXCONN);
+        if maxconn == 0 {
+            return Err(self.err(format!("{key}.maxconn"), "must be at least 1"));
+        }
+        let t = &s.timeout;
+        let timeout = Timeouts {
+            connect: self.dur(
+                &format!("{key}.timeout.connect"),
+                &t.connect,
+                DEFAULT_CONNECT,
+            )?,
+            client: self.dur(&format!("{key}.timeout.client"), &t.client, DEFAULT_IDLE)?,
+            server: self.dur(&format!("{key}.timeout.server"), &t.server, DEFAULT_IDLE)?,
+            queue: self.dur_or_zero(&format!("{key}.timeout.queue"), &t.queue, DEFAULT_QUEUE)?,
+        };
+        let check = self.check(&format!("{key}.check"), s.check)?;
+        let sentinel = match s.sentinel {
+            Some(raw) => Some(self.sentinel(&format!("{key}.sentinel"), raw)?),
+            None => None,
+        };
+        Ok(Service {
+            name,
+            listen,
+            servers,
+            allow,
+            maxconn,
+            on_master_change: s
+                .on_master_change
+                .unwrap_or(OnMasterChange::ShutdownSessions),
+            timeout,
+            check,
+            sentinel,
+        })
+    }
+
+    fn check(&self, key: &str, c: RawCheck) -> Res<Check> {
+        let kind = c.kind.unwrap_or(CheckKind::RedisMaster);
+        let interval = self.dur(
+            &format!("{key}.interval"),
+            &c.interval,
+            Duration::from_secs(1),
+        )?;
+        let fastinter = self.dur(&format!("{key}.fastinter"), &c.fastinter, interval)?;
+        let downinter = self.dur(&format!("{key}.downinter"), &c.downinter, interval)?;
+        // HAProxy: `timeout check` defaults to the interval.
+        let timeout = self.dur(&format!("{key}.timeout"), &c.timeout, interval)?;
+        // HAProxy's defaults: rise 2, fall 3.
+        let rise = c.rise.unwrap_or(2);
+        let fall = c.fall.unwrap_or(3);
+        for (k, v) in [("rise", rise), ("fall", fall)] {
+            if !(1..=1000).contains(&v) {
+                return Err(self.err(format!("{key}.{k}"), "must be between 1 and 1000"));
+            }
+        }
+        let (steps, program) = match kind {
+            CheckKind::RedisMaster => {
+                if c.steps.is_some() {
+                    return Err(self.err(
+                        format!("{key}.steps"),
+                        "steps are only for kind = \"tcp-check\"; redis-master has its own",
+                    ));
+                }
+                let auth = match (c.user, c.password) {
+                    (user, Some(password)) => Some(health::Auth { user, password }),
+                    (Some(_), None) => {
+                        return Err(self.err(format!("{key}.user"), "a user needs a password"))
+                    }
+                    (None, None) => None,
+                };
+                let program = health::Program::redis_master(auth.as_ref());
+                let mut steps = Vec::new();
+                if auth.is_some() {
+                    steps.push("send AUTH ***".to_string());
+                    steps.push("expect string +OK".to_string());
+                }
+                steps.extend(
+                    [
+                        "send PING\\r\\n",
+                        "expect string +PONG",
+                        "send INFO replication\\r\\n",
+                        "expect string role:master",
+                        "send QUIT\\r\\n",
+                        "expect string +OK",
+                    ]
+                    .map(String::from),
+                );
+                steps.insert(0, "connect".into());
+                (steps, program)
+            }
+            CheckKind::TcpCheck => {
+                if c.user.is_some() || c.password.is_some() {
+                    return Err(self.err(
+                        format!("{key}.password"),
+                        "user/password are for kind = \"redis-master\"; write AUTH as a send step",
+                    ));
+                }
+                let steps = c.steps.unwrap_or_else(|| vec!["connect".to_string()]);
+                let mut parsed = Vec::with_capacity(steps.len());
+                for (j, s) in steps.iter().enumerate() {
+                    let step = s
+                        .parse::<health::Step>()
+                        .map_err(|e| self.err(format!("{key}.steps[{j}]"), e.to_string()))?;
+                    parsed.push(step);
+                }
+                let program = health::Program::new(parsed)
+                    .map_err(|e| self.err(format!("{key}.steps"), e.to_string()))?;
+                (steps, program)
+            }
+        };
+        Ok(Check {
+            kind,
+            steps,
+            interval,
+            fastinter,
+            downinter,
+            rise,
+            fall,
+            timeout,
+            program,
+        })
+    }
+
+    fn sentinel(&self, key: &str, s: RawSentinel) -> Res<Sentinel> {
+        if s.addresses.is_empty() {
+            return Err(self.err(
+                format!("{key}.addresses"),
+                "at least one Sentinel is required",
+            ));
+        }
+        let mut addresses = Vec::new();
+        for (j, a) in s.addresses.iter().enumerate() {
+            addresses.push(self.addr(&format!("{key}.addresses[{j}]"), a)?);
+        }
+        if s.master_name.trim().is_empty() {
+            return Err(self.err(format!("{key}.master_name"), "must not be empty"));
+        }
+        Ok(Sentinel {
+            addresses,
+            master_name: s.master_name,
+        })
+    }
+
+    fn addr(&self, key: &str, s: &str) -> Res<SocketAddr> {
+        s.trim().parse().map_err(|_| {
+            self.err(
+                key,
+                format!(
+                    "{s:?} is not an IP:port address (e.g. \"127.0.0.1:6379\" or \"[::1]:6379\")"
+                ),
+            )
+        })
+    }
+
+    fn cidr(&self, key: &str, s: &str) -> Res<IpNet> {
+        let s = s.trim();
+        // A bare address means that one host.
+        if let Ok(ip) = s.parse::<std::net::IpAddr>() {
+            return Ok(IpNet::from(ip));
+        }
+        s.parse::<IpNet>().map_err(|_| {
+            self.err(
+                key,
+                format!(
+                    "{s:?} is not a CIDR network (e.g. \"10.0.0.0/8\", \"::1/128\") or address"
+                ),
+            )
+        })
+    }
+
+    fn parse_dur(&self, key: &str, s: &str) -> Res<Duration> {
+        humantime::parse_duration(s.trim()).map_err(|e| {
+            self.err(
+                key,
+                format!("{s:?} is not a duration ({e}); write e.g. \"250ms\", \"4s\", \"1m\""),
+            )
+        })
+    }
+
+    /// A duration that must be positive.
+    fn dur(&self, key: &str, v: &Option<String>, default: Duration) -> Res<Duration> {
+        match v {
+            None => Ok(default),
+            Some(s) => {
+                let d = self.parse_dur(key, s)?;
+                if d.is_zero() {
+                    return Err(self.err(key, "must be greater than zero"));
+                }
+                Ok(d)
+            }
+        }
+    }
+
+    /// A duration where zero is meaningful (e.g. no queueing).
+    fn dur_or_zero(&self, key: &str, v: &Option<String>, default: Duration) -> Res<Duration> {
+        match v {
+            None => Ok(default),
+            Some(s) => self.parse_dur(key, s),
+        }
+    }
+}
+
+/// Where the configuration is read from when `--config` is not given.
+pub fn default_path() -> PathBuf {
+    PathBuf::from("/etc/forwarder/forwarder.toml")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../../forwarder.example.toml");
+
+    fn parse(s: &str) -> Result<Config, ConfigError> {
+        Config::parse(s, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn architecture_example_loads() {
+        let c = parse(EXAMPLE).expect("example loads");
+        assert_eq!(c.service.len(), 2);
+        assert_eq!(c.service[0].check.kind, CheckKind::RedisMaster);
+        assert_eq!(c.service[0].check.rise, 1);
+        assert_eq!(c.service[0].timeout.connect, Duration::from_secs(4));
+        assert_eq!(c.service[1].check.kind, CheckKind::TcpCheck);
+        assert_eq!(c.service[1].check.interval, Duration::from_secs(2));
+        assert!(c.service[0].sentinel.is_some());
+        // The effective config renders.
+        assert!(c.to_toml().contains("mymaster"));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let base = "[[service]]\nname='a'\nlisten='127.0.0.1:1'\nservers=['127.0.0.1:2']\n";
+        let cases = [
+            (format!("{base}bogus=1\n"), "service[0]", "unknown field"),
+            (
+                format!("{base}timeout={{connect='4 parsecs'}}\n"),
+                "service[0].timeout.connect",
+                "not a duration",
+            ),
+            (
+                format!("{base}allow=['10.0.0.0/33']\n"),
+                "service[0].allow[0]",
+                "CIDR",
+            ),
+            (
+                "[[service]]\nname='a'\nlisten='127.0.0.1:1'\nservers=[]\n".to_string(),
+                "service[0].servers",
+                "at least one",
+            ),
+        ];
+        for (text, key, reason) in cases {
+            let e = parse(&text).expect_err(&text);
+            assert!(e.key.starts_with(key), "{e} (wanted key {key})");
+            assert!(e.reason.contains(reason), "{e} (wanted {reason})");
+        }
+    }
+}

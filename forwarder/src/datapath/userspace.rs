@@ -1,0 +1,154 @@
+//! The portable data path: a tokio (epoll) copy loop per direction, in one task per session.
+//!
+//! Like tokio's `copy_bidirectional`, plus what a proxy needs: half-close (EOF on one side becomes
+//! `shutdown(SHUT_WR)` on the other while the other direction keeps running), reset propagation
+//! (an error on one side closes the other with SO_LINGER 0, i.e. a RST), idle timeouts per side, and
+//! the master-change cut. Buffers are allocated on the first byte, so idle sessions hold none.
+
+use std::io;
+use std::net::Shutdown;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use socket2::SockRef;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::Session;
+use crate::metrics::End;
+
+const BUF_SIZE: usize = 64 * 1024;
+
+/// Last activity of each side, in milliseconds since the session started.
+struct Activity {
+    start: Instant,
+    client: AtomicU64,
+    server: AtomicU64,
+}
+
+impl Activity {
+    fn touch(&self, side: &AtomicU64) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        side.store(ms, Ordering::Relaxed);
+    }
+
+    fn at(&self, side: &AtomicU64) -> Instant {
+        self.start + Duration::from_millis(side.load(Ordering::Relaxed))
+    }
+}
+
+/// Which way bytes flow.
+#[derive(Clone, Copy)]
+enum Dir {
+    ClientToServer,
+    ServerToClient,
+}
+
+/// Moves bytes until both directions have ended; says how the session ended.
+pub async fn relay(s: Session) -> End {
+    let act = Activity {
+        start: Instant::now(),
+        client: AtomicU64::new(0),
+        server: AtomicU64::new(0),
+    };
+    let c2s = pump(&s, &act, Dir::ClientToServer);
+    let s2c = pump(&s, &act, Dir::ServerToClient);
+    tokio::pin!(c2s, s2c);
+    let (mut c2s_done, mut s2c_done) = (false, false);
+    let end = loop {
+        let client_deadline = act.at(&act.client) + s.timeouts.client;
+        let server_deadline = act.at(&act.server) + s.timeouts.server;
+        tokio::select! {
+            r = &mut c2s, if !c2s_done => match r {
+                Ok(()) => c2s_done = true,
+                Err(_) => break End::Reset,
+            },
+            r = &mut s2c, if !s2c_done => match r {
+                Ok(()) => s2c_done = true,
+                Err(_) => break End::Reset,
+            },
+            _ = tokio::time::sleep_until(client_deadline.min(server_deadline)) => {
+                // Activity may have moved the deadlines since they were read.
+                let now = Instant::now();
+                if act.at(&act.client) + s.timeouts.client <= now {
+                    break End::ClientTimeout;
+                }
+                if act.at(&act.server) + s.timeouts.server <= now {
+                    break End::ServerTimeout;
+                }
+            }
+            _ = s.cut.cancelled() => break if s.shutdown.is_cancelled() {
+                End::Shutdown
+            } else {
+                End::MasterChanged
+            },
+        }
+        if c2s_done && s2c_done {
+            break End::Closed;
+        }
+    };
+    if end != End::Closed {
+        // Anything but a clean close ends with a reset on both sides, so neither peer mistakes a
+        // cut session for a complete reply.
+        reset(&s.client);
+        reset(&s.server);
+    }
+    end
+}
+
+fn reset(sock: &TcpStream) {
+    // Errors here only mean the socket is already gone.
+    let _ = SockRef::from(sock).set_linger(Some(Duration::ZERO));
+}
+
+/// Copies one direction until EOF (then half-closes the destination) or an error.
+async fn pump(s: &Session, act: &Activity, dir: Dir) -> io::Result<()> {
+    let (from, to, from_side, to_side, counter) = match dir {
+        Dir::ClientToServer => (
+            &s.client,
+            &s.server,
+            &act.client,
+            &act.server,
+            &s.stats.bytes_client_to_server,
+        ),
+        Dir::ServerToClient => (
+            &s.server,
+            &s.client,
+            &act.server,
+            &act.client,
+            &s.stats.bytes_server_to_client,
+        ),
+    };
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        from.readable().await?;
+        if buf.is_empty() {
+            buf = vec![0; BUF_SIZE];
+        }
+        let n = match from.try_read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        };
+        act.touch(from_side);
+        if n == 0 {
+            // Half-close: the peer sees our FIN after every byte before it.
+            return match SockRef::from(to).shutdown(Shutdown::Write) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
+                Err(e) => Err(e),
+            };
+        }
+        let mut off = 0;
+        while off < n {
+            to.writable().await?;
+            match to.try_write(&buf[off..n]) {
+                Ok(k) => off += k,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        act.touch(to_side);
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,146 @@
+//! Counters, kept in one place for every data path: plain relaxed atomics, cheap to bump on the
+//! connection path and read by the admin listener.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+
+/// Why a client was turned away (or a session ended early); each has a counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reject {
+    /// Source address not in the service's allow list.
+    NotAllowed,
+    /// `maxconn` sessions already open.
+    Maxconn,
+    /// No master appeared within `timeout.queue`.
+    NoMaster,
+    /// The connection to the master failed or timed out.
+    ConnectFailed,
+}
+
+impl Reject {
+    pub const ALL: [Reject; 4] = [
+        Reject::NotAllowed,
+        Reject::Maxconn,
+        Reject::NoMaster,
+        Reject::ConnectFailed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reject::NotAllowed => "not_allowed",
+            Reject::Maxconn => "maxconn",
+            Reject::NoMaster => "no_master",
+            Reject::ConnectFailed => "connect_failed",
+        }
+    }
+}
+
+/// How an established session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// Both directions finished with FIN.
+    Closed,
+    /// A reset or socket error on either side, propagated to the other as a reset.
+    Reset,
+    /// `timeout.client` expired.
+    ClientTimeout,
+    /// `timeout.server` expired.
+    ServerTimeout,
+    /// The master changed and `on_master_change = "shutdown-sessions"` cut the session.
+    MasterChanged,
+    /// The daemon is shutting down.
+    Shutdown,
+}
+
+impl End {
+    pub const ALL: [End; 6] = [
+        End::Closed,
+        End::Reset,
+        End::ClientTimeout,
+        End::ServerTimeout,
+        End::MasterChanged,
+        End::Shutdown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            End::Closed => "closed",
+            End::Reset => "reset",
+            End::ClientTimeout => "client_timeout",
+            End::ServerTimeout => "server_timeout",
+            End::MasterChanged => "master_changed",
+            End::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Counters of one service.
+#[derive(Debug, Default)]
+pub struct ServiceStats {
+    pub accepted: AtomicU64,
+    /// Sessions admitted and not yet ended (queued ones included).
+    pub active: AtomicU64,
+    rejected: [AtomicU64; Reject::ALL.len()],
+    ended: [AtomicU64; End::ALL.len()],
+    pub bytes_client_to_server: AtomicU64,
+    pub bytes_server_to_client: AtomicU64,
+    pub master_changes: AtomicU64,
+}
+
+impl ServiceStats {
+    pub fn reject(&self, why: Reject) {
+        self.rejected[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn rejected(&self, why: Reject) -> u64 {
+        self.rejected[why as usize].load(Ordering::Relaxed)
+    }
+
+    pub fn end(&self, how: End) {
+        self.ended[how as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn ended(&self, how: End) -> u64 {
+        self.ended[how as usize].load(Ordering::Relaxed)
+    }
+
+    /// A plain copy for rendering.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        StatsSnapshot {
+            accepted: load(&self.accepted),
+            active: load(&self.active),
+            rejected: Reject::ALL
+                .iter()
+                .map(|r| (r.as_str(), self.rejected(*r)))
+                .collect(),
+            ended: End::ALL
+                .iter()
+                .map(|e| (e.as_str(), self.ended(*e)))
+                .collect(),
+            bytes_client_to_server: load(&self.bytes_client_to_server),
+            bytes_server_to_client: load(&self.bytes_server_to_client),
+            master_changes: load(&self.master_changes),
+        }
+    }
+}
+
+/// A point-in-time copy of [`ServiceStats`].
+#[derive(Debug, Clone, Serialize)]
+pub struct StatsSnapshot {
+    pub accepted: u64,
+    pub active: u64,
+    pub rejected: std::collections::BTreeMap<&'static str, u64>,
+    pub ended: std::collections::BTreeMap<&'static str, u64>,
+    pub bytes_client_to_server: u64,
+    pub bytes_server_to_client: u64,
+    pub master_changes: u64,
+}
+
+/// Counters that belong to no service.
+#[derive(Debug, Default)]
+pub struct GlobalStats {
+    /// accept(2) failures (EMFILE, ENFILE, ENOBUFS, ...), each followed by a short pause.
+    pub accept_errors: AtomicU64,
+}

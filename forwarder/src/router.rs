@@ -1,0 +1,117 @@
+//! Where a new session goes: the current master of the service, as chosen by `health`.
+//!
+//! The router turns the selector's [`health::MasterView`] into a [`Route`]: the master's address,
+//! its generation, and a cancellation token shared by every session routed to it. When the master
+//! changes, the token of the old route is cancelled (`on_master_change = "shutdown-sessions"`), which
+//! cuts all of its sessions at once in whatever data path they live.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::OnMasterChange;
+use crate::metrics::ServiceStats;
+
+/// The master a session is sent to.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub master: SocketAddr,
+    pub generation: u64,
+    /// Cancelled when this master stops being the master (or the daemon shuts down).
+    pub cut: CancellationToken,
+}
+
+/// Follows the master of one service.
+#[derive(Debug, Clone)]
+pub struct Router {
+    routes: watch::Receiver<Option<Route>>,
+}
+
+impl Router {
+    /// Starts following `views`. `shutdown` is the parent of every route's token.
+    pub fn spawn(
+        service: String,
+        mut views: watch::Receiver<health::MasterView>,
+        policy: OnMasterChange,
+        stats: Arc<ServiceStats>,
+        shutdown: CancellationToken,
+    ) -> Router {
+        let (tx, rx) = watch::channel(None::<Route>);
+        tokio::spawn(async move {
+            loop {
+                let view = *views.borrow_and_update();
+                let current = tx.borrow().as_ref().map(|r| r.master);
+                if view.master != current {
+                    let old = tx.borrow().clone();
+                    let new = view.master.map(|master| Route {
+                        master,
+                        generation: view.generation,
+                        cut: shutdown.child_token(),
+                    });
+                    tx.send_replace(new);
+                    if current.is_some() || view.master.is_some() {
+                        stats.master_changes.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if let Some(old) = old {
+                        match policy {
+                            OnMasterChange::ShutdownSessions => {
+                                tracing::warn!(%service, old = %old.master, new = ?view.master,
+                                    "master changed: cutting sessions to the old master");
+                                old.cut.cancel();
+                            }
+                            OnMasterChange::Keep => {
+                                tracing::warn!(%service, old = %old.master, new = ?view.master,
+                                    "master changed: keeping sessions to the old master");
+                            }
+                        }
+                    } else if let Some(m) = view.master {
+                        tracing::info!(%service, master = %m, generation = view.generation, "master selected");
+                    }
+                }
+                tokio::select! {
+                    changed = views.changed() => if changed.is_err() { break },
+                    _ = shutdown.cancelled() => break,
+                }
+            }
+        });
+        Router { routes: rx }
+    }
+
+    /// The current route, if the service has a master.
+    pub fn current(&self) -> Option<Route> {
+        self.routes.borrow().clone()
+    }
+
+    /// Waits up to `deadline` for a route whose generation is newer than `after` (any route when
+    /// `after` is `None`). Used to hold clients while there is no master, and to retry after a
+    /// failed connect once a different master is known.
+    pub async fn wait(&self, after: Option<u64>, deadline: Instant) -> Option<Route> {
+        let mut rx = self.routes.clone();
+        let usable = |r: &Option<Route>| {
+            r.as_ref()
+                .is_some_and(|r| after.is_none_or(|g| r.generation > g))
+        };
+        let res = tokio::time::timeout_at(deadline, rx.wait_for(usable)).await;
+        match res {
+            Ok(Ok(r)) => r.clone(),
+            _ => None,
+        }
+    }
+
+    /// A receiver of route changes, for data paths that run outside tokio.
+    pub fn subscribe(&self) -> watch::Receiver<Option<Route>> {
+        self.routes.clone()
+    }
+}
+
+/// `Instant::now() + d`, saturating instead of panicking on absurd durations.
+pub fn deadline_after(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d)
+        .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365))
+}

@@ -1,0 +1,240 @@
+//! `INFO replication` parsed into a typed struct. Unknown fields are ignored; a malformed reply is
+//! an error that says what is wrong.
+
+use crate::resp::{self, Reply};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Master,
+    /// Redis says `role:slave`.
+    Replica,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkStatus {
+    Up,
+    Down,
+}
+
+/// One `slaveN:` line of a master.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlaveInfo {
+    pub ip: String,
+    pub port: u16,
+    pub state: String,
+    pub offset: i64,
+    pub lag: Option<i64>,
+}
+
+/// The fields of `INFO replication` the forwarder uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replication {
+    pub role: Role,
+    pub connected_slaves: Option<u32>,
+    pub slaves: Vec<SlaveInfo>,
+    pub master_host: Option<String>,
+    pub master_port: Option<u16>,
+    pub master_link_status: Option<LinkStatus>,
+    pub master_repl_offset: Option<i64>,
+    pub master_replid: Option<String>,
+    pub slave_read_only: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InfoError {
+    #[error("no role field in INFO replication")]
+    NoRole,
+    #[error("unknown role {0:?}")]
+    BadRole(String),
+    #[error("field {field}: {value:?} is not valid")]
+    BadField { field: String, value: String },
+    #[error("malformed slave line {0:?}")]
+    BadSlave(String),
+    #[error("reply is not a bulk string: {0}")]
+    NotBulk(String),
+    #[error("reply is incomplete")]
+    Incomplete,
+    #[error("reply is not valid RESP: {0}")]
+    Resp(#[from] resp::RespError),
+}
+
+fn num<T: std::str::FromStr>(field: &str, value: &str) -> Result<T, InfoError> {
+    value.parse().map_err(|_| InfoError::BadField {
+        field: field.to_string(),
+        value: value.to_string(),
+    })
+}
+
+fn slave(line: &str, value: &str) -> Result<SlaveInfo, InfoError> {
+    let bad = || InfoError::BadSlave(line.to_string());
+    let (mut ip, mut port, mut state, mut offset, mut lag) = (None, None, None, None, None);
+    for kv in value.split(',') {
+        let (k, v) = kv.split_once('=').ok_or_else(bad)?;
+        match k {
+            "ip" => ip = Some(v.to_string()),
+            "port" => port = Some(v.parse::<u16>().map_err(|_| bad())?),
+            "state" => state = Some(v.to_string()),
+            "offset" => offset = Some(v.parse::<i64>().map_err(|_| bad())?),
+            "lag" => lag = Some(v.parse::<i64>().map_err(|_| bad())?),
+            _ => {}
+        }
+    }
+    Ok(SlaveInfo {
+        ip: ip.ok_or_else(bad)?,
+        port: port.ok_or_else(bad)?,
+        state: state.ok_or_else(bad)?,
+        offset: offset.ok_or_else(bad)?,
+        lag,
+    })
+}
+
+/// Parses the text of `INFO replication` (`key:value` lines, `#` headers, blank lines).
+pub fn parse_replication(text: &str) -> Result<Replication, InfoError> {
+    let mut r = Replication {
+        role: Role::Master,
+        connected_slaves: None,
+        slaves: Vec::new(),
+        master_host: None,
+        master_port: None,
+        master_link_status: None,
+        master_repl_offset: None,
+        master_replid: None,
+        slave_read_only: None,
+    };
+    let mut role = None;
+    for line in text.lines() {
+        let line = line.trim_end_matches('\r');
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
+        match k {
+            "role" => {
+                role = Some(match v {
+                    "master" => Role::Master,
+                    "slave" | "replica" => Role::Replica,
+                    other => return Err(InfoError::BadRole(other.to_string())),
+                })
+            }
+            "connected_slaves" => r.connected_slaves = Some(num(k, v)?),
+            "master_host" => r.master_host = Some(v.to_string()),
+            "master_port" => r.master_port = Some(num(k, v)?),
+            "master_link_status" => {
+                r.master_link_status = Some(match v {
+                    "up" => LinkStatus::Up,
+                    "down" => LinkStatus::Down,
+                    _ => {
+                        return Err(InfoError::BadField {
+                            field: k.into(),
+                            value: v.into(),
+                        })
+                    }
+                })
+            }
+            "master_repl_offset" => r.master_repl_offset = Some(num(k, v)?),
+            "master_replid" => r.master_replid = Some(v.to_string()),
+            "slave_read_only" => r.slave_read_only = Some(v == "1"),
+            k if k.starts_with("slave")
+                && k[5..].chars().all(|c| c.is_ascii_digit())
+                && k.len() > 5 =>
+            {
+                r.slaves.push(slave(line, v)?)
+            }
+            _ => {}
+        }
+    }
+    r.role = role.ok_or(InfoError::NoRole)?;
+    Ok(r)
+}
+
+/// Parses the raw RESP reply to `INFO replication` (`$N\r\n...\r\n`), as captured by a check;
+/// bytes after the reply are ignored.
+pub fn parse_info_reply(bytes: &[u8]) -> Result<Replication, InfoError> {
+    match resp::parse(bytes)? {
+        Some((Reply::Bulk(Some(body)), _)) => parse_replication(&String::from_utf8_lossy(&body)),
+        Some((other, _)) => Err(InfoError::NotBulk(format!("{other:?}"))),
+        None => Err(InfoError::Incomplete),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Verbatim from redis-server 7.0.15 (`redis-cli info replication`), CRLF as sent.
+    const MASTER: &str = "# Replication\r\nrole:master\r\nconnected_slaves:1\r\nslave0:ip=127.0.0.1,port=7778,state=wait_bgsave,offset=0,lag=0\r\nmaster_failover_state:no-failover\r\nmaster_replid:cec974fc23c64605626d26e270d1536b7607c83d\r\nmaster_replid2:0000000000000000000000000000000000000000\r\nmaster_repl_offset:0\r\nsecond_repl_offset:-1\r\nrepl_backlog_active:1\r\nrepl_backlog_size:1048576\r\nrepl_backlog_first_byte_offset:1\r\nrepl_backlog_histlen:0\r\n";
+    const REPLICA: &str = "# Replication\r\nrole:slave\r\nmaster_host:127.0.0.1\r\nmaster_port:7777\r\nmaster_link_status:down\r\nmaster_last_io_seconds_ago:-1\r\nmaster_sync_in_progress:0\r\nslave_read_repl_offset:1\r\nslave_repl_offset:1\r\nmaster_link_down_since_seconds:-1\r\nslave_priority:100\r\nslave_read_only:1\r\nreplica_announced:1\r\nconnected_slaves:0\r\nmaster_failover_state:no-failover\r\nmaster_replid:2c59e703ddce1ec7a526487f562e4ca77617c186\r\nmaster_replid2:0000000000000000000000000000000000000000\r\nmaster_repl_offset:0\r\nsecond_repl_offset:-1\r\nrepl_backlog_active:0\r\nrepl_backlog_size:1048576\r\nrepl_backlog_first_byte_offset:0\r\nrepl_backlog_histlen:0\r\n";
+
+    #[test]
+    fn real_master() {
+        let r = parse_replication(MASTER).unwrap();
+        assert_eq!(r.role, Role::Master);
+        assert_eq!(r.connected_slaves, Some(1));
+        assert_eq!(
+            r.slaves,
+            vec![SlaveInfo {
+                ip: "127.0.0.1".into(),
+                port: 7778,
+                state: "wait_bgsave".into(),
+                offset: 0,
+                lag: Some(0)
+            }]
+        );
+        assert_eq!(r.master_repl_offset, Some(0));
+        assert_eq!(
+            r.master_replid.as_deref(),
+            Some("cec974fc23c64605626d26e270d1536b7607c83d")
+        );
+    }
+
+    #[test]
+    fn real_replica() {
+        let r = parse_replication(REPLICA).unwrap();
+        assert_eq!(r.role, Role::Replica);
+        assert_eq!(r.master_host.as_deref(), Some("127.0.0.1"));
+        assert_eq!(r.master_port, Some(7777));
+        assert_eq!(r.master_link_status, Some(LinkStatus::Down));
+        assert_eq!(r.slave_read_only, Some(true));
+        assert!(r.slaves.is_empty());
+    }
+
+    #[test]
+    fn from_the_resp_reply() {
+        let raw = format!("${}\r\n{}\r\n+OK\r\n", MASTER.len(), MASTER);
+        assert_eq!(parse_info_reply(raw.as_bytes()).unwrap().role, Role::Master);
+        assert_eq!(
+            parse_info_reply(b"$10\r\nrole:m"),
+            Err(InfoError::Incomplete)
+        );
+        assert!(matches!(
+            parse_info_reply(b"-ERR no\r\n"),
+            Err(InfoError::NotBulk(_))
+        ));
+    }
+
+    #[test]
+    fn malformed_is_an_error_not_a_panic() {
+        assert_eq!(parse_replication("# Replication\n"), Err(InfoError::NoRole));
+        assert!(matches!(
+            parse_replication("role:boss\n"),
+            Err(InfoError::BadRole(_))
+        ));
+        assert!(matches!(
+            parse_replication("role:master\nslave0:ip=1.2.3.4,port=x\n"),
+            Err(InfoError::BadSlave(_))
+        ));
+        assert!(matches!(
+            parse_replication("role:master\nconnected_slaves:-3\n"),
+            Err(InfoError::BadField { .. })
+        ));
+        // Unknown fields and lines without a colon are ignored; \n alone works.
+        assert_eq!(
+            parse_replication("role:master\nfuture_field:1\ngarbage\n")
+                .unwrap()
+                .role,
+            Role::Master
+        );
+    }
+}

@@ -1,0 +1,20 @@
+//! Health checking for the forwarder: HAProxy's tcp-check semantics, Redis reply parsing, and the
+//! selection of exactly one master per service.
+//!
+//! Rooms: `tcpcheck` (check programs), `schedule` (rise/fall/interval), `resp` and `info` (Redis
+//! replies), `selector` (one master, generations), `monitor` (the tokio tasks that tie them up).
+#![forbid(unsafe_code)]
+
+pub mod info;
+pub mod monitor;
+pub mod resp;
+pub mod schedule;
+pub mod selector;
+pub mod tcpcheck;
+#[cfg(test)]
+mod testutil;
+
+pub use monitor::{Monitor, MonitorStats, ServerStatus};
+pub use schedule::{Schedule, ServerState};
+pub use selector::MasterView;
+pub use tcpcheck::{Auth, CheckReport, Program, Step, StepError};

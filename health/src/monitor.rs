@@ -1,0 +1,277 @@
+//! The running checks of one service: a tokio task per server, feeding the [`Selector`] and
+//! publishing the master through a `watch` channel.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::info::{self, Role};
+use crate::schedule::{Schedule, ServerHealth, ServerState, Transition};
+use crate::selector::{MasterView, Selector};
+use crate::tcpcheck::{CheckReport, Program};
+
+/// What the last checks of a server said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerStatus {
+    pub addr: SocketAddr,
+    pub state: ServerState,
+    pub last_ok: Option<bool>,
+    pub last_reason: Option<String>,
+    pub last_check: Option<SystemTime>,
+    pub last_elapsed: Option<Duration>,
+    /// From the INFO reply, when the check saw one.
+    pub role: Option<Role>,
+    pub checks_ok: u64,
+    pub checks_failed: u64,
+}
+
+/// Selector counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MonitorStats {
+    pub master_changes: u64,
+    pub conflicts: u64,
+    pub no_master_since: Option<Instant>,
+}
+
+struct Shared {
+    service: String,
+    selector: Mutex<Selector>,
+    servers: Mutex<Vec<ServerStatus>>,
+    tx: watch::Sender<MasterView>,
+}
+
+/// Health checks of one service's servers. Dropping it stops them.
+pub struct Monitor {
+    shared: Arc<Shared>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Locks, recovering from a poisoned lock: the data is plain counters and states.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Monitor {
+    /// Starts checking `servers` with `program` on `schedule` (first check at once). Must be
+    /// called inside a tokio runtime.
+    pub fn spawn(
+        service: String,
+        servers: Vec<SocketAddr>,
+        program: Program,
+        schedule: Schedule,
+    ) -> Monitor {
+        let (tx, _) = watch::channel(MasterView {
+            generation: 0,
+            master: None,
+        });
+        let shared = Arc::new(Shared {
+            service,
+            selector: Mutex::new(Selector::new(servers.clone(), Instant::now())),
+            servers: Mutex::new(
+                servers
+                    .iter()
+                    .map(|&addr| ServerStatus {
+                        addr,
+                        state: ServerState::Down,
+                        last_ok: None,
+                        last_reason: None,
+                        last_check: None,
+                        last_elapsed: None,
+                        role: None,
+                        checks_ok: 0,
+                        checks_failed: 0,
+                    })
+                    .collect(),
+            ),
+            tx,
+        });
+        let program = Arc::new(program);
+        let tasks = servers
+            .into_iter()
+            .enumerate()
+            .map(|(i, addr)| {
+                tokio::spawn(check_loop(
+                    Arc::clone(&shared),
+                    Arc::clone(&program),
+                    schedule,
+                    i,
+                    addr,
+                ))
+            })
+            .collect();
+        Monitor { shared, tasks }
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<MasterView> {
+        self.shared.tx.subscribe()
+    }
+
+    pub fn view(&self) -> MasterView {
+        *self.shared.tx.borrow()
+    }
+
+    pub fn servers(&self) -> Vec<ServerStatus> {
+        lock(&self.shared.servers).clone()
+    }
+
+    pub fn stats(&self) -> MonitorStats {
+        let s = lock(&self.shared.selector);
+        MonitorStats {
+            master_changes: s.changes(),
+            conflicts: s.conflicts(),
+            no_master_since: s.no_master_since(),
+        }
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Up to 10% of `d`, so the checks of many servers do not run in lockstep.
+fn jitter(d: Duration) -> Duration {
+    let max = u64::try_from(d.as_micros() / 10).unwrap_or(u64::MAX);
+    if max == 0 {
+        return Duration::ZERO;
+    }
+    Duration::from_micros(rand::random_range(0..max))
+}
+
+/// The role named in a check's replies (the INFO reply; for a replica, the failed step's data).
+fn role_of(report: &CheckReport) -> Option<Role> {
+    report
+        .replies
+        .iter()
+        .chain(std::iter::once(&report.partial))
+        .find_map(|bytes| {
+            // The reply may be cut short (the match can come before the end): parse the complete
+            // lines after the `$N` header.
+            let text = String::from_utf8_lossy(bytes);
+            let complete = &text[..text.rfind('\n')? + 1];
+            let body = complete.strip_prefix('$').map_or(complete, |t| {
+                t.split_once('\n').map_or("", |(_, rest)| rest)
+            });
+            info::parse_replication(body).ok().map(|r| r.role)
+        })
+}
+
+async fn check_loop(
+    shared: Arc<Shared>,
+    program: Arc<Program>,
+    schedule: Schedule,
+    index: usize,
+    addr: SocketAddr,
+) {
+    let mut health = ServerHealth::new(&schedule);
+    loop {
+        let report = program.run(addr, schedule.timeout).await;
+        let transition = health.observe(report.ok);
+        {
+            let mut servers = lock(&shared.servers);
+            if let Some(s) = servers.get_mut(index) {
+                s.state = health.state();
+                s.last_ok = Some(report.ok);
+                s.last_reason.clone_from(&report.reason);
+                s.last_check = Some(SystemTime::now());
+                s.last_elapsed = Some(report.elapsed);
+                if let Some(role) = role_of(&report) {
+                    s.role = Some(role);
+                } else if !report.ok && report.failed_step == Some(0) {
+                    s.role = None;
+                }
+                if report.ok {
+                    s.checks_ok += 1;
+                } else {
+                    s.checks_failed += 1;
+                }
+            }
+        }
+        if let Some(t) = transition {
+            let service = &shared.service;
+            match t {
+                Transition::WentUp => tracing::info!(%service, server = %addr, "server is UP"),
+                Transition::WentDown => tracing::warn!(%service, server = %addr,
+                    reason = report.reason.as_deref().unwrap_or("-"), "server is DOWN"),
+            }
+            let update = lock(&shared.selector).update(index, health.is_up(), Instant::now());
+            if let Some(other) = update.conflict {
+                tracing::warn!(%service, server = %other, master = ?shared.tx.borrow().master,
+                    "a second server passes the master check; keeping the current master (split brain avoided)");
+            }
+            if let Some(view) = update.view {
+                tracing::warn!(%service, master = ?view.master, generation = view.generation, "master changed");
+                shared.tx.send_replace(view);
+            }
+        }
+        let delay = health.next_delay(&schedule);
+        tokio::time::sleep(delay + jitter(delay)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::RedisServer;
+
+    fn fast() -> Schedule {
+        Schedule {
+            interval: Duration::from_millis(100),
+            fastinter: None,
+            downinter: None,
+            rise: 1,
+            fall: 1,
+            timeout: Duration::from_millis(500),
+        }
+    }
+
+    async fn wait_for(m: &Monitor, want: SocketAddr) -> MasterView {
+        for _ in 0..100 {
+            let v = m.view();
+            if v.master == Some(want) {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "master never became {want}: {:?} {:?}",
+            m.view(),
+            m.servers()
+        );
+    }
+
+    #[tokio::test]
+    async fn follows_a_manual_failover() {
+        let a = RedisServer::start(&[]);
+        let b = RedisServer::start(&["--replicaof", "127.0.0.1", &a.port.to_string()]);
+        let m = Monitor::spawn(
+            "test".into(),
+            vec![b.addr(), a.addr()],
+            Program::redis_master(None),
+            fast(),
+        );
+        let v1 = wait_for(&m, a.addr()).await;
+        for _ in 0..100 {
+            if m.servers().iter().all(|s| s.role.is_some()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let servers = m.servers();
+        assert_eq!(servers[0].role, Some(Role::Replica));
+        assert_eq!(servers[1].role, Some(Role::Master));
+        assert!(servers[1].checks_ok >= 1);
+
+        b.cmd(&["REPLICAOF", "NO", "ONE"]);
+        a.cmd(&["REPLICAOF", "127.0.0.1", &b.port.to_string()]);
+        let v2 = wait_for(&m, b.addr()).await;
+        assert!(v2.generation > v1.generation);
+        assert!(m.stats().master_changes >= 2);
+    }
+}

@@ -1,0 +1,192 @@
+//! When to check a server, and when its state flips: HAProxy's `inter`, `fastinter`,
+//! `downinter`, `rise` and `fall`.
+
+use std::time::Duration;
+
+/// A server's check schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Schedule {
+    /// Between checks while the server is steadily up (HAProxy `inter`).
+    pub interval: Duration,
+    /// Between checks while the server is changing state; defaults to `interval`.
+    pub fastinter: Option<Duration>,
+    /// Between checks while the server is steadily down; defaults to `interval`.
+    pub downinter: Option<Duration>,
+    /// Consecutive passing checks to go up.
+    pub rise: u32,
+    /// Consecutive failing checks to go down.
+    pub fall: u32,
+    /// Limit for one whole check, connect included (HAProxy `timeout check`).
+    pub timeout: Duration,
+}
+
+impl Schedule {
+    /// Says what is wrong with the schedule, if anything.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.rise == 0 || self.fall == 0 {
+            return Err("rise and fall must be at least 1".into());
+        }
+        for (name, d) in [
+            ("interval", Some(self.interval)),
+            ("fastinter", self.fastinter),
+            ("downinter", self.downinter),
+            ("timeout", Some(self.timeout)),
+        ] {
+            if d.is_some_and(|d| d.is_zero()) {
+                return Err(format!("{name} must be greater than zero"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where a server stands. Counts are consecutive opposite results seen so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerState {
+    Up,
+    Down,
+    /// Down, with this many passing checks in a row (fewer than `rise`).
+    Rising(u32),
+    /// Up, with this many failing checks in a row (fewer than `fall`).
+    Falling(u32),
+}
+
+impl ServerState {
+    /// Whether traffic may go to the server: up, or up and not yet failed `fall` times.
+    pub fn is_up(self) -> bool {
+        matches!(self, ServerState::Up | ServerState::Falling(_))
+    }
+}
+
+/// A change of a server's routable state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    WentUp,
+    WentDown,
+}
+
+/// The rise/fall state machine of one server.
+///
+/// Unlike HAProxy, which starts servers up, a server starts `Down` and needs `rise` passing
+/// checks: nothing is routed before a server has proven itself once.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerHealth {
+    state: ServerState,
+    rise: u32,
+    fall: u32,
+}
+
+impl ServerHealth {
+    pub fn new(schedule: &Schedule) -> ServerHealth {
+        ServerHealth {
+            state: ServerState::Down,
+            rise: schedule.rise.max(1),
+            fall: schedule.fall.max(1),
+        }
+    }
+
+    pub fn state(&self) -> ServerState {
+        self.state
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.state.is_up()
+    }
+
+    /// Feeds one check result; returns the transition it caused, if any.
+    pub fn observe(&mut self, ok: bool) -> Option<Transition> {
+        use ServerState::*;
+        let (next, t) = match (self.state, ok) {
+            (Up | Falling(_), true) => (Up, None),
+            (Up, false) if self.fall <= 1 => (Down, Some(Transition::WentDown)),
+            (Up, false) => (Falling(1), None),
+            (Falling(n), false) if n + 1 >= self.fall => (Down, Some(Transition::WentDown)),
+            (Falling(n), false) => (Falling(n + 1), None),
+            (Down | Rising(_), false) => (Down, None),
+            (Down, true) if self.rise <= 1 => (Up, Some(Transition::WentUp)),
+            (Down, true) => (Rising(1), None),
+            (Rising(n), true) if n + 1 >= self.rise => (Up, Some(Transition::WentUp)),
+            (Rising(n), true) => (Rising(n + 1), None),
+        };
+        self.state = next;
+        t
+    }
+
+    /// How long to wait before the next check.
+    pub fn next_delay(&self, s: &Schedule) -> Duration {
+        match self.state {
+            ServerState::Up => s.interval,
+            ServerState::Down => s.downinter.unwrap_or(s.interval),
+            ServerState::Rising(_) | ServerState::Falling(_) => s.fastinter.unwrap_or(s.interval),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ServerState::*;
+
+    fn sched(rise: u32, fall: u32) -> Schedule {
+        Schedule {
+            interval: Duration::from_secs(2),
+            fastinter: Some(Duration::from_millis(500)),
+            downinter: Some(Duration::from_secs(5)),
+            rise,
+            fall,
+            timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn rise_two_fall_three() {
+        let s = sched(2, 3);
+        let mut h = ServerHealth::new(&s);
+        assert_eq!(h.state(), Down);
+        assert_eq!(h.next_delay(&s), Duration::from_secs(5));
+        assert_eq!(h.observe(true), None);
+        assert_eq!(h.state(), Rising(1));
+        assert_eq!(h.next_delay(&s), Duration::from_millis(500));
+        assert_eq!(h.observe(true), Some(Transition::WentUp));
+        assert_eq!(h.next_delay(&s), Duration::from_secs(2));
+        assert_eq!(h.observe(false), None);
+        assert_eq!(h.observe(false), None);
+        assert_eq!(h.state(), Falling(2));
+        assert!(h.is_up());
+        assert_eq!(h.observe(false), Some(Transition::WentDown));
+        assert!(!h.is_up());
+    }
+
+    #[test]
+    fn a_broken_streak_resets_the_count() {
+        let s = sched(3, 2);
+        let mut h = ServerHealth::new(&s);
+        h.observe(true);
+        h.observe(true);
+        assert_eq!(h.observe(false), None);
+        assert_eq!(h.state(), Down);
+        h.observe(true);
+        h.observe(true);
+        assert_eq!(h.observe(true), Some(Transition::WentUp));
+        assert_eq!(h.observe(false), None);
+        assert_eq!(h.observe(true), None);
+        assert_eq!(h.state(), Up);
+    }
+
+    #[test]
+    fn rise_and_fall_of_one_flip_at_once() {
+        let s = sched(1, 1);
+        let mut h = ServerHealth::new(&s);
+        assert_eq!(h.observe(true), Some(Transition::WentUp));
+        assert_eq!(h.observe(false), Some(Transition::WentDown));
+    }
+
+    #[test]
+    fn validation() {
+        assert!(sched(1, 1).validate().is_ok());
+        assert!(sched(0, 1).validate().is_err());
+        let mut s = sched(1, 1);
+        s.timeout = Duration::ZERO;
+        assert!(s.validate().unwrap_err().contains("timeout"));
+    }
+}

@@ -1,0 +1,500 @@
+//! HAProxy's tcp-check: a program of `connect`, `send` and `expect` steps run against a server
+//! under one deadline (HAProxy's `timeout check`, connect included).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::resp;
+
+/// Most bytes an `expect` step buffers before it gives up ("reply too large").
+pub const MAX_REPLY: usize = 64 * 1024;
+
+/// One step of a check program.
+#[derive(Debug, Clone)]
+pub enum Step {
+    Connect,
+    Send(Vec<u8>),
+    /// The bytes received since the last `send` contain this string.
+    ExpectString(String),
+    /// ... match this regular expression.
+    ExpectRegex(regex::bytes::Regex),
+    /// ... contain these bytes.
+    ExpectBinary(Vec<u8>),
+}
+
+/// A step that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StepError {
+    #[error(
+        "unknown step {0:?}: expected connect, send <data>, expect string|rstring|binary <pattern>"
+    )]
+    Unknown(String),
+    #[error("{0:?} needs an argument")]
+    MissingArgument(String),
+    #[error("bad escape in {0:?}: use \\r \\n \\t \\\\ \\\" or \\xHH")]
+    BadEscape(String),
+    #[error("bad regex {0:?}: {1}")]
+    BadRegex(String, String),
+    #[error("bad hex {0:?}: expected pairs of hex digits")]
+    BadHex(String),
+    #[error("a check program needs at least one step")]
+    Empty,
+    #[error("the first step must be connect")]
+    FirstNotConnect,
+    #[error("connect may only be the first step")]
+    LaterConnect,
+}
+
+impl FromStr for Step {
+    type Err = StepError;
+
+    /// Parses `connect`, `send PING\r\n`, `expect string +PONG`, `expect rstring ^role:master`,
+    /// `expect binary 2b504f4e47`.
+    fn from_str(s: &str) -> Result<Step, StepError> {
+        let s = s.trim();
+        let (word, rest) = s.split_once(' ').unwrap_or((s, ""));
+        let rest = rest.trim_start();
+        match word {
+            "connect" if rest.is_empty() => Ok(Step::Connect),
+            "send" => {
+                if rest.is_empty() {
+                    return Err(StepError::MissingArgument(s.into()));
+                }
+                Ok(Step::Send(unescape(rest)?))
+            }
+            "expect" => {
+                let (kind, pat) = rest.split_once(' ').unwrap_or((rest, ""));
+                let pat = pat.trim_start();
+                if pat.is_empty() {
+                    return Err(StepError::MissingArgument(s.into()));
+                }
+                match kind {
+                    "string" => Ok(Step::ExpectString(
+                        String::from_utf8_lossy(&unescape(pat)?).into_owned(),
+                    )),
+                    "rstring" => regex::bytes::Regex::new(pat)
+                        .map(Step::ExpectRegex)
+                        .map_err(|e| StepError::BadRegex(pat.into(), e.to_string())),
+                    "binary" => hex(pat).map(Step::ExpectBinary),
+                    _ => Err(StepError::Unknown(s.into())),
+                }
+            }
+            _ => Err(StepError::Unknown(s.into())),
+        }
+    }
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Step::Connect => write!(f, "connect"),
+            Step::Send(d) => write!(f, "send {:?}", String::from_utf8_lossy(d)),
+            Step::ExpectString(p) => write!(f, "expect string {p:?}"),
+            Step::ExpectRegex(r) => write!(f, "expect rstring {:?}", r.as_str()),
+            Step::ExpectBinary(b) => {
+                write!(f, "expect binary ")?;
+                b.iter().try_for_each(|x| write!(f, "{x:02x}"))
+            }
+        }
+    }
+}
+
+fn unescape(s: &str) -> Result<Vec<u8>, StepError> {
+    let bad = || StepError::BadEscape(s.into());
+    let mut out = Vec::with_capacity(s.len());
+    let mut it = s.bytes();
+    while let Some(b) = it.next() {
+        if b != b'\\' {
+            out.push(b);
+            continue;
+        }
+        match it.next().ok_or_else(bad)? {
+            b'r' => out.push(b'\r'),
+            b'n' => out.push(b'\n'),
+            b't' => out.push(b'\t'),
+            b'\\' => out.push(b'\\'),
+            b'"' => out.push(b'"'),
+            b' ' => out.push(b' '),
+            b'x' => {
+                let hi = it.next().ok_or_else(bad)?;
+                let lo = it.next().ok_or_else(bad)?;
+                let h =
+                    hex(std::str::from_utf8(&[hi, lo]).map_err(|_| bad())?).map_err(|_| bad())?;
+                out.extend_from_slice(&h);
+            }
+            _ => return Err(bad()),
+        }
+    }
+    Ok(out)
+}
+
+fn hex(s: &str) -> Result<Vec<u8>, StepError> {
+    let bad = || StepError::BadHex(s.into());
+    if !s.len().is_multiple_of(2) || s.is_empty() {
+        return Err(bad());
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| {
+            s.get(i..i + 2)
+                .and_then(|p| u8::from_str_radix(p, 16).ok())
+                .ok_or_else(bad)
+        })
+        .collect()
+}
+
+/// Credentials for `AUTH` before the Redis check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Auth {
+    /// Redis 6 ACL user; `None` for `requirepass`.
+    pub user: Option<String>,
+    pub password: String,
+}
+
+/// A validated check program: starts with `connect`, has no other `connect`.
+#[derive(Debug, Clone)]
+pub struct Program {
+    steps: Vec<Step>,
+    /// Replies are RESP: an `expect` fails as soon as one whole reply is in without a match,
+    /// instead of waiting for the timeout (a replica answers INFO at once; no need to wait).
+    resp_framed: bool,
+}
+
+/// The outcome of one run of a program.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckReport {
+    pub ok: bool,
+    /// Index of the step that failed.
+    pub failed_step: Option<usize>,
+    pub reason: Option<String>,
+    /// For each `expect` that matched, the bytes received when it matched.
+    pub replies: Vec<Vec<u8>>,
+    /// What the failed `expect` had received (e.g. a replica's INFO reply).
+    pub partial: Vec<u8>,
+    pub elapsed: Duration,
+}
+
+impl Program {
+    /// Validates a program: non-empty, `connect` first and only first.
+    pub fn new(steps: Vec<Step>) -> Result<Program, StepError> {
+        match steps.first() {
+            None => return Err(StepError::Empty),
+            Some(Step::Connect) => {}
+            Some(_) => return Err(StepError::FirstNotConnect),
+        }
+        if steps.iter().skip(1).any(|s| matches!(s, Step::Connect)) {
+            return Err(StepError::LaterConnect);
+        }
+        Ok(Program {
+            steps,
+            resp_framed: false,
+        })
+    }
+
+    pub fn steps(&self) -> &[Step] {
+        &self.steps
+    }
+
+    /// The seed guide's HAProxy sequence: [AUTH/+OK], PING/+PONG, INFO replication/role:master,
+    /// QUIT/+OK.
+    pub fn redis_master(auth: Option<&Auth>) -> Program {
+        let mut steps = vec![Step::Connect];
+        if let Some(a) = auth {
+            let cmd = match &a.user {
+                Some(u) => resp::encode_command(&[b"AUTH", u.as_bytes(), a.password.as_bytes()]),
+                None => resp::encode_command(&[b"AUTH", a.password.as_bytes()]),
+            };
+            steps.push(Step::Send(cmd));
+            steps.push(Step::ExpectString("+OK".into()));
+        }
+        steps.extend([
+            Step::Send(b"PING\r\n".to_vec()),
+            Step::ExpectString("+PONG".into()),
+            Step::Send(b"INFO replication\r\n".to_vec()),
+            Step::ExpectString("role:master".into()),
+            Step::Send(b"QUIT\r\n".to_vec()),
+            Step::ExpectString("+OK".into()),
+        ]);
+        Program {
+            steps,
+            resp_framed: true,
+        }
+    }
+
+    /// Runs the program against `addr`; the whole run, connect included, must end within
+    /// `timeout`. Never panics; every failure is a report with a reason.
+    pub async fn run(&self, addr: SocketAddr, timeout: Duration) -> CheckReport {
+        let start = Instant::now();
+        let mut run = Run {
+            at: 0,
+            buf: Vec::new(),
+            replies: Vec::new(),
+        };
+        let res = tokio::time::timeout(timeout, run.exec(self, addr)).await;
+        let (ok, reason) = match res {
+            Ok(Ok(())) => (true, None),
+            Ok(Err(reason)) => (false, Some(reason)),
+            Err(_) => (
+                false,
+                Some(format!(
+                    "timeout after {timeout:?} ({} bytes received)",
+                    run.buf.len()
+                )),
+            ),
+        };
+        CheckReport {
+            ok,
+            failed_step: (!ok).then_some(run.at),
+            reason: reason.map(|r| match self.steps.get(run.at) {
+                Some(step) => format!("step {} ({step}): {r}", run.at + 1),
+                None => r,
+            }),
+            replies: run.replies,
+            partial: if ok { Vec::new() } else { run.buf },
+            elapsed: start.elapsed(),
+        }
+    }
+}
+
+/// The state of a run, kept outside the future so a timeout still knows where it stopped.
+struct Run {
+    at: usize,
+    buf: Vec<u8>,
+    replies: Vec<Vec<u8>>,
+}
+
+impl Run {
+    async fn exec(&mut self, program: &Program, addr: SocketAddr) -> Result<(), String> {
+        let steps = &program.steps;
+        let mut conn: Option<TcpStream> = None;
+        for (i, step) in steps.iter().enumerate() {
+            self.at = i;
+            match step {
+                Step::Connect => {
+                    let s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+                    let _ = s.set_nodelay(true);
+                    conn = Some(s);
+                }
+                Step::Send(data) => {
+                    let s = conn.as_mut().ok_or("not connected")?;
+                    self.buf.clear();
+                    s.write_all(data).await.map_err(|e| e.to_string())?;
+                }
+                expect => {
+                    let s = conn.as_mut().ok_or("not connected")?;
+                    loop {
+                        if matches(expect, &self.buf) {
+                            self.replies.push(self.buf.clone());
+                            break;
+                        }
+                        if program.resp_framed
+                            && matches!(resp::parse(&self.buf), Ok(Some(_)) | Err(_))
+                        {
+                            return Err(format!("not found in the {}-byte reply", self.buf.len()));
+                        }
+                        if self.buf.len() >= MAX_REPLY {
+                            return Err(format!(
+                                "reply too large (over {MAX_REPLY} bytes) without a match"
+                            ));
+                        }
+                        let mut chunk = [0u8; 4096];
+                        let n = s.read(&mut chunk).await.map_err(|e| e.to_string())?;
+                        if n == 0 {
+                            return Err(format!(
+                                "not found in {} bytes received before EOF",
+                                self.buf.len()
+                            ));
+                        }
+                        let room = MAX_REPLY - self.buf.len();
+                        self.buf.extend_from_slice(&chunk[..n.min(room)]);
+                    }
+                }
+            }
+        }
+        self.at = steps.len();
+        Ok(())
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || hay.windows(needle.len()).any(|w| w == needle)
+}
+
+fn matches(step: &Step, buf: &[u8]) -> bool {
+    match step {
+        Step::ExpectString(s) => contains(buf, s.as_bytes()),
+        Step::ExpectRegex(r) => r.is_match(buf),
+        Step::ExpectBinary(b) => contains(buf, b),
+        Step::Connect | Step::Send(_) => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::RedisServer;
+    use tokio::net::TcpListener;
+
+    fn prog(steps: &[&str]) -> Program {
+        Program::new(steps.iter().map(|s| s.parse().unwrap()).collect()).unwrap()
+    }
+
+    /// A server that answers the first read with `reply` (and then closes if `close`).
+    async fn server(reply: &'static [u8], close: bool) -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let mut b = [0u8; 1024];
+                    let _ = s.read(&mut b).await;
+                    let _ = s.write_all(reply).await;
+                    if !close {
+                        tokio::time::sleep(Duration::from_secs(30)).await;
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    #[test]
+    fn parses_steps() {
+        assert!(matches!("connect".parse(), Ok(Step::Connect)));
+        match "send PING\\r\\n".parse::<Step>() {
+            Ok(Step::Send(d)) => assert_eq!(d, b"PING\r\n"),
+            other => panic!("{other:?}"),
+        }
+        match "send a\\x00b".parse::<Step>() {
+            Ok(Step::Send(d)) => assert_eq!(d, b"a\0b"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!("expect string +PONG".parse(), Ok(Step::ExpectString(s)) if s == "+PONG"));
+        assert!(matches!(
+            "expect rstring ^role:(master)".parse(),
+            Ok(Step::ExpectRegex(_))
+        ));
+        assert!(matches!("expect binary 2b4f4b".parse(), Ok(Step::ExpectBinary(b)) if b == b"+OK"));
+        assert!(matches!(
+            "bogus".parse::<Step>(),
+            Err(StepError::Unknown(_))
+        ));
+        assert!(matches!(
+            "send".parse::<Step>(),
+            Err(StepError::MissingArgument(_))
+        ));
+        assert!(matches!(
+            "send a\\q".parse::<Step>(),
+            Err(StepError::BadEscape(_))
+        ));
+        assert!(matches!(
+            "expect rstring (".parse::<Step>(),
+            Err(StepError::BadRegex(..))
+        ));
+        assert!(matches!(
+            "expect binary 2g".parse::<Step>(),
+            Err(StepError::BadHex(_))
+        ));
+        assert!(matches!(
+            "expect string".parse::<Step>(),
+            Err(StepError::MissingArgument(_))
+        ));
+        assert!(matches!(Program::new(vec![]), Err(StepError::Empty)));
+        assert!(matches!(
+            Program::new(vec![Step::Send(b"x".to_vec())]),
+            Err(StepError::FirstNotConnect)
+        ));
+        assert!(matches!(
+            Program::new(vec![Step::Connect, Step::Connect]),
+            Err(StepError::LaterConnect)
+        ));
+    }
+
+    #[tokio::test]
+    async fn each_expect_kind_passes_and_fails() {
+        let addr = server(b"+PONG\r\n", true).await;
+        let t = Duration::from_secs(2);
+        for ok in [
+            &["connect", "send PING\\r\\n", "expect string +PONG"][..],
+            &["connect", "send PING\\r\\n", "expect rstring ^\\+P.NG"],
+            &["connect", "send PING\\r\\n", "expect binary 2b504f4e47"],
+        ] {
+            let r = prog(ok).run(addr, t).await;
+            assert!(r.ok, "{ok:?}: {r:?}");
+            assert_eq!(r.replies, vec![b"+PONG\r\n".to_vec()]);
+        }
+        let r = prog(&["connect", "send PING\\r\\n", "expect string +OK"])
+            .run(addr, t)
+            .await;
+        assert!(!r.ok);
+        assert_eq!(r.failed_step, Some(2));
+        assert_eq!(r.partial, b"+PONG\r\n");
+        let reason = r.reason.unwrap();
+        assert!(
+            reason.contains("step 3") && reason.contains("before EOF"),
+            "{reason}"
+        );
+    }
+
+    #[tokio::test]
+    async fn connect_refused_and_timeout_fail_with_reasons() {
+        let t = Duration::from_millis(300);
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let r = prog(&["connect"]).run(closed, t).await;
+        assert!(!r.ok && r.failed_step == Some(0), "{r:?}");
+
+        let mute = server(b"", false).await;
+        let r = prog(&["connect", "send x", "expect string y"])
+            .run(mute, t)
+            .await;
+        assert!(!r.ok);
+        assert_eq!(r.failed_step, Some(2));
+        assert!(r.reason.unwrap().contains("timeout"));
+    }
+
+    #[tokio::test]
+    async fn oversized_reply_fails() {
+        static BIG: [u8; 100_000] = [b'a'; 100_000];
+        let addr = server(&BIG, false).await;
+        let r = prog(&["connect", "send x", "expect string b"])
+            .run(addr, Duration::from_secs(2))
+            .await;
+        assert!(!r.ok);
+        assert!(r.reason.unwrap().contains("too large"));
+        assert!(r.partial.len() <= MAX_REPLY);
+    }
+
+    #[tokio::test]
+    async fn redis_master_program_against_real_redis() {
+        let master = RedisServer::start(&[]);
+        let replica = RedisServer::start(&["--replicaof", "127.0.0.1", &master.port.to_string()]);
+        let p = Program::redis_master(None);
+        let t = Duration::from_secs(2);
+        let r = p.run(master.addr(), t).await;
+        assert!(r.ok, "{r:?}");
+        let r = p.run(replica.addr(), t).await;
+        assert!(!r.ok);
+        assert_eq!(r.failed_step, Some(4), "{r:?}");
+        assert!(String::from_utf8_lossy(&r.partial).contains("role:slave"));
+
+        let locked = RedisServer::start(&["--requirepass", "s3cret pass"]);
+        assert!(!p.run(locked.addr(), t).await.ok);
+        let auth = Auth {
+            user: None,
+            password: "s3cret pass".into(),
+        };
+        let r = Program::redis_master(Some(&auth))
+            .run(locked.addr(), t)
+            .await;
+        assert!(r.ok, "{r:?}");
+    }
+}

@@ -1,0 +1,85 @@
+//! Admission: source allow list and maxconn, each rejection counted.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use e2e::{connect_from, wait_until, Conn, Forwarder, Redis, Reply};
+
+fn service(r: &Redis, extra: &str) -> String {
+    format!(
+        r#"[[service]]
+name = "mymaster"
+listen = "{{LISTEN}}"
+servers = ["{}"]
+{extra}
+
+[service.check]
+kind = "redis-master"
+interval = "200ms"
+rise = 1
+"#,
+        r.addr()
+    )
+}
+
+#[test]
+fn allow_list_rejects_unknown_sources_and_counts_them() {
+    let r = Redis::start();
+    let f = Forwarder::start(&service(&r, "allow = [\"127.0.0.1/32\"]"));
+    assert!(wait_until(Duration::from_secs(10), || f
+        .master("mymaster")
+        .is_some()));
+
+    let mut ok = Conn::open(f.listen[0]).unwrap();
+    assert_eq!(ok.cmd(&["PING"]).unwrap(), Reply::Simple("PONG".into()));
+
+    let s = connect_from(Ipv4Addr::new(127, 0, 0, 2), f.listen[0]).expect("connect from 127.0.0.2");
+    let mut denied = Conn::from_stream(s).unwrap();
+    assert!(
+        denied.cmd(&["PING"]).is_err(),
+        "a client from 127.0.0.2 was served"
+    );
+    assert!(wait_until(Duration::from_secs(5), || f.counter(
+        "mymaster",
+        "rejected",
+        "not_allowed"
+    ) == 1));
+    assert!(f.metrics().contains(
+        "forwarder_connections_rejected_total{service=\"mymaster\",reason=\"not_allowed\"} 1"
+    ));
+    // The allowed client is unaffected.
+    assert_eq!(ok.cmd(&["PING"]).unwrap(), Reply::Simple("PONG".into()));
+}
+
+#[test]
+fn maxconn_rejects_the_next_client_cleanly() {
+    let r = Redis::start();
+    let f = Forwarder::start(&service(&r, "maxconn = 2"));
+    assert!(wait_until(Duration::from_secs(10), || f
+        .master("mymaster")
+        .is_some()));
+    let mut a = Conn::open(f.listen[0]).unwrap();
+    let mut b = Conn::open(f.listen[0]).unwrap();
+    assert_eq!(a.cmd(&["PING"]).unwrap(), Reply::Simple("PONG".into()));
+    assert_eq!(b.cmd(&["PING"]).unwrap(), Reply::Simple("PONG".into()));
+
+    let mut c = Conn::open(f.listen[0]).unwrap();
+    assert!(c.cmd(&["PING"]).is_err(), "the third client was served");
+    assert_eq!(f.counter("mymaster", "rejected", "maxconn"), 1);
+    assert_eq!(
+        a.cmd(&["SET", "a", "1"]).unwrap(),
+        Reply::Simple("OK".into())
+    );
+    assert_eq!(
+        b.cmd(&["GET", "a"]).unwrap(),
+        Reply::Bulk(Some(b"1".to_vec()))
+    );
+
+    // A slot frees when a session ends.
+    drop(a);
+    assert!(wait_until(Duration::from_secs(5), || f
+        .service_status("mymaster")
+        .is_some_and(|s| s["stats"]["active"] == 1)));
+    let mut d = Conn::open(f.listen[0]).unwrap();
+    assert_eq!(d.cmd(&["PING"]).unwrap(), Reply::Simple("PONG".into()));
+}

@@ -1,0 +1,174 @@
+//! Redis HA behaviour through the forwarder: writes reach the master only, failover (manual and
+//! after a crash), and no split-brain routing.
+
+use std::time::Duration;
+
+use e2e::{wait_until, Conn, Forwarder, Redis, Reply};
+
+fn service(servers: &[&Redis], queue: &str) -> String {
+    let list: Vec<String> = servers
+        .iter()
+        .map(|r| format!("\"{}\"", r.addr()))
+        .collect();
+    format!(
+        r#"[[service]]
+name = "mymaster"
+listen = "{{LISTEN}}"
+servers = [{}]
+timeout = {{ connect = "1s", client = "30s", server = "30s", queue = "{queue}" }}
+
+[service.check]
+kind = "redis-master"
+interval = "200ms"
+rise = 1
+fall = 1
+timeout = "500ms"
+"#,
+        list.join(", ")
+    )
+}
+
+/// A master and its replica, replication established.
+fn pair() -> (Redis, Redis) {
+    let master = Redis::start();
+    let replica = Redis::start();
+    replica.replicaof(Some(&master));
+    assert!(
+        wait_until(Duration::from_secs(10), || replica
+            .info_field("replication", "master_link_status")
+            .as_deref()
+            == Some("up")),
+        "replication did not come up"
+    );
+    (master, replica)
+}
+
+fn wait_master(f: &Forwarder, r: &Redis) {
+    assert!(
+        wait_until(Duration::from_secs(10), || f.master("mymaster")
+            == Some(r.addr())),
+        "forwarder never routed to {}: {:?}\n{}",
+        r.addr(),
+        f.status(),
+        f.log_text()
+    );
+}
+
+#[test]
+fn writes_land_on_the_master_and_never_on_the_replica() {
+    let (master, replica) = pair();
+    let f = Forwarder::start(&service(&[&replica, &master], "5s"));
+    wait_master(&f, &master);
+    for i in 0..50 {
+        let mut c = Conn::open(f.listen[0]).expect("connect through forwarder");
+        assert_eq!(c.server_port().unwrap(), master.port);
+        let key = format!("k{i}");
+        assert_eq!(
+            c.cmd(&["SET", &key, "v"]).unwrap(),
+            Reply::Simple("OK".into())
+        );
+        assert_eq!(
+            c.cmd(&["GET", &key]).unwrap(),
+            Reply::Bulk(Some(b"v".to_vec()))
+        );
+    }
+    assert_eq!(master.cmd(&["DBSIZE"]), Reply::Integer(50));
+    // A client write that reached the replica would have been refused with READONLY.
+    assert_eq!(replica.info_field("errorstats", "errorstat_READONLY"), None);
+    assert!(f.counter("mymaster", "rejected", "no_master") == 0);
+}
+
+#[test]
+fn manual_failover_moves_new_sessions_and_cuts_old_ones() {
+    let (old, new) = pair();
+    let f = Forwarder::start(&service(&[&old, &new], "5s"));
+    wait_master(&f, &old);
+    let mut before = Conn::open(f.listen[0]).unwrap();
+    assert_eq!(before.server_port().unwrap(), old.port);
+
+    // The seed guide's manual failover.
+    new.replicaof(None);
+    old.replicaof(Some(&new));
+    wait_master(&f, &new);
+
+    assert!(
+        before.closed_within(Duration::from_secs(5)),
+        "the session to the demoted master was not cut"
+    );
+    let mut after = Conn::open(f.listen[0]).unwrap();
+    assert_eq!(after.server_port().unwrap(), new.port);
+    assert_eq!(
+        after.cmd(&["SET", "x", "1"]).unwrap(),
+        Reply::Simple("OK".into())
+    );
+    // Through the forwarder, INFO replication shows the new master (0 slaves until the old one syncs).
+    match after.cmd(&["INFO", "replication"]).unwrap() {
+        Reply::Bulk(Some(b)) => assert!(String::from_utf8_lossy(&b).contains("role:master")),
+        other => panic!("INFO replication: {other:?}"),
+    }
+    assert!(f.counter("mymaster", "ended", "master_changed") >= 1);
+}
+
+#[test]
+fn client_arriving_while_no_master_is_held_then_served() {
+    let (mut master, replica) = pair();
+    let f = Forwarder::start(&service(&[&master, &replica], "15s"));
+    wait_master(&f, &master);
+    master.proc().signal(libc::SIGKILL);
+    master.proc().kill();
+    // A client arriving now finds the master dead (or already no master): it must be held.
+    let client = std::thread::spawn({
+        let addr = f.listen[0];
+        move || {
+            let mut c = Conn::open(addr)?;
+            let pong = c.cmd(&["PING"])?;
+            let port = c.server_port()?;
+            Ok::<_, std::io::Error>((pong, port))
+        }
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    replica.replicaof(None);
+    let (pong, port) = client
+        .join()
+        .expect("client thread")
+        .unwrap_or_else(|e| panic!("held client was not served: {e}\n{}", f.log_text()));
+    assert_eq!(pong, Reply::Simple("PONG".into()));
+    assert_eq!(port, replica.port);
+    assert_eq!(f.counter("mymaster", "rejected", "no_master"), 0);
+}
+
+#[test]
+fn split_brain_routes_every_client_to_one_master() {
+    // Two servers that both say role:master (e.g. an old master restarted before demotion).
+    let a = Redis::start();
+    let b = Redis::start();
+    let f = Forwarder::start(&service(&[&a, &b], "5s"));
+    assert!(wait_until(Duration::from_secs(10), || f
+        .master("mymaster")
+        .is_some()));
+    let chosen = f.master("mymaster").unwrap();
+    // Let several check rounds pass: the choice must not alternate.
+    for _ in 0..40 {
+        let mut c = Conn::open(f.listen[0]).unwrap();
+        assert_eq!(c.server_port().unwrap(), chosen.port());
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    assert_eq!(f.master("mymaster"), Some(chosen));
+    let st = f.service_status("mymaster").unwrap();
+    assert!(
+        st["master_conflicts"].as_u64().unwrap() >= 1,
+        "conflict not counted: {st}"
+    );
+
+    // The chosen one goes away and comes back as a master: the other stays chosen.
+    let (gone, other) = if chosen == a.addr() { (a, b) } else { (b, a) };
+    let port = gone.port;
+    drop(gone);
+    wait_master(&f, &other);
+    let _back = Redis::start_on(port, &[]);
+    for _ in 0..20 {
+        let mut c = Conn::open(f.listen[0]).unwrap();
+        assert_eq!(c.server_port().unwrap(), other.port);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

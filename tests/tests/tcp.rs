@@ -1,0 +1,238 @@
+//! Plain TCP through the forwarder (tcp-check `connect` only): bulk integrity both ways,
+//! half-close, idle timeouts, reset propagation.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::time::Duration;
+
+use e2e::{tcp_server, wait_until, Forwarder};
+
+fn service(backend: SocketAddr, timeouts: &str) -> String {
+    format!(
+        r#"[[service]]
+name = "plain"
+listen = "{{LISTEN}}"
+servers = ["{backend}"]
+timeout = {{ {timeouts} }}
+
+[service.check]
+kind = "tcp-check"
+steps = ["connect"]
+interval = "200ms"
+rise = 1
+"#
+    )
+}
+
+fn started(backend: SocketAddr, timeouts: &str) -> Forwarder {
+    let f = Forwarder::start(&service(backend, timeouts));
+    assert!(
+        wait_until(Duration::from_secs(10), || f.master("plain").is_some()),
+        "backend never became up: {}",
+        f.log_text()
+    );
+    f
+}
+
+/// FNV-1a over a stream: cheap, order-sensitive.
+fn fnv(h: &mut u64, data: &[u8]) {
+    for b in data {
+        *h ^= u64::from(*b);
+        *h = h.wrapping_mul(0x100000001b3);
+    }
+}
+
+/// Deterministic test bytes: not all zero, so reordering shows.
+fn pattern(i: usize, buf: &mut [u8]) {
+    for (j, b) in buf.iter_mut().enumerate() {
+        *b = ((i * 7919 + j * 31) % 251) as u8;
+    }
+}
+
+fn echo(mut s: TcpStream) {
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => {
+                let _ = s.shutdown(Shutdown::Write);
+                return;
+            }
+            Ok(n) => {
+                if s.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+const MIB: usize = 1024 * 1024;
+
+#[test]
+fn bulk_64_mib_each_way_is_intact() {
+    let f = started(tcp_server(echo), "client = \"30s\", server = \"30s\"");
+    let s = TcpStream::connect(f.listen[0]).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        let mut h = 0xcbf29ce484222325u64;
+        let mut chunk = vec![0u8; MIB];
+        for i in 0..64 {
+            pattern(i, &mut chunk);
+            fnv(&mut h, &chunk);
+            w.write_all(&chunk).unwrap();
+        }
+        w.shutdown(Shutdown::Write).unwrap();
+        h
+    });
+    let mut r = s;
+    let mut h = 0xcbf29ce484222325u64;
+    let mut total = 0usize;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = r.read(&mut buf).expect("read echo");
+        if n == 0 {
+            break;
+        }
+        fnv(&mut h, &buf[..n]);
+        total += n;
+    }
+    let sent = writer.join().unwrap();
+    assert_eq!(total, 64 * MIB);
+    assert_eq!(h, sent, "echoed bytes differ from sent bytes");
+    assert!(wait_until(Duration::from_secs(5), || f
+        .counter("plain", "ended", "closed")
+        == 1));
+    let st = f.service_status("plain").unwrap();
+    assert_eq!(st["stats"]["bytes_client_to_server"], 64 * MIB);
+    assert_eq!(st["stats"]["bytes_server_to_client"], 64 * MIB);
+}
+
+/// Reads the whole request until EOF, then answers with 8 MiB derived from it.
+fn reply_after_eof(mut s: TcpStream) {
+    let mut req = Vec::new();
+    if s.read_to_end(&mut req).is_err() {
+        return;
+    }
+    let mut h = 0xcbf29ce484222325u64;
+    fnv(&mut h, &req);
+    let mut chunk = vec![0u8; MIB];
+    for i in 0..8 {
+        pattern(i + (h % 1000) as usize, &mut chunk);
+        if s.write_all(&chunk).is_err() {
+            return;
+        }
+    }
+}
+
+#[test]
+fn half_closed_request_gets_its_whole_reply() {
+    let f = started(
+        tcp_server(reply_after_eof),
+        "client = \"30s\", server = \"30s\"",
+    );
+    let mut s = TcpStream::connect(f.listen[0]).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let req = b"the whole request, then FIN".repeat(1000);
+    s.write_all(&req).unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let mut reply = Vec::new();
+    s.read_to_end(&mut reply).expect("reply after half-close");
+    let mut h = 0xcbf29ce484222325u64;
+    fnv(&mut h, &req);
+    let mut want = Vec::new();
+    let mut chunk = vec![0u8; MIB];
+    for i in 0..8 {
+        pattern(i + (h % 1000) as usize, &mut chunk);
+        want.extend_from_slice(&chunk);
+    }
+    assert_eq!(reply.len(), want.len());
+    assert!(reply == want, "reply bytes differ");
+}
+
+fn silent(mut s: TcpStream) {
+    let mut b = [0u8; 1024];
+    while matches!(s.read(&mut b), Ok(n) if n > 0) {}
+}
+
+#[test]
+fn idle_client_is_closed_after_timeout_client() {
+    let f = started(tcp_server(silent), "client = \"500ms\", server = \"30s\"");
+    let mut s = TcpStream::connect(f.listen[0]).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut b = [0u8; 1];
+    // Closed by the forwarder (reset or EOF), long before our own 10 s read timeout.
+    let r = s.read(&mut b);
+    assert!(
+        matches!(r, Ok(0))
+            || r.as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "{r:?}"
+    );
+    assert!(wait_until(Duration::from_secs(5), || f.counter(
+        "plain",
+        "ended",
+        "client_timeout"
+    ) == 1));
+}
+
+/// Accepts, reads a little, then resets the connection.
+fn resetter(mut s: TcpStream) {
+    let mut b = [0u8; 4];
+    let _ = s.read_exact(&mut b);
+    let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+}
+
+#[test]
+fn server_reset_reaches_the_client() {
+    let f = started(tcp_server(resetter), "client = \"30s\", server = \"30s\"");
+    let mut s = TcpStream::connect(f.listen[0]).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"ping").unwrap();
+    let mut b = [0u8; 1];
+    let r = s.read(&mut b);
+    assert!(
+        r.as_ref()
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "expected a reset, got {r:?}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || f
+            .counter("plain", "ended", "reset")
+            == 1),
+        "{:?}",
+        f.status()
+    );
+}
+
+/// Answers every connection with one fixed line, then closes.
+fn hello_a(mut s: TcpStream) {
+    let _ = s.write_all(b"service a\n");
+}
+
+fn hello_b(mut s: TcpStream) {
+    let _ = s.write_all(b"service b\n");
+}
+
+#[test]
+fn several_services_in_one_daemon() {
+    let (a, b) = (tcp_server(hello_a), tcp_server(hello_b));
+    let t = "client = \"30s\", server = \"30s\"";
+    let two = format!(
+        "{}\n{}",
+        service(a, t),
+        service(b, t).replace("name = \"plain\"", "name = \"other\"")
+    );
+    let f = Forwarder::start(&two);
+    assert!(wait_until(Duration::from_secs(10), || f
+        .master("plain")
+        .is_some()
+        && f.master("other").is_some()));
+    for (listen, want) in [(f.listen[0], "service a\n"), (f.listen[1], "service b\n")] {
+        let mut s = TcpStream::connect(listen).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut got = String::new();
+        s.read_to_string(&mut got).unwrap();
+        assert_eq!(got, want);
+    }
+}

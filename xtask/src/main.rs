@@ -1,0 +1,46 @@
+//! `cargo xtask build-ebpf | test | bench | lab`: the only build script a human runs.
+
+mod lab;
+mod prereq;
+mod test;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Workflow of the forwarder project")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install prerequisites, build, and run every test (end-to-end suite once per data path).
+    Test(test::TestArgs),
+    /// Run the whole HA setup on loopback (2 Redis, 3 Sentinels, the forwarder in front).
+    Lab(lab::LabArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Test(a) => test::run(a),
+        Cmd::Lab(a) => lab::run(a),
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map_or(manifest.clone(), PathBuf::from)
+}
+
+/// `cargo` as invoked us (or from PATH).
+pub fn cargo() -> std::process::Command {
+    let mut c =
+        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}

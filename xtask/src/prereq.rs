@@ -1,0 +1,80 @@
+//! Prerequisites: Debian packages the workflow needs, installed when we are root, otherwise a
+//! message that says exactly what to install. Nothing is skipped silently.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{bail, Context};
+
+/// A program and the Debian package that ships it.
+pub struct Tool {
+    pub program: &'static str,
+    pub package: &'static str,
+}
+
+pub const REDIS: Tool = Tool {
+    program: "redis-server",
+    package: "redis-server",
+};
+pub const SENTINEL: Tool = Tool {
+    program: "redis-sentinel",
+    package: "redis-sentinel",
+};
+pub const REDIS_CLI: Tool = Tool {
+    program: "redis-cli",
+    package: "redis-tools",
+};
+
+/// Whether `program` is on PATH.
+pub fn have(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
+        || Path::new("/usr/sbin").join(program).is_file()
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// Makes sure every tool is installed: installs the missing packages with apt-get when root,
+/// otherwise fails with the command to run.
+pub fn ensure(tools: &[Tool]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = tools
+        .iter()
+        .filter(|t| !have(t.program))
+        .map(|t| t.package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let cmd = format!("apt-get install -y {}", missing.join(" "));
+    if !is_root() {
+        bail!("missing prerequisites; install them with: sudo {cmd}");
+    }
+    eprintln!("xtask: installing {}", missing.join(" "));
+    run(Command::new("apt-get").args(["update", "-q"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    for t in tools {
+        if !have(t.program) {
+            bail!("{} is still missing after `{cmd}`", t.program);
+        }
+    }
+    Ok(())
+}
+
+/// Runs a command to completion, failing with its command line on a non-zero exit.
+pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
