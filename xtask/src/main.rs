@@ -1,5 +1,6 @@
 //! `cargo xtask build-ebpf | test | bench | lab`: the only build script a human runs.
 
+mod bench;
 mod lab;
 mod prereq;
 mod test;
@@ -19,6 +20,8 @@ struct Cli {
 enum Cmd {
     /// Install prerequisites, build, and run every test (end-to-end suite once per data path).
     Test(test::TestArgs),
+    /// Measure every data path side by side with a direct connection, HAProxy and socat.
+    Bench(bench::BenchArgs),
     /// Run the whole HA setup on loopback (2 Redis, 3 Sentinels, the forwarder in front).
     Lab(lab::LabArgs),
 }
@@ -28,6 +31,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Cmd::Test(a) => test::run(a),
         Cmd::Lab(a) => lab::run(a),
+        Cmd::Bench(a) => bench::run(a),
     }
 }
 
