@@ -21,6 +21,8 @@ pub struct State {
     pub services: Vec<ServiceHandle>,
     pub global: Arc<GlobalStats>,
     pub datapath: DataPath,
+    /// Why the data path is not the best one `auto` knows, when it fell back.
+    pub fallback: Option<String>,
 }
 
 pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: CancellationToken) {
@@ -39,6 +41,7 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: Cancellat
 #[derive(Serialize)]
 struct Status {
     datapath: &'static str,
+    datapath_fallback: Option<String>,
     accept_errors: u64,
     services: Vec<ServiceStatus>,
 }
@@ -71,6 +74,7 @@ struct ServerStatus {
 fn status_of(state: &State) -> Status {
     Status {
         datapath: state.datapath.name(),
+        datapath_fallback: state.fallback.clone(),
         accept_errors: state.global.accept_errors.load(Ordering::Relaxed),
         services: state
             .services
@@ -137,8 +141,15 @@ fn render_metrics(state: &State) -> String {
     family(
         "forwarder_datapath_info",
         "gauge",
-        "The data path in use.",
-        vec![(format!("{{mode=\"{}\"}}", st.datapath), "1".into())],
+        "The data path in use; `fallback` says why it is not uring when auto fell back.",
+        vec![(
+            format!(
+                "{{mode=\"{}\",fallback=\"{}\"}}",
+                st.datapath,
+                label_value(st.datapath_fallback.as_deref().unwrap_or(""))
+            ),
+            "1".into(),
+        )],
     );
     family(
         "forwarder_accept_errors_total",
@@ -266,4 +277,11 @@ fn render_metrics(state: &State) -> String {
         checks,
     );
     out
+}
+
+/// Escapes a Prometheus label value (backslash, double quote, newline).
+fn label_value(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }

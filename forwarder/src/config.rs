@@ -145,6 +145,16 @@ pub struct Datapath {
     pub workers: usize,
 }
 
+impl Datapath {
+    /// The number of threads to run: `workers`, or one per core when it is 0.
+    pub fn threads(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Admin {
     pub listen: SocketAddr,

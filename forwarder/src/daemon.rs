@@ -22,7 +22,9 @@ pub struct ServiceHandle {
 /// Runs until SIGTERM or SIGINT. Fails before serving anything if a listener cannot be bound or
 /// the requested data path cannot run here.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
-    let datapath = DataPath::select(cfg.datapath.mode).map_err(anyhow::Error::msg)?;
+    let selected =
+        DataPath::select(cfg.datapath.mode, cfg.datapath.threads()).map_err(anyhow::Error::msg)?;
+    let datapath = selected.path;
     let shutdown = CancellationToken::new();
     let global = Arc::new(GlobalStats::default());
 
@@ -71,7 +73,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             router,
             stats,
             Arc::clone(&global),
-            datapath,
+            datapath.clone(),
             shutdown.clone(),
         ));
         tracing::info!(service = %svc.name, listen = %svc.listen, servers = ?svc.servers,
@@ -88,6 +90,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         services: handles,
         global,
         datapath,
+        fallback: selected.fallback,
     });
     if let Some(l) = admin_listener {
         tracing::info!(listen = %l.local_addr()?, "admin listening");

@@ -76,12 +76,8 @@ fn main() -> ExitCode {
 }
 
 fn run(cfg: Config) -> anyhow::Result<()> {
-    let workers = match cfg.datapath.workers {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
-    };
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
+        .worker_threads(cfg.datapath.threads())
         .enable_all()
         .build()?;
     rt.block_on(forwarder::daemon::run(cfg))

@@ -7,7 +7,7 @@
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -336,8 +336,14 @@ impl Forwarder {
     /// replaced by a free port, once per service). The `[datapath]` and `[admin]` sections are
     /// added here. Waits until every listener accepts.
     pub fn start(services: &str) -> Forwarder {
+        Forwarder::start_with(services, &mode(), None)
+    }
+
+    /// Like `start`, in data path `mode`, run through `wrapper` (a program that execs the rest of
+    /// its arguments, e.g. `deny-io-uring`) when given.
+    pub fn start_with(services: &str, mode: &str, wrapper: Option<&Path>) -> Forwarder {
         for _ in 0..10 {
-            match Forwarder::try_start(services) {
+            match Forwarder::try_start(services, mode, wrapper) {
                 Ok(f) => return f,
                 Err(e) if e.contains("in use") => continue,
                 Err(e) => panic!("forwarder did not start: {e}"),
@@ -346,7 +352,7 @@ impl Forwarder {
         panic!("forwarder did not start: ports kept being taken");
     }
 
-    fn try_start(services: &str) -> Result<Forwarder, String> {
+    fn try_start(services: &str, mode: &str, wrapper: Option<&Path>) -> Result<Forwarder, String> {
         let mut text = services.to_string();
         let mut listen = Vec::new();
         while text.contains("{LISTEN}") {
@@ -355,11 +361,9 @@ impl Forwarder {
             listen.push(a);
         }
         let admin = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
-        let config = format!(
-            "[datapath]\nmode = \"{}\"\n\n[admin]\nlisten = \"{admin}\"\n\n{text}",
-            mode()
-        );
-        let (proc, log, dir) = spawn_forwarder(&["run"], &config);
+        let config =
+            format!("[datapath]\nmode = \"{mode}\"\n\n[admin]\nlisten = \"{admin}\"\n\n{text}");
+        let (proc, log, dir) = spawn_forwarder(wrapper, &["run"], &config);
         let mut f = Forwarder {
             proc,
             admin,
@@ -375,6 +379,17 @@ impl Forwarder {
         if !ready || f.proc.child.is_none() {
             f.proc.kill();
             return Err(f.log_text());
+        }
+        // The suite must exercise the mode it claims to: no silent fallback.
+        let running = f
+            .status()
+            .and_then(|s| s["datapath"].as_str().map(str::to_string));
+        if mode != "auto" {
+            assert_eq!(
+                running.as_deref(),
+                Some(mode),
+                "the forwarder runs another data path than FORWARDER_MODE"
+            );
         }
         Ok(f)
     }
@@ -426,13 +441,22 @@ impl Forwarder {
 
 /// Runs `forwarder <args> --config <file with text>` and returns the process and its log lines.
 fn spawn_forwarder(
+    wrapper: Option<&Path>,
     args: &[&str],
     config: &str,
 ) -> (Proc, Arc<Mutex<Vec<String>>>, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("forwarder.toml");
     std::fs::write(&path, config).expect("write config");
-    let mut child = Command::new(forwarder_bin())
+    let mut cmd = match wrapper {
+        Some(w) => {
+            let mut c = Command::new(w);
+            c.arg(forwarder_bin());
+            c
+        }
+        None => Command::new(forwarder_bin()),
+    };
+    let mut child = cmd
         .args(args)
         .arg("--config")
         .arg(&path)
@@ -458,7 +482,16 @@ fn spawn_forwarder(
 
 /// Runs `forwarder check --config` (or `run`) on `config` to completion; returns (exit code, stderr).
 pub fn forwarder_exit(subcommand: &str, config: &str) -> (i32, String) {
-    let (mut proc, log, _dir) = spawn_forwarder(&[subcommand], config);
+    forwarder_exit_with(None, subcommand, config)
+}
+
+/// `forwarder_exit` run through `wrapper` when given.
+pub fn forwarder_exit_with(
+    wrapper: Option<&Path>,
+    subcommand: &str,
+    config: &str,
+) -> (i32, String) {
+    let (mut proc, log, _dir) = spawn_forwarder(wrapper, &[subcommand], config);
     let code = proc.wait_exit(Duration::from_secs(20));
     // Let the reader thread drain stderr.
     std::thread::sleep(Duration::from_millis(100));

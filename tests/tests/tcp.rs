@@ -236,3 +236,24 @@ fn several_services_in_one_daemon() {
         assert_eq!(got, want);
     }
 }
+
+#[test]
+fn sessions_keep_working_after_idle_pauses() {
+    // The uring path gives an idle direction's pipe back after 1 s and waits with a plain poll;
+    // traffic before and after such pauses must flow, in order, both ways.
+    let f = started(tcp_server(echo), r#"client = "30s", server = "30s""#);
+    let mut c = TcpStream::connect(f.listen[0]).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    for round in 0..3u8 {
+        let mut out = vec![0u8; 300 * 1024];
+        pattern(usize::from(round), &mut out);
+        let mut writer = c.try_clone().unwrap();
+        let sent = out.clone();
+        let w = std::thread::spawn(move || writer.write_all(&sent));
+        let mut back = vec![0u8; out.len()];
+        c.read_exact(&mut back).expect("echo after a pause");
+        w.join().unwrap().unwrap();
+        assert!(back == out, "round {round}: bytes differ");
+        std::thread::sleep(Duration::from_millis(1300));
+    }
+}

@@ -9,7 +9,7 @@ use clap::Args;
 use crate::prereq::{self, REDIS, REDIS_CLI, SENTINEL};
 
 /// The data path modes this build has; the end-to-end suite runs in each.
-pub const MODES: &[&str] = &["userspace"];
+pub const MODES: &[&str] = &["userspace", "uring"];
 
 #[derive(Args)]
 pub struct TestArgs {

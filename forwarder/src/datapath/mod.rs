@@ -3,6 +3,7 @@
 //! the same contract: half-close propagated, resets propagated, idle timeouts, and the session
 //! ends at once when its route's `cut` token is cancelled.
 
+pub mod uring;
 pub mod userspace;
 
 use std::sync::Arc;
@@ -29,39 +30,68 @@ pub struct Session {
 }
 
 /// The data path chosen at startup.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone)]
 pub enum DataPath {
     Userspace,
+    Uring(Arc<uring::Uring>),
+}
+
+/// What `select` chose, and why it is not the best path when it had to fall back.
+pub struct Selected {
+    pub path: DataPath,
+    pub fallback: Option<String>,
 }
 
 impl DataPath {
-    /// Chooses the data path for `mode`, or says why the requested one cannot run here.
-    /// `auto` picks the best that works and logs why.
-    pub fn select(mode: Mode) -> Result<DataPath, String> {
+    /// Chooses the data path for `mode` with `workers` threads where the path has its own, or
+    /// says why the requested one cannot run here. `auto` picks the best that works and logs why.
+    pub fn select(mode: Mode, workers: usize) -> Result<Selected, String> {
         match mode {
-            Mode::Userspace => Ok(DataPath::Userspace),
-            Mode::Auto => {
-                tracing::info!(
-                    "datapath auto: using userspace (this build has no uring or sockmap data path yet)"
-                );
-                Ok(DataPath::Userspace)
-            }
-            Mode::Uring | Mode::Sockmap => Err(format!(
-                "datapath mode {mode:?} is not available in this build; use \"auto\" or \"userspace\""
-            )),
+            Mode::Userspace => Ok(Selected {
+                path: DataPath::Userspace,
+                fallback: None,
+            }),
+            Mode::Uring => uring::Uring::start(workers)
+                .map(|u| Selected {
+                    path: DataPath::Uring(Arc::new(u)),
+                    fallback: None,
+                })
+                .map_err(|e| format!("datapath mode \"uring\" cannot run here: {e}")),
+            Mode::Auto => match uring::Uring::start(workers) {
+                Ok(u) => {
+                    tracing::info!(workers, "datapath auto: using uring (io_uring splice works here)");
+                    Ok(Selected {
+                        path: DataPath::Uring(Arc::new(u)),
+                        fallback: None,
+                    })
+                }
+                Err(e) => {
+                    tracing::warn!("datapath auto: using userspace, because uring cannot run here: {e}");
+                    Ok(Selected {
+                        path: DataPath::Userspace,
+                        fallback: Some(format!("uring: {e}")),
+                    })
+                }
+            },
+            Mode::Sockmap => Err(
+                "datapath mode \"sockmap\" is not available in this build; use \"auto\", \"uring\" or \"userspace\""
+                    .to_string(),
+            ),
         }
     }
 
-    pub fn name(self) -> &'static str {
+    pub fn name(&self) -> &'static str {
         match self {
             DataPath::Userspace => "userspace",
+            DataPath::Uring(_) => "uring",
         }
     }
 
     /// Runs the session to its end.
-    pub async fn relay(self, session: Session) -> End {
+    pub async fn relay(&self, session: Session) -> End {
         match self {
             DataPath::Userspace => userspace::relay(session).await,
+            DataPath::Uring(u) => u.relay(session).await,
         }
     }
 }

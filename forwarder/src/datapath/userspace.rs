@@ -3,8 +3,10 @@
 //! Like tokio's `copy_bidirectional`, plus what a proxy needs: half-close (EOF on one side becomes
 //! `shutdown(SHUT_WR)` on the other while the other direction keeps running), reset propagation
 //! (an error on one side closes the other with SO_LINGER 0, i.e. a RST), idle timeouts per side, and
-//! the master-change cut. Buffers are allocated on the first byte, so idle sessions hold none.
+//! the master-change cut. A direction borrows a buffer from its thread's pool only while bytes are
+//! in flight, so an idle session holds none.
 
+use std::cell::RefCell;
 use std::io;
 use std::net::Shutdown;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,6 +20,34 @@ use super::Session;
 use crate::metrics::End;
 
 const BUF_SIZE: usize = 64 * 1024;
+/// Free buffers kept per thread; more than this are returned to the allocator.
+const POOL_MAX: usize = 64;
+
+thread_local! {
+    static POOL: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A buffer borrowed from the thread's pool, given back on drop (possibly to another thread's
+/// pool, when the task moved: that is fine, pools only bound how much is kept).
+struct Buf(Box<[u8]>);
+
+impl Buf {
+    fn take() -> Buf {
+        let b = POOL.with_borrow_mut(Vec::pop);
+        Buf(b.unwrap_or_else(|| vec![0; BUF_SIZE].into_boxed_slice()))
+    }
+}
+
+impl Drop for Buf {
+    fn drop(&mut self) {
+        let b = std::mem::take(&mut self.0);
+        POOL.with_borrow_mut(|p| {
+            if p.len() < POOL_MAX {
+                p.push(b);
+            }
+        });
+    }
+}
 
 /// Last activity of each side, in milliseconds since the session started.
 struct Activity {
@@ -119,13 +149,10 @@ async fn pump(s: &Session, act: &Activity, dir: Dir) -> io::Result<()> {
             &s.stats.bytes_server_to_client,
         ),
     };
-    let mut buf: Vec<u8> = Vec::new();
     loop {
         from.readable().await?;
-        if buf.is_empty() {
-            buf = vec![0; BUF_SIZE];
-        }
-        let n = match from.try_read(&mut buf) {
+        let mut buf = Buf::take();
+        let n = match from.try_read(&mut buf.0) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e),
@@ -142,7 +169,7 @@ async fn pump(s: &Session, act: &Activity, dir: Dir) -> io::Result<()> {
         let mut off = 0;
         while off < n {
             to.writable().await?;
-            match to.try_write(&buf[off..n]) {
+            match to.try_write(&buf.0[off..n]) {
                 Ok(k) => off += k,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(e),

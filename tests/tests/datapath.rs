@@ -1,0 +1,101 @@
+//! Choosing the data path: `auto` takes the best one that works, falls back with a reason when
+//! the kernel or a sandbox forbids it, and an explicitly requested path that cannot run is a
+//! startup error. io_uring is forbidden for real, with a seccomp filter (`deny-io-uring`).
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::path::Path;
+use std::time::Duration;
+
+use e2e::{forwarder_exit_with, tcp_server, wait_until, Forwarder};
+
+const DENY: &str = env!("CARGO_BIN_EXE_deny-io-uring");
+
+fn service(backend: SocketAddr, listen: &str) -> String {
+    format!(
+        r#"[[service]]
+name = "plain"
+listen = "{listen}"
+servers = ["{backend}"]
+
+[service.check]
+kind = "tcp-check"
+steps = ["connect"]
+interval = "200ms"
+rise = 1
+"#
+    )
+}
+
+fn echo(mut s: TcpStream) {
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 || s.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = s.shutdown(Shutdown::Write);
+}
+
+fn round_trip(f: &Forwarder) {
+    assert!(
+        wait_until(Duration::from_secs(10), || f.master("plain").is_some()),
+        "backend never became up: {}",
+        f.log_text()
+    );
+    let mut c = TcpStream::connect(f.listen[0]).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(b"ping").unwrap();
+    let mut got = [0u8; 4];
+    c.read_exact(&mut got).expect("echo through the forwarder");
+    assert_eq!(&got, b"ping");
+}
+
+#[test]
+fn auto_uses_io_uring_where_it_works() {
+    let backend = tcp_server(echo);
+    let f = Forwarder::start_with(&service(backend, "{LISTEN}"), "auto", None);
+    let st = f.status().expect("status");
+    assert_eq!(st["datapath"], "uring", "{}", f.log_text());
+    assert!(st["datapath_fallback"].is_null());
+    round_trip(&f);
+}
+
+#[test]
+fn auto_falls_back_to_userspace_when_io_uring_is_forbidden() {
+    let backend = tcp_server(echo);
+    let f = Forwarder::start_with(&service(backend, "{LISTEN}"), "auto", Some(Path::new(DENY)));
+    let st = f.status().expect("status");
+    assert_eq!(st["datapath"], "userspace", "{}", f.log_text());
+    let why = st["datapath_fallback"].as_str().unwrap_or_default();
+    assert!(why.contains("EPERM"), "fallback reason: {why:?}");
+    let log = f.log_text();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("datapath auto: using userspace, because uring cannot run here"))
+        .collect();
+    assert_eq!(lines.len(), 1, "one log line says why: {log}");
+    assert!(lines[0].contains("EPERM"), "{}", lines[0]);
+    assert!(
+        f.metrics()
+            .contains("forwarder_datapath_info{mode=\"userspace\",fallback=\"uring: "),
+        "{}",
+        f.metrics()
+    );
+    round_trip(&f);
+}
+
+#[test]
+fn uring_requested_where_it_is_forbidden_is_a_startup_error() {
+    let backend = tcp_server(echo);
+    let config = format!(
+        "[datapath]\nmode = \"uring\"\n\n{}",
+        service(backend, "127.0.0.1:0")
+    );
+    let (code, log) = forwarder_exit_with(Some(Path::new(DENY)), "run", &config);
+    assert_ne!(code, 0, "{log}");
+    assert!(
+        log.contains("datapath mode \"uring\" cannot run here") && log.contains("EPERM"),
+        "{log}"
+    );
+}
