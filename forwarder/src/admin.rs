@@ -42,6 +42,8 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: Cancellat
 struct Status {
     datapath: &'static str,
     datapath_fallback: Option<String>,
+    /// Kernel-side byte totals of the sockmap program (sockmap mode only).
+    bpf: Option<crate::datapath::sockmap::Totals>,
     accept_errors: u64,
     services: Vec<ServiceStatus>,
 }
@@ -75,6 +77,7 @@ fn status_of(state: &State) -> Status {
     Status {
         datapath: state.datapath.name(),
         datapath_fallback: state.fallback.clone(),
+        bpf: state.datapath.bpf_totals(),
         accept_errors: state.global.accept_errors.load(Ordering::Relaxed),
         services: state
             .services

@@ -71,6 +71,7 @@ struct RawConfig {
 struct RawDatapath {
     mode: Option<Mode>,
     workers: Option<usize>,
+    sockmap_sessions: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -143,6 +144,9 @@ pub struct Datapath {
     pub mode: Mode,
     /// Data path threads; 0 in the file means one per core.
     pub workers: usize,
+    /// Sessions the sockmap holds at once; more fall back to the next data path, counted.
+    /// Defaults to the sum of the services' `maxconn`.
+    pub sockmap_sessions: u32,
 }
 
 impl Datapath {
@@ -348,10 +352,23 @@ impl Validator {
             }
             services.push(svc);
         }
+        let sockmap_sessions = match raw.datapath.sockmap_sessions {
+            Some(0) => return Err(self.err("datapath.sockmap_sessions", "must be at least 1")),
+            Some(n) if n > 1 << 20 => {
+                return Err(self.err("datapath.sockmap_sessions", "at most 1048576"))
+            }
+            Some(n) => n,
+            None => services
+                .iter()
+                .map(|s| s.maxconn)
+                .fold(0u32, u32::saturating_add)
+                .min(1 << 20),
+        };
         Ok(Config {
             datapath: Datapath {
                 mode: raw.datapath.mode.unwrap_or(Mode::Auto),
                 workers,
+                sockmap_sessions,
             },
             admin,
             service: services,

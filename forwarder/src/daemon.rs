@@ -22,8 +22,7 @@ pub struct ServiceHandle {
 /// Runs until SIGTERM or SIGINT. Fails before serving anything if a listener cannot be bound or
 /// the requested data path cannot run here.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
-    let selected =
-        DataPath::select(cfg.datapath.mode, cfg.datapath.threads()).map_err(anyhow::Error::msg)?;
+    let selected = DataPath::select(&cfg.datapath).map_err(anyhow::Error::msg)?;
     let datapath = selected.path;
     let shutdown = CancellationToken::new();
     let global = Arc::new(GlobalStats::default());

@@ -85,6 +85,10 @@ pub struct ServiceStats {
     ended: [AtomicU64; End::ALL.len()],
     pub bytes_client_to_server: AtomicU64,
     pub bytes_server_to_client: AtomicU64,
+    /// Bytes that passed through userspace buffers (the userspace data path only).
+    pub bytes_copied_in_userspace: AtomicU64,
+    /// Sessions that did not fit the sockmap and ran on the next data path.
+    pub sockmap_fallbacks: AtomicU64,
     pub master_changes: AtomicU64,
 }
 
@@ -121,6 +125,8 @@ impl ServiceStats {
                 .collect(),
             bytes_client_to_server: load(&self.bytes_client_to_server),
             bytes_server_to_client: load(&self.bytes_server_to_client),
+            bytes_copied_in_userspace: load(&self.bytes_copied_in_userspace),
+            sockmap_fallbacks: load(&self.sockmap_fallbacks),
             master_changes: load(&self.master_changes),
         }
     }
@@ -135,6 +141,8 @@ pub struct StatsSnapshot {
     pub ended: std::collections::BTreeMap<&'static str, u64>,
     pub bytes_client_to_server: u64,
     pub bytes_server_to_client: u64,
+    pub bytes_copied_in_userspace: u64,
+    pub sockmap_fallbacks: u64,
     pub master_changes: u64,
 }
 

@@ -7,7 +7,7 @@
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -304,6 +304,15 @@ impl Conn {
     }
 }
 
+/// A command prefix that runs the rest of its arguments without the capabilities BPF needs.
+pub const WITHOUT_BPF_CAPS: &[&str] = &[
+    "capsh",
+    "--drop=cap_bpf,cap_sys_admin,cap_perfmon",
+    "--",
+    "-c",
+    "exec \"$0\" \"$@\"",
+];
+
 /// The data path mode the suite runs in.
 pub fn mode() -> String {
     std::env::var("FORWARDER_MODE").unwrap_or_else(|_| "userspace".to_string())
@@ -336,14 +345,19 @@ impl Forwarder {
     /// replaced by a free port, once per service). The `[datapath]` and `[admin]` sections are
     /// added here. Waits until every listener accepts.
     pub fn start(services: &str) -> Forwarder {
-        Forwarder::start_with(services, &mode(), None)
+        let m = mode();
+        Forwarder::launch(services, &format!("mode = \"{m}\""), &[], Some(&m))
     }
 
-    /// Like `start`, in data path `mode`, run through `wrapper` (a program that execs the rest of
-    /// its arguments, e.g. `deny-io-uring`) when given.
-    pub fn start_with(services: &str, mode: &str, wrapper: Option<&Path>) -> Forwarder {
+    /// Like `start`, with `datapath` as the body of the `[datapath]` section, run through
+    /// `wrapper` (a command prefix that execs the rest of its arguments, e.g. `deny-io-uring`).
+    pub fn start_with(services: &str, datapath: &str, wrapper: &[&str]) -> Forwarder {
+        Forwarder::launch(services, datapath, wrapper, None)
+    }
+
+    fn launch(services: &str, datapath: &str, wrapper: &[&str], expect: Option<&str>) -> Forwarder {
         for _ in 0..10 {
-            match Forwarder::try_start(services, mode, wrapper) {
+            match Forwarder::try_start(services, datapath, wrapper, expect) {
                 Ok(f) => return f,
                 Err(e) if e.contains("in use") => continue,
                 Err(e) => panic!("forwarder did not start: {e}"),
@@ -352,7 +366,12 @@ impl Forwarder {
         panic!("forwarder did not start: ports kept being taken");
     }
 
-    fn try_start(services: &str, mode: &str, wrapper: Option<&Path>) -> Result<Forwarder, String> {
+    fn try_start(
+        services: &str,
+        datapath: &str,
+        wrapper: &[&str],
+        expect: Option<&str>,
+    ) -> Result<Forwarder, String> {
         let mut text = services.to_string();
         let mut listen = Vec::new();
         while text.contains("{LISTEN}") {
@@ -361,8 +380,7 @@ impl Forwarder {
             listen.push(a);
         }
         let admin = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
-        let config =
-            format!("[datapath]\nmode = \"{mode}\"\n\n[admin]\nlisten = \"{admin}\"\n\n{text}");
+        let config = format!("[datapath]\n{datapath}\n\n[admin]\nlisten = \"{admin}\"\n\n{text}");
         let (proc, log, dir) = spawn_forwarder(wrapper, &["run"], &config);
         let mut f = Forwarder {
             proc,
@@ -384,7 +402,7 @@ impl Forwarder {
         let running = f
             .status()
             .and_then(|s| s["datapath"].as_str().map(str::to_string));
-        if mode != "auto" {
+        if let Some(mode) = expect.filter(|m| *m != "auto") {
             assert_eq!(
                 running.as_deref(),
                 Some(mode),
@@ -441,17 +459,17 @@ impl Forwarder {
 
 /// Runs `forwarder <args> --config <file with text>` and returns the process and its log lines.
 fn spawn_forwarder(
-    wrapper: Option<&Path>,
+    wrapper: &[&str],
     args: &[&str],
     config: &str,
 ) -> (Proc, Arc<Mutex<Vec<String>>>, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("forwarder.toml");
     std::fs::write(&path, config).expect("write config");
-    let mut cmd = match wrapper {
-        Some(w) => {
+    let mut cmd = match wrapper.split_first() {
+        Some((w, rest)) => {
             let mut c = Command::new(w);
-            c.arg(forwarder_bin());
+            c.args(rest).arg(forwarder_bin());
             c
         }
         None => Command::new(forwarder_bin()),
@@ -482,15 +500,11 @@ fn spawn_forwarder(
 
 /// Runs `forwarder check --config` (or `run`) on `config` to completion; returns (exit code, stderr).
 pub fn forwarder_exit(subcommand: &str, config: &str) -> (i32, String) {
-    forwarder_exit_with(None, subcommand, config)
+    forwarder_exit_with(&[], subcommand, config)
 }
 
-/// `forwarder_exit` run through `wrapper` when given.
-pub fn forwarder_exit_with(
-    wrapper: Option<&Path>,
-    subcommand: &str,
-    config: &str,
-) -> (i32, String) {
+/// `forwarder_exit` run through the command prefix `wrapper`.
+pub fn forwarder_exit_with(wrapper: &[&str], subcommand: &str, config: &str) -> (i32, String) {
     let (mut proc, log, _dir) = spawn_forwarder(wrapper, &[subcommand], config);
     let code = proc.wait_exit(Duration::from_secs(20));
     // Let the reader thread drain stderr.

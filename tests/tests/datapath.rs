@@ -1,15 +1,16 @@
-//! Choosing the data path: `auto` takes the best one that works, falls back with a reason when
-//! the kernel or a sandbox forbids it, and an explicitly requested path that cannot run is a
-//! startup error. io_uring is forbidden for real, with a seccomp filter (`deny-io-uring`).
+//! Choosing the data path: `auto` takes uring where it works and falls back to userspace with a
+//! reason when the kernel or a sandbox forbids it; an explicitly requested path that cannot run
+//! is a startup error. The obstacles are real: a
+//! seccomp filter that denies `io_uring_setup` (`deny-io-uring`), and `capsh` dropping CAP_BPF
+//! and CAP_SYS_ADMIN.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::path::Path;
 use std::time::Duration;
 
-use e2e::{forwarder_exit_with, tcp_server, wait_until, Forwarder};
+use e2e::{forwarder_exit_with, tcp_server, wait_until, Forwarder, WITHOUT_BPF_CAPS};
 
-const DENY: &str = env!("CARGO_BIN_EXE_deny-io-uring");
+const DENY_URING: &str = env!("CARGO_BIN_EXE_deny-io-uring");
 
 fn service(backend: SocketAddr, listen: &str) -> String {
     format!(
@@ -51,31 +52,50 @@ fn round_trip(f: &Forwarder) {
     assert_eq!(&got, b"ping");
 }
 
+/// The one log line in which `auto` says what it chose and why.
+fn auto_line(f: &Forwarder) -> String {
+    let log = f.log_text();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("datapath auto: using"))
+        .collect();
+    assert_eq!(lines.len(), 1, "one log line says what auto chose: {log}");
+    lines[0].to_string()
+}
+
 #[test]
-fn auto_uses_io_uring_where_it_works() {
-    let backend = tcp_server(echo);
-    let f = Forwarder::start_with(&service(backend, "{LISTEN}"), "auto", None);
+fn auto_uses_uring_where_it_works() {
+    let f = Forwarder::start_with(
+        &service(tcp_server(echo), "{LISTEN}"),
+        "mode = \"auto\"",
+        &[],
+    );
     let st = f.status().expect("status");
     assert_eq!(st["datapath"], "uring", "{}", f.log_text());
     assert!(st["datapath_fallback"].is_null());
+    assert!(auto_line(&f).contains("using uring"));
     round_trip(&f);
 }
 
 #[test]
 fn auto_falls_back_to_userspace_when_io_uring_is_forbidden() {
-    let backend = tcp_server(echo);
-    let f = Forwarder::start_with(&service(backend, "{LISTEN}"), "auto", Some(Path::new(DENY)));
+    let f = Forwarder::start_with(
+        &service(tcp_server(echo), "{LISTEN}"),
+        "mode = \"auto\"",
+        &[DENY_URING],
+    );
     let st = f.status().expect("status");
     assert_eq!(st["datapath"], "userspace", "{}", f.log_text());
     let why = st["datapath_fallback"].as_str().unwrap_or_default();
-    assert!(why.contains("EPERM"), "fallback reason: {why:?}");
-    let log = f.log_text();
-    let lines: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("datapath auto: using userspace, because uring cannot run here"))
-        .collect();
-    assert_eq!(lines.len(), 1, "one log line says why: {log}");
-    assert!(lines[0].contains("EPERM"), "{}", lines[0]);
+    assert!(
+        why.starts_with("uring: ") && why.contains("EPERM"),
+        "fallback reason: {why:?}"
+    );
+    let line = auto_line(&f);
+    assert!(
+        line.contains("using userspace, because uring cannot run here") && line.contains("EPERM"),
+        "{line}"
+    );
     assert!(
         f.metrics()
             .contains("forwarder_datapath_info{mode=\"userspace\",fallback=\"uring: "),
@@ -87,15 +107,28 @@ fn auto_falls_back_to_userspace_when_io_uring_is_forbidden() {
 
 #[test]
 fn uring_requested_where_it_is_forbidden_is_a_startup_error() {
-    let backend = tcp_server(echo);
     let config = format!(
         "[datapath]\nmode = \"uring\"\n\n{}",
-        service(backend, "127.0.0.1:0")
+        service(tcp_server(echo), "127.0.0.1:0")
     );
-    let (code, log) = forwarder_exit_with(Some(Path::new(DENY)), "run", &config);
+    let (code, log) = forwarder_exit_with(&[DENY_URING], "run", &config);
     assert_ne!(code, 0, "{log}");
     assert!(
         log.contains("datapath mode \"uring\" cannot run here") && log.contains("EPERM"),
+        "{log}"
+    );
+}
+
+#[test]
+fn sockmap_requested_without_cap_bpf_is_a_startup_error() {
+    let config = format!(
+        "[datapath]\nmode = \"sockmap\"\n\n{}",
+        service(tcp_server(echo), "127.0.0.1:0")
+    );
+    let (code, log) = forwarder_exit_with(WITHOUT_BPF_CAPS, "run", &config);
+    assert_ne!(code, 0, "{log}");
+    assert!(
+        log.contains("datapath mode \"sockmap\" cannot run here"),
         "{log}"
     );
 }

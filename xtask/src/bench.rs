@@ -170,6 +170,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         rounds: args.rounds,
     };
     prereq::run(crate::cargo().args(["build", "--release", "-p", "bench"]))?;
+    // Without the BPF object the sockmap rows are absent, with the forwarder's reason.
+    if let Err(e) = crate::ebpf::build() {
+        eprintln!("bench: the BPF object was not built ({e:#}); sockmap rows will be absent");
+    }
     // The forwarder is being written alongside: a build failure makes its rows absent, not the run.
     let forwarder = crate::root().join("target/release/forwarder");
     let built = crate::cargo()

@@ -37,6 +37,10 @@ fn port_from(start: u16) -> anyhow::Result<u16> {
 
 pub fn run(args: LabArgs) -> anyhow::Result<()> {
     prereq::ensure(&[REDIS, SENTINEL, REDIS_CLI])?;
+    // With the BPF object embedded, `auto` runs the sockmap path; without it, the next best.
+    if let Err(e) = crate::ebpf::build() {
+        eprintln!("lab: the BPF program was not built ({e:#}); the forwarder will fall back");
+    }
     prereq::run(crate::cargo().args(["build", "--release", "-p", "forwarder"]))?;
     let bin = crate::root().join("target/release/forwarder");
 

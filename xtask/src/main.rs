@@ -1,6 +1,7 @@
 //! `cargo xtask build-ebpf | test | bench | lab`: the only build script a human runs.
 
 mod bench;
+mod ebpf;
 mod lab;
 mod prereq;
 mod test;
@@ -18,6 +19,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Compile the sockmap BPF program (ebpf/forwarder.bpf.c) with clang into target/bpf/.
+    BuildEbpf,
     /// Install prerequisites, build, and run every test (end-to-end suite once per data path).
     Test(test::TestArgs),
     /// Measure every data path side by side with a direct connection, HAProxy and socat.
@@ -29,6 +32,7 @@ enum Cmd {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Cmd::BuildEbpf => ebpf::build(),
         Cmd::Test(a) => test::run(a),
         Cmd::Lab(a) => lab::run(a),
         Cmd::Bench(a) => bench::run(a),

@@ -6,7 +6,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context};
 
-/// A program and the Debian package that ships it.
+/// A program (or, given as an absolute path, a file) and the Debian package that ships it.
 pub struct Tool {
     pub program: &'static str,
     pub package: &'static str,
@@ -23,6 +23,23 @@ pub const SENTINEL: Tool = Tool {
 pub const REDIS_CLI: Tool = Tool {
     program: "redis-cli",
     package: "redis-tools",
+};
+pub const CLANG: Tool = Tool {
+    program: "clang-19",
+    package: "clang-19",
+};
+pub const LIBBPF: Tool = Tool {
+    program: "/usr/include/bpf/bpf_helpers.h",
+    package: "libbpf-dev",
+};
+pub const KERNEL_HEADERS: Tool = Tool {
+    program: "/usr/include/linux/bpf.h",
+    package: "linux-libc-dev",
+};
+/// `capsh`, to run the forwarder without CAP_BPF in a test.
+pub const CAPSH: Tool = Tool {
+    program: "capsh",
+    package: "libcap2-bin",
 };
 
 /// Whether `program` is on PATH.
@@ -44,7 +61,13 @@ fn is_root() -> bool {
 pub fn ensure(tools: &[Tool]) -> anyhow::Result<()> {
     let missing: Vec<&str> = tools
         .iter()
-        .filter(|t| !have(t.program))
+        .filter(|t| {
+            if t.program.starts_with('/') {
+                !Path::new(t.program).is_file()
+            } else {
+                !have(t.program)
+            }
+        })
         .map(|t| t.package)
         .collect();
     if missing.is_empty() {

@@ -3,6 +3,7 @@
 //! the same contract: half-close propagated, resets propagated, idle timeouts, and the session
 //! ends at once when its route's `cut` token is cancelled.
 
+pub mod sockmap;
 pub mod uring;
 pub mod userspace;
 
@@ -12,7 +13,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::admission::Permit;
-use crate::config::{Mode, Timeouts};
+use crate::config::{Datapath, Mode, Timeouts};
 use crate::metrics::{End, ServiceStats};
 
 /// An established session: the accepted client and its connection to the master.
@@ -34,6 +35,8 @@ pub struct Session {
 pub enum DataPath {
     Userspace,
     Uring(Arc<uring::Uring>),
+    /// With the path a session takes when the sockmap is full.
+    Sockmap(Arc<sockmap::Sockmap>, Box<DataPath>),
 }
 
 /// What `select` chose, and why it is not the best path when it had to fall back.
@@ -43,40 +46,46 @@ pub struct Selected {
 }
 
 impl DataPath {
-    /// Chooses the data path for `mode` with `workers` threads where the path has its own, or
-    /// says why the requested one cannot run here. `auto` picks the best that works and logs why.
-    pub fn select(mode: Mode, workers: usize) -> Result<Selected, String> {
-        match mode {
-            Mode::Userspace => Ok(Selected {
-                path: DataPath::Userspace,
-                fallback: None,
-            }),
-            Mode::Uring => uring::Uring::start(workers)
-                .map(|u| Selected {
-                    path: DataPath::Uring(Arc::new(u)),
-                    fallback: None,
-                })
+    /// Chooses the data path for the configured mode, or says why the requested one cannot run
+    /// here. `auto` takes uring where it works, else userspace, and logs why.
+    pub fn select(cfg: &Datapath) -> Result<Selected, String> {
+        let threads = cfg.threads();
+        let uring = || uring::Uring::start(threads).map(|u| DataPath::Uring(Arc::new(u)));
+        // The path for sessions that do not fit the sockmap: uring where it runs.
+        let second = || uring().unwrap_or(DataPath::Userspace);
+        let sockmap = || {
+            sockmap::Sockmap::load(cfg.sockmap_sessions)
+                .map(|m| DataPath::Sockmap(Arc::new(m), Box::new(second())))
+        };
+        let path = |p| Selected {
+            path: p,
+            fallback: None,
+        };
+        match cfg.mode {
+            Mode::Userspace => Ok(path(DataPath::Userspace)),
+            Mode::Uring => uring()
+                .map(path)
                 .map_err(|e| format!("datapath mode \"uring\" cannot run here: {e}")),
-            Mode::Auto => match uring::Uring::start(workers) {
-                Ok(u) => {
-                    tracing::info!(workers, "datapath auto: using uring (io_uring splice works here)");
-                    Ok(Selected {
-                        path: DataPath::Uring(Arc::new(u)),
-                        fallback: None,
-                    })
+            Mode::Sockmap => sockmap()
+                .map(path)
+                .map_err(|e| format!("datapath mode \"sockmap\" cannot run here: {e}")),
+            // sockmap is not a candidate: under concurrent load on kernel 6.18 the kernel was
+            // seen redirecting one skb twice (see README, "Data paths"). It runs only when asked.
+            Mode::Auto => match uring() {
+                Ok(p) => {
+                    tracing::info!("datapath auto: using uring (io_uring splice works here)");
+                    Ok(path(p))
                 }
                 Err(e) => {
-                    tracing::warn!("datapath auto: using userspace, because uring cannot run here: {e}");
+                    tracing::warn!(
+                        "datapath auto: using userspace, because uring cannot run here: {e}"
+                    );
                     Ok(Selected {
                         path: DataPath::Userspace,
                         fallback: Some(format!("uring: {e}")),
                     })
                 }
             },
-            Mode::Sockmap => Err(
-                "datapath mode \"sockmap\" is not available in this build; use \"auto\", \"uring\" or \"userspace\""
-                    .to_string(),
-            ),
         }
     }
 
@@ -84,6 +93,15 @@ impl DataPath {
         match self {
             DataPath::Userspace => "userspace",
             DataPath::Uring(_) => "uring",
+            DataPath::Sockmap(..) => "sockmap",
+        }
+    }
+
+    /// Kernel-side byte totals, when the path keeps them.
+    pub fn bpf_totals(&self) -> Option<sockmap::Totals> {
+        match self {
+            DataPath::Sockmap(m, _) => Some(m.totals()),
+            _ => None,
         }
     }
 
@@ -92,6 +110,30 @@ impl DataPath {
         match self {
             DataPath::Userspace => userspace::relay(session).await,
             DataPath::Uring(u) => u.relay(session).await,
+            DataPath::Sockmap(m, next) => match m.attach(&session) {
+                Ok(a) => m.relay(session, a).await,
+                Err(why) => {
+                    let stats = std::sync::Arc::clone(&session.stats);
+                    stats
+                        .sockmap_fallbacks
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    match &why {
+                        sockmap::AttachError::Full => {
+                            tracing::debug!("sockmap full; session runs on {}", next.name());
+                        }
+                        sockmap::AttachError::NotEstablished => {
+                            tracing::debug!(
+                                "socket no longer established; session runs on {}",
+                                next.name()
+                            );
+                        }
+                        sockmap::AttachError::Other(e) => {
+                            tracing::warn!(error = %e, "cannot put the session into the sockmap; using {}", next.name());
+                        }
+                    }
+                    Box::pin(next.relay(session)).await
+                }
+            },
         }
     }
 }

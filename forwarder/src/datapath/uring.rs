@@ -10,7 +10,8 @@
 //!   parks a kernel thread on an idle socket; the poll is what waits.
 //! - A direction reads from its source only when its pipe is empty, so bytes are never reordered,
 //!   and EOF is seen only after every earlier byte was written: then `shutdown(dst, SHUT_WR)`.
-//! - While a direction is busy it keeps its pipe and its poll is linked to the splices
+//! - While a direction is busy it keeps its pipe (up to `PIPES_KEPT_MAX` per worker, so
+//!   descriptors stay bounded) and its poll is linked to the splices
 //!   (`POLL_ADD -> SPLICE -> SPLICE` in one chain, no trip through this thread between them).
 //!   After `COOL_AFTER` without traffic the poll is cancelled and the pipe goes back to the pool;
 //!   the next bytes are then waited for by a plain poll. An idle session holds two sockets and a
@@ -41,7 +42,11 @@ use crate::metrics::{End, ServiceStats};
 /// Bytes a pipe holds (`F_SETPIPE_SZ`): one splice moves at most this much.
 const PIPE_SIZE: usize = 256 * 1024;
 /// Empty pipes a worker keeps for reuse.
-const PIPE_POOL_MAX: usize = 256;
+const PIPE_POOL_MAX: usize = 64;
+/// Pipes a worker lets busy directions keep between bursts. Each pipe is two descriptors; past
+/// this many, a drained direction gives its pipe back and waits with a plain poll, so thousands
+/// of briefly active sessions cannot exhaust the descriptor limit.
+const PIPES_KEPT_MAX: usize = 256;
 /// How often a worker checks idle timeouts and cut tokens on its own.
 const TICK: Duration = Duration::from_millis(100);
 /// A direction idle this long gives its pipe back to the pool.
@@ -267,6 +272,8 @@ struct Worker {
     ring: IoUring,
     conns: Slab<Conn>,
     pipes: Vec<Pipe>,
+    /// Pipes currently held by directions.
+    held: usize,
     rx: mpsc::Receiver<Msg>,
     wake: Arc<OwnedFd>,
     wake_buf: Box<[u8; 8]>,
@@ -294,6 +301,7 @@ impl Worker {
             ring,
             conns: Slab::new(),
             pipes: Vec::new(),
+            held: 0,
             rx,
             wake,
             wake_buf: Box::new([0; 8]),
@@ -590,7 +598,13 @@ impl Worker {
             // The pipe came back full: more is probably waiting, skip the poll.
             return self.splice_in_out(slot, dir);
         }
-        self.poll_splice(slot, dir);
+        if self.held <= PIPES_KEPT_MAX {
+            self.poll_splice(slot, dir);
+        } else {
+            let pipe = self.conns[slot].dirs[dir].pipe.take();
+            self.give_pipe(pipe);
+            self.poll_in(slot, dir);
+        }
     }
 
     /// Starts tearing a session down: cancels what is in flight, then `finish` closes it.
@@ -631,7 +645,9 @@ impl Worker {
             if d.pending == 0 {
                 let pipe = d.pipe.take();
                 self.give_pipe(pipe);
-            } // a pipe with bytes left in it is closed with the session
+            } else if d.pipe.take().is_some() {
+                self.held -= 1; // a pipe with bytes left in it is closed with the session
+            }
         }
         if let Some(done) = c.done.take() {
             let _ = done.send(how);
@@ -698,6 +714,12 @@ impl Worker {
     }
 
     fn take_pipe(&mut self) -> rustix::io::Result<Pipe> {
+        let p = self.new_pipe()?;
+        self.held += 1;
+        Ok(p)
+    }
+
+    fn new_pipe(&mut self) -> rustix::io::Result<Pipe> {
         if let Some(p) = self.pipes.pop() {
             return Ok(p);
         }
@@ -714,6 +736,7 @@ impl Worker {
 
     fn give_pipe(&mut self, pipe: Option<Pipe>) {
         if let Some(p) = pipe {
+            self.held -= 1;
             if self.pipes.len() < PIPE_POOL_MAX {
                 self.pipes.push(p);
             }

@@ -177,5 +177,8 @@ async fn pump(s: &Session, act: &Activity, dir: Dir) -> io::Result<()> {
         }
         act.touch(to_side);
         counter.fetch_add(n as u64, Ordering::Relaxed);
+        s.stats
+            .bytes_copied_in_userspace
+            .fetch_add(n as u64, Ordering::Relaxed);
     }
 }

@@ -1,0 +1,517 @@
+//! The in-kernel data path: both sockets of a session go into a BPF SOCKHASH and the `sk_skb`
+//! stream-verdict program of `ebpf/forwarder.bpf.c` redirects every skb to the peer's egress, so
+//! payload never reaches userspace.
+//!
+//! Userspace still owns each session's life, in one tokio task:
+//! - Each socket is inserted under the cookie of the *other* one (the program looks up its own
+//!   cookie), with a zeroed `activity` entry. While the entries go in, a huge `SO_RCVLOWAT`
+//!   keeps TCP from running the program (it would find no peer yet); setting it back to 1 runs
+//!   the program over everything that arrived meanwhile, in order.
+//! - The task waits only for EOF (`EPOLLRDHUP`), errors, the cut token and a timer: redirected
+//!   bytes do not wake it.
+//! - EOF on one side becomes `shutdown(SHUT_WR)` on the other only once every byte the program
+//!   redirected from that side sits in the other socket's send queue (`tcpi_bytes_acked` +
+//!   `SIOCOUTQ` == bytes redirected): the redirect goes through a kernel work queue, and a FIN
+//!   sent earlier would cut those bytes off.
+//! - Idle timeouts and byte counters come from the per-CPU `activity` map, read on the timer.
+//! - Map entries are always removed at the end (closing a socket would also unlink it).
+
+use std::io;
+use std::mem::size_of;
+use std::net::Shutdown;
+use std::os::fd::{AsFd, AsRawFd};
+use std::sync::atomic::Ordering;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use aya::maps::{MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, SockHash};
+use aya::programs::SkSkb;
+use aya::Ebpf;
+use socket2::SockRef;
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+
+use super::Session;
+use crate::metrics::End;
+
+/// The program, built by `cargo xtask build-ebpf` and embedded by `build.rs` (empty when absent).
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/forwarder.bpf.o"));
+
+/// Twin of `struct activity` in `ebpf/forwarder.h`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Activity {
+    pub bytes: u64,
+    pub last_ns: u64,
+}
+
+// SAFETY: `Activity` is `repr(C)`, two u64 without padding; any bit pattern is valid.
+unsafe impl aya::Pod for Activity {}
+
+/// Indexes of the `totals` per-CPU array (`enum total` in `ebpf/forwarder.h`).
+const TOTAL_REDIRECTED: u32 = 0;
+const TOTAL_PASSED: u32 = 1;
+
+/// Loaded and attached program with its maps.
+pub struct Sockmap {
+    peers: Mutex<SockHash<MapData, u64>>,
+    activity: Mutex<PerCpuHashMap<MapData, u64, Activity>>,
+    totals: PerCpuArray<MapData, u64>,
+    ncpus: usize,
+    /// Keeps the program loaded and attached.
+    _ebpf: Ebpf,
+}
+
+/// Kernel-side totals, for metrics.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct Totals {
+    /// Bytes the program redirected from one socket to its peer.
+    pub redirected_bytes: u64,
+    /// Bytes left to their own socket because it had no peer in the map (should stay 0).
+    pub passed_bytes: u64,
+}
+
+/// Why inserting a session failed.
+pub enum AttachError {
+    /// The map is full: the caller falls back to another data path for this session.
+    Full,
+    /// A socket is no longer ESTABLISHED (e.g. the client already half-closed): the kernel only
+    /// takes established sockets, so the session goes to the next data path too.
+    NotEstablished,
+    Other(String),
+}
+
+impl Sockmap {
+    /// Loads the embedded program with room for `sessions` sessions and attaches it.
+    pub fn load(sessions: u32) -> Result<Sockmap, String> {
+        if OBJECT.is_empty() {
+            return Err(
+                "this binary was built without the BPF object: run `cargo xtask \
+                        build-ebpf` (needs clang-19 and libbpf-dev), then rebuild the forwarder"
+                    .to_string(),
+            );
+        }
+        let entries = sessions.saturating_mul(2).max(2);
+        let mut ebpf = aya::EbpfLoader::new()
+            .set_max_entries("peers", entries)
+            .set_max_entries("activity", entries)
+            .load(OBJECT)
+            .map_err(|e| format!("loading the BPF object failed: {}", chain(&e)))?;
+        let peers: SockHash<MapData, u64> = ebpf
+            .take_map("peers")
+            .ok_or("the BPF object has no `peers` map")?
+            .try_into()
+            .map_err(|e| format!("map `peers`: {e}"))?;
+        let activity: PerCpuHashMap<MapData, u64, Activity> = ebpf
+            .take_map("activity")
+            .ok_or("the BPF object has no `activity` map")?
+            .try_into()
+            .map_err(|e| format!("map `activity`: {e}"))?;
+        let totals: PerCpuArray<MapData, u64> = ebpf
+            .take_map("totals")
+            .ok_or("the BPF object has no `totals` map")?
+            .try_into()
+            .map_err(|e| format!("map `totals`: {e}"))?;
+        let prog: &mut SkSkb = ebpf
+            .program_mut("redirect")
+            .ok_or("the BPF object has no `redirect` program")?
+            .try_into()
+            .map_err(|e| format!("program `redirect`: {e}"))?;
+        prog.load()
+            .map_err(|e| format!("the verifier rejected `redirect`: {}", chain(&e)))?;
+        let map_fd = peers
+            .fd()
+            .try_clone()
+            .map_err(|e| format!("dup of the map fd: {e}"))?;
+        prog.attach(&map_fd)
+            .map_err(|e| format!("attaching `redirect` as stream_verdict: {}", chain(&e)))?;
+        let ncpus = aya::util::nr_cpus().map_err(|(_, e)| format!("counting CPUs: {e}"))?;
+        Ok(Sockmap {
+            peers: Mutex::new(peers),
+            activity: Mutex::new(activity),
+            totals,
+            ncpus,
+            _ebpf: ebpf,
+        })
+    }
+
+    /// Sums the per-CPU totals.
+    pub fn totals(&self) -> Totals {
+        let sum = |i| {
+            self.totals
+                .get(&i, 0)
+                .map(|v| v.iter().sum::<u64>())
+                .unwrap_or(0)
+        };
+        Totals {
+            redirected_bytes: sum(TOTAL_REDIRECTED),
+            passed_bytes: sum(TOTAL_PASSED),
+        }
+    }
+
+    /// Puts both sockets of a session into the maps.
+    pub fn attach(&self, s: &Session) -> Result<Attached, AttachError> {
+        let other = |e: io::Error| AttachError::Other(e.to_string());
+        let client =
+            rustix::net::sockopt::socket_cookie(s.client.as_fd()).map_err(|e| other(e.into()))?;
+        let server =
+            rustix::net::sockopt::socket_cookie(s.server.as_fd()).map_err(|e| other(e.into()))?;
+        // What the send queues held before any redirected byte: the SYN may count in
+        // `tcpi_bytes_acked`, and only bytes from the peer matter.
+        let base = match (queued_bytes(&s.client), queued_bytes(&s.server)) {
+            (Ok(c), Ok(v)) => [c, v],
+            (Err(e), _) | (_, Err(e)) => return Err(other(e)),
+        };
+        let a = Attached {
+            client,
+            server,
+            base,
+        };
+        let zero = || PerCpuValues::try_from(vec![Activity::default(); self.ncpus]);
+        let (Ok(z1), Ok(z2)) = (zero(), zero()) else {
+            return Err(AttachError::Other("cannot size per-CPU values".into()));
+        };
+        // Until both sockets are in the map, a socket must not hand bytes to the program (it
+        // would find no peer): a huge SO_RCVLOWAT keeps TCP from calling `data_ready` while
+        // the entries go in; setting it back to 1 in `relay` then runs the program over
+        // everything queued, in order.
+        set_rcvlowat(&s.client, libc::c_int::MAX);
+        set_rcvlowat(&s.server, libc::c_int::MAX);
+        let res = (|| {
+            let mut act = self.activity.lock().unwrap_or_else(|p| p.into_inner());
+            act.insert(client, z1, 0)?;
+            act.insert(server, z2, 0)?;
+            drop(act);
+            let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+            // Each socket goes in under the other's cookie: the program looks up its own.
+            peers.insert(client, s.server.as_raw_fd(), 0)?;
+            peers.insert(server, s.client.as_raw_fd(), 0)
+        })();
+        if res.is_err() {
+            set_rcvlowat(&s.client, 1);
+            set_rcvlowat(&s.server, 1);
+        }
+        match res {
+            Ok(()) => Ok(a),
+            Err(e) => {
+                self.detach(&a);
+                let errno = match &e {
+                    aya::maps::MapError::SyscallError(se) => se.io_error.raw_os_error(),
+                    _ => None,
+                };
+                Err(match errno {
+                    Some(libc::E2BIG | libc::ENOSPC | libc::ENOMEM) => AttachError::Full,
+                    Some(libc::EOPNOTSUPP) => AttachError::NotEstablished,
+                    _ => AttachError::Other(chain(&e)),
+                })
+            }
+        }
+    }
+
+    /// Removes a session's entries (missing ones are fine).
+    fn detach(&self, a: &Attached) {
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = peers.remove(&a.client);
+        let _ = peers.remove(&a.server);
+        drop(peers);
+        let mut act = self.activity.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = act.remove(&a.client);
+        let _ = act.remove(&a.server);
+    }
+
+    /// Bytes redirected from the socket with `cookie`, and its last activity (CLOCK_MONOTONIC ns).
+    fn activity(&self, cookie: u64) -> Activity {
+        let act = self.activity.lock().unwrap_or_else(|p| p.into_inner());
+        act.get(&cookie, 0)
+            .map(|v| Activity {
+                bytes: v.iter().map(|a| a.bytes).sum(),
+                last_ns: v.iter().map(|a| a.last_ns).max().unwrap_or(0),
+            })
+            .unwrap_or_default()
+    }
+
+    /// Runs an attached session to its end.
+    pub async fn relay(&self, s: Session, a: Attached) -> End {
+        // Runs the program over bytes that arrived before and during the insertion.
+        set_rcvlowat(&s.client, 1);
+        set_rcvlowat(&s.server, 1);
+        let mut run = Run {
+            map: self,
+            a: &a,
+            s: &s,
+            counted: [0, 0],
+            last_ns: [now_ns(), now_ns()],
+        };
+        let end = run.until_end().await;
+        run.count();
+        self.detach(&a);
+        if end != End::Closed {
+            reset(&s.client);
+            reset(&s.server);
+        }
+        end
+    }
+}
+
+/// A session's keys in the maps.
+pub struct Attached {
+    client: u64,
+    server: u64,
+    /// `queued_bytes` of the client and of the server socket before the insertion.
+    base: [u64; 2],
+}
+
+struct Run<'a> {
+    map: &'a Sockmap,
+    a: &'a Attached,
+    s: &'a Session,
+    /// Bytes already added to the service counters, per source (0: client, 1: server).
+    counted: [u64; 2],
+    /// Last activity seen per source.
+    last_ns: [u64; 2],
+}
+
+impl Run<'_> {
+    async fn until_end(&mut self) -> End {
+        let s = self.s;
+        let t = &s.timeouts;
+        // Idle timeouts are checked this often (the BPF map holds the exact last activity).
+        let tick =
+            (t.client.min(t.server) / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        let mut done = [false, false];
+        loop {
+            tokio::select! {
+                r = closed(&s.client), if !done[0] => match r {
+                    Ok(()) => {
+                        if let Err(end) = self.propagate_eof(0).await { return end; }
+                        done[0] = true;
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "client socket failed");
+                        return End::Reset;
+                    }
+                },
+                r = closed(&s.server), if !done[1] => match r {
+                    Ok(()) => {
+                        if let Err(end) = self.propagate_eof(1).await { return end; }
+                        done[1] = true;
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "server socket failed");
+                        return End::Reset;
+                    }
+                },
+                _ = tokio::time::sleep(tick) => {
+                    if let Some(end) = self.idle() { return end; }
+                }
+                _ = s.cut.cancelled() => return if s.shutdown.is_cancelled() {
+                    End::Shutdown
+                } else {
+                    End::MasterChanged
+                },
+            }
+            if done == [true, true] {
+                return End::Closed;
+            }
+        }
+    }
+
+    /// Adds newly redirected bytes to the service counters; returns the totals per source.
+    fn count(&mut self) -> [Activity; 2] {
+        let acts = [
+            self.map.activity(self.a.client),
+            self.map.activity(self.a.server),
+        ];
+        let counters = [
+            &self.s.stats.bytes_client_to_server,
+            &self.s.stats.bytes_server_to_client,
+        ];
+        for i in 0..2 {
+            let new = acts[i].bytes.saturating_sub(self.counted[i]);
+            counters[i].fetch_add(new, Ordering::Relaxed);
+            self.counted[i] = self.counted[i].max(acts[i].bytes);
+            self.last_ns[i] = self.last_ns[i].max(acts[i].last_ns);
+        }
+        acts
+    }
+
+    /// Every byte flows through both sockets, so either side's activity counts for both
+    /// timeouts, as in the other data paths.
+    fn idle(&mut self) -> Option<End> {
+        self.count();
+        let idle =
+            Duration::from_nanos(now_ns().saturating_sub(self.last_ns[0].max(self.last_ns[1])));
+        if idle >= self.s.timeouts.client {
+            Some(End::ClientTimeout)
+        } else if idle >= self.s.timeouts.server {
+            Some(End::ServerTimeout)
+        } else {
+            None
+        }
+    }
+
+    /// EOF from `from` (0: client, 1: server): waits until every byte redirected from it is in
+    /// the peer's send queue, then half-closes the peer.
+    async fn propagate_eof(&mut self, from: usize) -> Result<(), End> {
+        let s = self.s;
+        let to = if from == 0 { &s.server } else { &s.client };
+        let limit = if from == 0 {
+            s.timeouts.server
+        } else {
+            s.timeouts.client
+        };
+        let start = tokio::time::Instant::now();
+        let mut pause = Duration::from_micros(50);
+        loop {
+            let redirected = self.count()[from].bytes;
+            let queued = queued_bytes(to)
+                .map_err(|e| {
+                    tracing::debug!(error = %e, "TCP_INFO failed");
+                    End::Reset
+                })?
+                .saturating_sub(self.a.base[1 - from]);
+            if queued >= redirected {
+                break;
+            }
+            if start.elapsed() >= limit {
+                return Err(if from == 0 {
+                    End::ServerTimeout
+                } else {
+                    End::ClientTimeout
+                });
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = s.cut.cancelled() => return Err(if s.shutdown.is_cancelled() {
+                    End::Shutdown
+                } else {
+                    End::MasterChanged
+                }),
+            }
+            pause = (pause * 2).min(Duration::from_millis(10));
+        }
+        match SockRef::from(to).shutdown(Shutdown::Write) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
+            Err(e) => {
+                tracing::debug!(error = %e, "shutdown(SHUT_WR) failed");
+                Err(End::Reset)
+            }
+        }
+    }
+}
+
+/// Resolves when the peer of `sock` has sent FIN (Ok) or the socket failed (Err). Redirected
+/// bytes never wake this: the program consumes them before the socket's waiters are told.
+async fn closed(sock: &TcpStream) -> io::Result<()> {
+    loop {
+        let ready = sock.ready(Interest::READABLE).await?;
+        if let Some(e) = sock.take_error()? {
+            return Err(e);
+        }
+        if ready.is_read_closed() {
+            return Ok(());
+        }
+        // A wake-up without EOF (bytes seen on their way to the program): wait for the next one.
+        let _ = sock.try_io(Interest::READABLE, || {
+            Err::<(), _>(io::Error::from(io::ErrorKind::WouldBlock))
+        });
+    }
+}
+
+/// Bytes ever written into `sock`'s send queue: acknowledged plus still queued.
+fn queued_bytes(sock: &TcpStream) -> io::Result<u64> {
+    let fd = sock.as_raw_fd();
+    // SAFETY: all-zero bytes are a valid `tcp_info` (integers only).
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: `fd` is an open socket borrowed from `sock`; `info` and `len` are valid for writes
+    // of `len` bytes, and the kernel writes at most that many.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &raw mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut outq: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ (== TIOCOUTQ) writes one int to the pointer, which is valid.
+    let rc = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &raw mut outq) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(info.tcpi_bytes_acked + u64::try_from(outq).unwrap_or(0))
+}
+
+/// Sets `SO_RCVLOWAT`. TCP calls `data_ready` (with a sockmap: the program) only once that many
+/// bytes are queued, and setting it calls `data_ready` at once if they already are.
+fn set_rcvlowat(sock: &TcpStream, bytes: libc::c_int) {
+    // SAFETY: `sock` is an open socket; the option value is a valid c_int of the given size.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            (&raw const bytes).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        tracing::debug!(error = %io::Error::last_os_error(), "SO_RCVLOWAT failed");
+    }
+}
+
+/// CLOCK_MONOTONIC in ns, the clock of `bpf_ktime_get_ns`.
+fn now_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    u64::try_from(t.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(t.tv_nsec).unwrap_or(0)
+}
+
+fn reset(sock: &TcpStream) {
+    let _ = SockRef::from(sock).set_linger(Some(Duration::ZERO));
+}
+
+/// An error with its sources, on one line (aya's errors nest the errno).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `#[repr(C)]` twins agree with the object's map definitions (when it was built).
+    #[test]
+    fn layouts_match_the_bpf_object() {
+        assert!(
+            !OBJECT.is_empty(),
+            "no BPF object embedded: run `cargo xtask build-ebpf` first (cargo xtask test does)"
+        );
+        let obj = aya_obj::Object::parse(OBJECT).expect("parse the BPF object");
+        let act = &obj.maps["activity"];
+        assert_eq!(act.key_size() as usize, size_of::<u64>());
+        assert_eq!(act.value_size() as usize, size_of::<Activity>());
+        let peers = &obj.maps["peers"];
+        assert_eq!(peers.key_size() as usize, size_of::<u64>());
+        assert_eq!(
+            peers.value_size() as usize,
+            size_of::<u32>(),
+            "aya inserts fds as u32"
+        );
+        let totals = &obj.maps["totals"];
+        assert_eq!(totals.value_size() as usize, size_of::<u64>());
+        assert_eq!(totals.max_entries(), 2);
+    }
+}
