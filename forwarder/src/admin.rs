@@ -56,8 +56,19 @@ struct ServiceStatus {
     generation: u64,
     master_conflicts: u64,
     no_master_for_ms: Option<u128>,
+    /// What the Sentinels agree on, when configured; `degraded` when fewer than a quorum answer
+    /// or agree (the last agreed master is kept).
+    sentinel: Option<SentinelStatus>,
     stats: StatsSnapshot,
     servers: Vec<ServerStatus>,
+}
+
+#[derive(Serialize)]
+struct SentinelStatus {
+    master: Option<String>,
+    reachable: usize,
+    configured: usize,
+    degraded: bool,
 }
 
 #[derive(Serialize)]
@@ -92,6 +103,12 @@ fn status_of(state: &State) -> Status {
                     generation: view.generation,
                     master_conflicts: stats.conflicts,
                     no_master_for_ms: stats.no_master_since.map(|t| t.elapsed().as_millis()),
+                    sentinel: h.monitor.sentinel_view().map(|v| SentinelStatus {
+                        master: v.master.map(|m| m.to_string()),
+                        reachable: v.reachable,
+                        configured: v.configured,
+                        degraded: v.degraded,
+                    }),
                     stats: h.runtime.stats.snapshot(),
                     servers: h
                         .monitor

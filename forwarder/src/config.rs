@@ -126,6 +126,9 @@ struct RawCheck {
 struct RawSentinel {
     addresses: Vec<String>,
     master_name: String,
+    quorum: Option<usize>,
+    user: Option<String>,
+    password: Option<String>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -225,6 +228,11 @@ pub struct Check {
 pub struct Sentinel {
     pub addresses: Vec<SocketAddr>,
     pub master_name: String,
+    /// Sentinels that must agree; defaults to a majority of `addresses`.
+    pub quorum: usize,
+    pub user: Option<String>,
+    #[serde(skip)]
+    pub password: Option<String>,
 }
 
 impl Check {
@@ -551,9 +559,30 @@ impl Validator {
         if s.master_name.trim().is_empty() {
             return Err(self.err(format!("{key}.master_name"), "must not be empty"));
         }
+        let majority = addresses.len() / 2 + 1;
+        let quorum = match s.quorum {
+            None => majority,
+            Some(q) if q < majority || q > addresses.len() => {
+                return Err(self.err(
+                    format!("{key}.quorum"),
+                    format!(
+                        "must be between a majority ({majority}) and the number of Sentinels ({}): \
+                         fewer could let two groups of Sentinels each name a master",
+                        addresses.len()
+                    ),
+                ))
+            }
+            Some(q) => q,
+        };
+        if s.user.is_some() && s.password.is_none() {
+            return Err(self.err(format!("{key}.password"), "required when user is set"));
+        }
         Ok(Sentinel {
             addresses,
             master_name: s.master_name,
+            quorum,
+            user: s.user,
+            password: s.password,
         })
     }
 

@@ -49,15 +49,23 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
     let mut handles = Vec::with_capacity(cfg.service.len());
     for (svc, listener) in cfg.service.iter().zip(listeners) {
-        if svc.sentinel.is_some() {
-            tracing::warn!(service = %svc.name,
-                "[service.sentinel] is accepted but not consulted yet: the master is chosen by the health checks alone");
-        }
-        let monitor = health::Monitor::spawn(
+        let sentinel = svc.sentinel.as_ref().map(|s| health::SentinelConfig {
+            addresses: s.addresses.clone(),
+            master_name: s.master_name.clone(),
+            quorum: s.quorum,
+            auth: s.password.as_ref().map(|p| health::Auth {
+                user: s.user.clone(),
+                password: p.clone(),
+            }),
+            timeout: svc.check.timeout,
+            interval: svc.check.interval,
+        });
+        let monitor = health::Monitor::spawn_with(
             svc.name.clone(),
             svc.servers.clone(),
             svc.check.program.clone(),
             svc.check.schedule(),
+            sentinel,
         );
         let stats = Arc::new(ServiceStats::default());
         let router = Router::spawn(

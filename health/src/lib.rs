@@ -2,7 +2,8 @@
 //! selection of exactly one master per service.
 //!
 //! Rooms: `tcpcheck` (check programs), `schedule` (rise/fall/interval), `resp` and `info` (Redis
-//! replies), `selector` (one master, generations), `monitor` (the tokio tasks that tie them up).
+//! replies), `selector` (one master, generations), `sentinel` (what a quorum of Sentinels says),
+//! `monitor` (the tokio tasks that tie them up).
 #![forbid(unsafe_code)]
 
 pub mod info;
@@ -10,6 +11,7 @@ pub mod monitor;
 pub mod resp;
 pub mod schedule;
 pub mod selector;
+pub mod sentinel;
 pub mod tcpcheck;
 #[cfg(test)]
 mod testutil;
@@ -17,4 +19,5 @@ mod testutil;
 pub use monitor::{Monitor, MonitorStats, ServerStatus};
 pub use schedule::{Schedule, ServerState};
 pub use selector::MasterView;
+pub use sentinel::{SentinelConfig, SentinelView};
 pub use tcpcheck::{Auth, CheckReport, Program, Step, StepError};

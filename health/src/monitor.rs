@@ -5,12 +5,13 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 use crate::info::{self, Role};
 use crate::schedule::{Schedule, ServerHealth, ServerState, Transition};
 use crate::selector::{MasterView, Selector};
+use crate::sentinel::{SentinelConfig, SentinelView, Sentinels};
 use crate::tcpcheck::{CheckReport, Program};
 
 /// What the last checks of a server said.
@@ -41,12 +42,33 @@ struct Shared {
     selector: Mutex<Selector>,
     servers: Mutex<Vec<ServerStatus>>,
     tx: watch::Sender<MasterView>,
+    /// Wakes a server's check loop for an immediate check.
+    wake: Vec<Arc<Notify>>,
+    /// With Sentinel configured, the master is chosen by `decide_with_sentinel` instead of the
+    /// selector.
+    sentinel: Option<SentinelMode>,
+}
+
+struct SentinelMode {
+    view: watch::Receiver<SentinelView>,
+    decision: Mutex<Decision>,
+}
+
+#[derive(Default)]
+struct Decision {
+    no_master_since: Option<Instant>,
+    generation: u64,
+    changes: u64,
+    /// Per server: passes the master check while the Sentinels name another.
+    disagreeing: Vec<bool>,
+    disagreements: u64,
 }
 
 /// Health checks of one service's servers. Dropping it stops them.
 pub struct Monitor {
     shared: Arc<Shared>,
     tasks: Vec<JoinHandle<()>>,
+    sentinels: Option<Sentinels>,
 }
 
 /// Locks, recovering from a poisoned lock: the data is plain counters and states.
@@ -63,6 +85,19 @@ impl Monitor {
         program: Program,
         schedule: Schedule,
     ) -> Monitor {
+        Monitor::spawn_with(service, servers, program, schedule, None)
+    }
+
+    /// Like `spawn`; with `sentinel`, the master is the server a quorum of Sentinels names, once
+    /// its own check passes (see `decide_with_sentinel`).
+    pub fn spawn_with(
+        service: String,
+        servers: Vec<SocketAddr>,
+        program: Program,
+        schedule: Schedule,
+        sentinel: Option<SentinelConfig>,
+    ) -> Monitor {
+        let sentinels = sentinel.map(|cfg| Sentinels::spawn(service.clone(), cfg));
         let (tx, _) = watch::channel(MasterView {
             generation: 0,
             master: None,
@@ -87,6 +122,15 @@ impl Monitor {
                     .collect(),
             ),
             tx,
+            wake: servers.iter().map(|_| Arc::new(Notify::new())).collect(),
+            sentinel: sentinels.as_ref().map(|s| SentinelMode {
+                view: s.subscribe(),
+                decision: Mutex::new(Decision {
+                    no_master_since: Some(Instant::now()),
+                    disagreeing: vec![false; servers.len()],
+                    ..Decision::default()
+                }),
+            }),
         });
         let program = Arc::new(program);
         let tasks = servers
@@ -101,8 +145,24 @@ impl Monitor {
                     addr,
                 ))
             })
-            .collect();
-        Monitor { shared, tasks }
+            .collect::<Vec<_>>();
+        let mut tasks = tasks;
+        if let Some(s) = &sentinels {
+            tasks.push(tokio::spawn(follow_sentinels(
+                Arc::clone(&shared),
+                s.subscribe(),
+            )));
+        }
+        Monitor {
+            shared,
+            tasks,
+            sentinels,
+        }
+    }
+
+    /// What the Sentinels agree on, when configured.
+    pub fn sentinel_view(&self) -> Option<SentinelView> {
+        self.sentinels.as_ref().map(Sentinels::view)
     }
 
     pub fn subscribe(&self) -> watch::Receiver<MasterView> {
@@ -119,6 +179,14 @@ impl Monitor {
 
     pub fn stats(&self) -> MonitorStats {
         let s = lock(&self.shared.selector);
+        if let Some(sm) = &self.shared.sentinel {
+            let d = lock(&sm.decision);
+            return MonitorStats {
+                master_changes: d.changes,
+                conflicts: d.disagreements,
+                no_master_since: d.no_master_since,
+            };
+        }
         MonitorStats {
             master_changes: s.changes(),
             conflicts: s.conflicts(),
@@ -200,6 +268,11 @@ async fn check_loop(
                 Transition::WentDown => tracing::warn!(%service, server = %addr,
                     reason = report.reason.as_deref().unwrap_or("-"), "server is DOWN"),
             }
+        }
+        if let Some(sm) = &shared.sentinel {
+            decide_with_sentinel(&shared, sm);
+        } else if transition.is_some() {
+            let service = &shared.service;
             let update = lock(&shared.selector).update(index, health.is_up(), Instant::now());
             if let Some(other) = update.conflict {
                 tracing::warn!(%service, server = %other, master = ?shared.tx.borrow().master,
@@ -211,7 +284,70 @@ async fn check_loop(
             }
         }
         let delay = health.next_delay(&schedule);
-        tokio::time::sleep(delay + jitter(delay)).await;
+        tokio::select! {
+            _ = tokio::time::sleep(delay + jitter(delay)) => {}
+            _ = shared.wake[index].notified() => {}
+        }
+    }
+}
+
+/// Re-decides whenever the Sentinels' view changes, checking the newly named master at once
+/// rather than at its next interval.
+async fn follow_sentinels(shared: Arc<Shared>, mut view: watch::Receiver<SentinelView>) {
+    loop {
+        if view.changed().await.is_err() {
+            return;
+        }
+        let named = view.borrow_and_update().master;
+        if let Some(i) = named.and_then(|m| lock(&shared.servers).iter().position(|s| s.addr == m))
+        {
+            shared.wake[i].notify_one();
+        }
+        if let Some(sm) = &shared.sentinel {
+            decide_with_sentinel(&shared, sm);
+        }
+    }
+}
+
+/// The Sentinel rule: route to the server a quorum of Sentinels names while its own checks say it
+/// is the master: up by rise/fall, or, for a server just named, as soon as one check passes (for
+/// a Redis service: it says `role:master`), so a failover is not delayed by `rise`. A server that passes while
+/// the Sentinels name another (an old master restarted, not yet demoted) is never routed to;
+/// that is logged and counted once per episode. A named server missing from `servers` is not
+/// routed to either (the forwarder only talks to the servers it is configured with).
+fn decide_with_sentinel(shared: &Shared, sm: &SentinelMode) {
+    let named = sm.view.borrow().master;
+    let servers = lock(&shared.servers);
+    let master = named.filter(|m| {
+        servers
+            .iter()
+            .any(|s| s.addr == *m && (s.state.is_up() || s.last_ok == Some(true)))
+    });
+    let mut d = lock(&sm.decision);
+    for (i, s) in servers.iter().enumerate() {
+        let disagrees = s.last_ok == Some(true) && Some(s.addr) != named;
+        if disagrees && !d.disagreeing[i] {
+            d.disagreements += 1;
+            tracing::warn!(service = %shared.service, server = %s.addr, sentinel_master = ?named,
+                "server passes the master check but the Sentinels name another; not routing to it");
+        }
+        d.disagreeing[i] = disagrees;
+    }
+    drop(servers);
+    if shared.tx.borrow().master != master {
+        d.generation += 1;
+        d.changes += 1;
+        d.no_master_since = match master {
+            Some(_) => None,
+            None => Some(Instant::now()),
+        };
+        let view = MasterView {
+            generation: d.generation,
+            master,
+        };
+        tracing::warn!(service = %shared.service, master = ?view.master,
+            generation = view.generation, sentinel_master = ?named, "master changed");
+        shared.tx.send_replace(view);
     }
 }
 

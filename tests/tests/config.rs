@@ -93,6 +93,18 @@ fn bad_configs_are_refused_with_key_and_reason() {
             "unknown variant",
         ),
         ("not TOML", "[[service]\nname = ".into(), "-", "line 1"),
+        (
+            "Sentinel quorum below a majority",
+            with("[service.sentinel]\naddresses = [\"127.0.0.1:1\", \"127.0.0.1:2\", \"127.0.0.1:3\"]\nmaster_name = \"m\"\nquorum = 1\n"),
+            "service[0].sentinel.quorum",
+            "must be between a majority (2)",
+        ),
+        (
+            "Sentinel user without password",
+            with("[service.sentinel]\naddresses = [\"127.0.0.1:1\"]\nmaster_name = \"m\"\nuser = \"u\"\n"),
+            "service[0].sentinel.password",
+            "required when user is set",
+        ),
     ];
     assert!(cases.len() >= 12);
     for (what, text, key, reason) in cases {

@@ -1,0 +1,638 @@
+//! Asking Redis Sentinel who the master is: `SENTINEL get-master-addr-by-name` polled on every
+//! configured Sentinel, plus a `+switch-master` subscription on each so that a failover reaches
+//! the data path within milliseconds of the Sentinels deciding it.
+//!
+//! An answer counts when `quorum` Sentinels (by default a majority of those configured) name the
+//! same address. With fewer reachable, the last agreed master is kept and the view says
+//! `degraded`: losing Sentinels must not move or drop the master.
+//!
+//! Every reply is parsed defensively: a malformed or hostile answer is an error with a reason for
+//! that Sentinel, never a panic and never a master.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::resp::{self, Reply};
+use crate::tcpcheck::Auth;
+
+/// How to reach the Sentinels of one master.
+#[derive(Debug, Clone)]
+pub struct SentinelConfig {
+    pub addresses: Vec<SocketAddr>,
+    pub master_name: String,
+    /// Sentinels that must name the same master; 0 means a majority of `addresses`.
+    pub quorum: usize,
+    pub auth: Option<Auth>,
+    /// Per request (connect, AUTH, query).
+    pub timeout: Duration,
+    /// Between two queries of one Sentinel.
+    pub interval: Duration,
+}
+
+impl SentinelConfig {
+    fn quorum(&self) -> usize {
+        match self.quorum {
+            0 => self.addresses.len() / 2 + 1,
+            q => q,
+        }
+    }
+}
+
+/// What the Sentinels agree on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SentinelView {
+    /// The last master a quorum agreed on (kept while degraded).
+    pub master: Option<SocketAddr>,
+    /// Sentinels that answered their last query.
+    pub reachable: usize,
+    pub configured: usize,
+    /// Fewer than a quorum reachable, or no quorum agrees: `master` is the last agreed one.
+    pub degraded: bool,
+}
+
+/// One Sentinel's last word.
+#[derive(Debug, Clone, Copy, Default)]
+struct Answer {
+    reachable: bool,
+    master: Option<SocketAddr>,
+}
+
+struct Shared {
+    cfg: SentinelConfig,
+    service: String,
+    answers: Mutex<Vec<Answer>>,
+    tx: watch::Sender<SentinelView>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    fn set(&self, i: usize, a: Answer) {
+        let view = {
+            let mut answers = lock(&self.answers);
+            if let Some(slot) = answers.get_mut(i) {
+                *slot = a;
+            }
+            agree(&answers, self.cfg.quorum(), *self.tx.borrow())
+        };
+        self.tx.send_if_modified(|v| {
+            if *v == view {
+                return false;
+            }
+            if v.master != view.master {
+                tracing::warn!(service = %self.service, old = ?v.master, new = ?view.master,
+                    reachable = view.reachable, "Sentinels agree on a new master");
+            }
+            if v.degraded != view.degraded {
+                if view.degraded {
+                    tracing::error!(service = %self.service, reachable = view.reachable,
+                        configured = view.configured, master = ?view.master,
+                        "Sentinel view degraded: no quorum; keeping the last agreed master");
+                } else {
+                    tracing::info!(service = %self.service, reachable = view.reachable,
+                        "Sentinel quorum restored");
+                }
+            }
+            *v = view;
+            true
+        });
+    }
+}
+
+/// The view from the Sentinels' answers: the address a quorum names, else the previous master,
+/// degraded.
+fn agree(answers: &[Answer], quorum: usize, prev: SentinelView) -> SentinelView {
+    let reachable = answers.iter().filter(|a| a.reachable).count();
+    let mut best: Option<(SocketAddr, usize)> = None;
+    for a in answers.iter().filter(|a| a.reachable) {
+        if let Some(m) = a.master {
+            let n = answers
+                .iter()
+                .filter(|b| b.reachable && b.master == Some(m))
+                .count();
+            if best.is_none_or(|(_, k)| n > k) {
+                best = Some((m, n));
+            }
+        }
+    }
+    match best {
+        Some((m, n)) if n >= quorum => SentinelView {
+            master: Some(m),
+            reachable,
+            configured: answers.len(),
+            degraded: false,
+        },
+        _ => SentinelView {
+            master: prev.master,
+            reachable,
+            configured: answers.len(),
+            degraded: true,
+        },
+    }
+}
+
+/// The Sentinel tasks of one service. Dropping it stops them.
+pub struct Sentinels {
+    shared: Arc<Shared>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Sentinels {
+    /// Starts querying and subscribing to every Sentinel. Must run inside a tokio runtime.
+    pub fn spawn(service: String, cfg: SentinelConfig) -> Sentinels {
+        let n = cfg.addresses.len();
+        let (tx, _) = watch::channel(SentinelView {
+            master: None,
+            reachable: 0,
+            configured: n,
+            degraded: true,
+        });
+        let shared = Arc::new(Shared {
+            cfg,
+            service,
+            answers: Mutex::new(vec![Answer::default(); n]),
+            tx,
+        });
+        let mut tasks = Vec::with_capacity(2 * n);
+        for i in 0..n {
+            tasks.push(tokio::spawn(query_loop(Arc::clone(&shared), i)));
+            tasks.push(tokio::spawn(subscribe_loop(Arc::clone(&shared), i)));
+        }
+        Sentinels { shared, tasks }
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<SentinelView> {
+        self.shared.tx.subscribe()
+    }
+
+    pub fn view(&self) -> SentinelView {
+        *self.shared.tx.borrow()
+    }
+}
+
+impl Drop for Sentinels {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Reconnect delay: doubles from 100 ms to 5 s, with up to 50% jitter so that many forwarders do
+/// not hammer a recovering Sentinel in lockstep.
+fn backoff(attempt: u32) -> Duration {
+    let base = Duration::from_millis(100).saturating_mul(1 << attempt.min(6));
+    let base = base.min(Duration::from_secs(5));
+    let jitter = rand::random_range(0..=base.as_millis() as u64 / 2);
+    base + Duration::from_millis(jitter)
+}
+
+async fn query_loop(shared: Arc<Shared>, i: usize) {
+    let addr = shared.cfg.addresses[i];
+    let mut attempt = 0;
+    loop {
+        match query_session(&shared, i).await {
+            Ok(()) => attempt = 0,
+            Err(e) => {
+                tracing::warn!(service = %shared.service, sentinel = %addr, error = %e,
+                    "Sentinel query failed");
+                shared.set(
+                    i,
+                    Answer {
+                        reachable: false,
+                        master: None,
+                    },
+                );
+            }
+        }
+        tokio::time::sleep(backoff(attempt)).await;
+        attempt = attempt.saturating_add(1);
+    }
+}
+
+/// Queries one Sentinel every `interval` until an error.
+async fn query_session(shared: &Shared, i: usize) -> Result<(), String> {
+    let cfg = &shared.cfg;
+    let mut conn = Conn::open(cfg.addresses[i], cfg.timeout, cfg.auth.as_ref()).await?;
+    loop {
+        let reply = conn
+            .call(&[
+                b"SENTINEL",
+                b"get-master-addr-by-name",
+                cfg.master_name.as_bytes(),
+            ])
+            .await?;
+        let master = parse_master_addr(&reply)?;
+        if master.is_none() {
+            tracing::warn!(service = %shared.service, sentinel = %cfg.addresses[i],
+                master_name = %cfg.master_name, "this Sentinel does not know the master name");
+        }
+        shared.set(
+            i,
+            Answer {
+                reachable: true,
+                master,
+            },
+        );
+        tokio::time::sleep(cfg.interval).await;
+    }
+}
+
+async fn subscribe_loop(shared: Arc<Shared>, i: usize) {
+    let addr = shared.cfg.addresses[i];
+    let mut attempt = 0;
+    loop {
+        if let Err(e) = subscription(&shared, i, &mut attempt).await {
+            tracing::warn!(service = %shared.service, sentinel = %addr, error = %e,
+                "Sentinel subscription lost");
+        }
+        tokio::time::sleep(backoff(attempt)).await;
+        attempt = attempt.saturating_add(1);
+    }
+}
+
+/// The events worth a log line besides `+switch-master`.
+const EVENTS: [&str; 5] = [
+    "+switch-master",
+    "+sdown",
+    "+odown",
+    "-odown",
+    "+failover-end",
+];
+
+async fn subscription(shared: &Shared, i: usize, attempt: &mut u32) -> Result<(), String> {
+    let cfg = &shared.cfg;
+    let sentinel = cfg.addresses[i];
+    let mut conn = Conn::open(sentinel, cfg.timeout, cfg.auth.as_ref()).await?;
+    let mut cmd: Vec<&[u8]> = vec![b"SUBSCRIBE"];
+    cmd.extend(EVENTS.iter().map(|e| e.as_bytes()));
+    conn.send(&cmd).await?;
+    loop {
+        // No timeout: a subscription is silent until something happens.
+        let reply = conn.read(None).await?;
+        let Some((channel, payload)) = parse_message(&reply)? else {
+            *attempt = 0; // a subscribe confirmation: the connection works
+            continue;
+        };
+        // Payloads start with "master <name> ..." or, for +switch-master, "<name> ...".
+        let ours = payload.split(' ').take(2).any(|w| w == cfg.master_name);
+        if !ours {
+            continue;
+        }
+        if channel == "+switch-master" {
+            let new = parse_switch_master(&payload, &cfg.master_name)?;
+            tracing::warn!(service = %shared.service, %sentinel, new_master = %new,
+                "Sentinel +switch-master");
+            shared.set(
+                i,
+                Answer {
+                    reachable: true,
+                    master: Some(new),
+                },
+            );
+        } else {
+            tracing::info!(service = %shared.service, %sentinel, event = %channel, %payload,
+                "Sentinel event");
+        }
+    }
+}
+
+/// `SENTINEL get-master-addr-by-name` reply: `[ip, port]`, or a null array for an unknown name.
+pub fn parse_master_addr(reply: &Reply) -> Result<Option<SocketAddr>, String> {
+    match reply {
+        Reply::Array(None) => Ok(None),
+        Reply::Array(Some(items)) => match items.as_slice() {
+            [Reply::Bulk(Some(ip)), Reply::Bulk(Some(port))] => {
+                let ip = std::str::from_utf8(ip).map_err(|_| "IP is not UTF-8".to_string())?;
+                let port =
+                    std::str::from_utf8(port).map_err(|_| "port is not UTF-8".to_string())?;
+                addr(ip, port).map(Some)
+            }
+            _ => Err(format!(
+                "expected [ip, port], got an array of {} elements",
+                items.len()
+            )),
+        },
+        Reply::Error(e) => Err(format!("Sentinel error: {e}")),
+        other => Err(format!("expected an array, got {}", kind(other))),
+    }
+}
+
+fn addr(ip: &str, port: &str) -> Result<SocketAddr, String> {
+    let ip: IpAddr = ip.parse().map_err(|_| {
+        format!("{ip:?} is not an IP address (hostnames from announce-hostnames are not supported)")
+    })?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("{port:?} is not a port"))?;
+    if port == 0 {
+        return Err("port 0".into());
+    }
+    Ok(SocketAddr::new(ip, port))
+}
+
+/// `+switch-master` payload: `<name> <old ip> <old port> <new ip> <new port>`.
+pub fn parse_switch_master(payload: &str, name: &str) -> Result<SocketAddr, String> {
+    let parts: Vec<&str> = payload.split(' ').collect();
+    match parts.as_slice() {
+        [n, _, _, ip, port] if *n == name => addr(ip, port),
+        [n, ..] if *n != name => Err(format!("+switch-master for {n:?}, not {name:?}")),
+        _ => Err(format!("malformed +switch-master payload {payload:?}")),
+    }
+}
+
+/// A pub/sub push: `Some((channel, payload))` for a `message`, `None` for (un)subscribe
+/// confirmations.
+pub fn parse_message(reply: &Reply) -> Result<Option<(String, String)>, String> {
+    let Reply::Array(Some(items)) = reply else {
+        return Err(format!("expected a pub/sub array, got {}", kind(reply)));
+    };
+    let text = |r: &Reply| match r {
+        Reply::Bulk(Some(b)) => Ok(String::from_utf8_lossy(b).into_owned()),
+        other => Err(format!("expected a bulk string, got {}", kind(other))),
+    };
+    match items.as_slice() {
+        [Reply::Bulk(Some(k)), channel, payload] if k.as_slice() == b"message" => {
+            Ok(Some((text(channel)?, text(payload)?)))
+        }
+        [Reply::Bulk(Some(k)), _, Reply::Integer(_)]
+            if k.as_slice() == b"subscribe" || k.as_slice() == b"unsubscribe" =>
+        {
+            Ok(None)
+        }
+        _ => Err(format!(
+            "unexpected pub/sub push of {} elements",
+            items.len()
+        )),
+    }
+}
+
+fn kind(r: &Reply) -> &'static str {
+    match r {
+        Reply::Simple(_) => "a simple string",
+        Reply::Error(_) => "an error",
+        Reply::Integer(_) => "an integer",
+        Reply::Bulk(_) => "a bulk string",
+        Reply::Array(_) => "an array",
+    }
+}
+
+/// A RESP connection to one Sentinel.
+struct Conn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    timeout: Duration,
+}
+
+/// Replies larger than this from a Sentinel are hostile.
+const MAX_REPLY: usize = 1 << 20;
+
+impl Conn {
+    async fn open(
+        addr: SocketAddr,
+        timeout: Duration,
+        auth: Option<&Auth>,
+    ) -> Result<Conn, String> {
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| format!("connect timed out after {timeout:?}"))?
+            .map_err(|e| format!("connect: {e}"))?;
+        let _ = stream.set_nodelay(true);
+        let mut c = Conn {
+            stream,
+            buf: Vec::new(),
+            timeout,
+        };
+        if let Some(a) = auth {
+            let mut cmd: Vec<&[u8]> = vec![b"AUTH"];
+            if let Some(u) = &a.user {
+                cmd.push(u.as_bytes());
+            }
+            cmd.push(a.password.as_bytes());
+            match c.call(&cmd).await? {
+                Reply::Simple(s) if s == "OK" => {}
+                Reply::Error(e) => return Err(format!("AUTH refused: {e}")),
+                other => return Err(format!("AUTH: unexpected {}", kind(&other))),
+            }
+        }
+        Ok(c)
+    }
+
+    async fn send(&mut self, args: &[&[u8]]) -> Result<(), String> {
+        let bytes = resp::encode_command(args);
+        tokio::time::timeout(self.timeout, self.stream.write_all(&bytes))
+            .await
+            .map_err(|_| "write timed out".to_string())?
+            .map_err(|e| format!("write: {e}"))
+    }
+
+    async fn call(&mut self, args: &[&[u8]]) -> Result<Reply, String> {
+        self.send(args).await?;
+        self.read(Some(self.timeout)).await
+    }
+
+    /// Reads one reply, waiting at most `timeout` for it when given.
+    async fn read(&mut self, timeout: Option<Duration>) -> Result<Reply, String> {
+        loop {
+            match resp::parse(&self.buf) {
+                Ok(Some((reply, used))) => {
+                    self.buf.drain(..used);
+                    return Ok(reply);
+                }
+                Ok(None) => {}
+                Err(e) => return Err(format!("malformed reply: {e}")),
+            }
+            if self.buf.len() > MAX_REPLY {
+                return Err(format!("reply over {MAX_REPLY} bytes"));
+            }
+            let mut chunk = [0u8; 4096];
+            let read = self.stream.read(&mut chunk);
+            let n = match timeout {
+                Some(t) => tokio::time::timeout(t, read)
+                    .await
+                    .map_err(|_| format!("no reply within {t:?}"))?,
+                None => read.await,
+            }
+            .map_err(|e| format!("read: {e}"))?;
+            if n == 0 {
+                return Err("connection closed".into());
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Reply {
+        Reply::Bulk(Some(s.as_bytes().to_vec()))
+    }
+
+    #[test]
+    fn master_addr_replies() {
+        let ok = Reply::Array(Some(vec![bulk("127.0.0.1"), bulk("6380")]));
+        assert_eq!(
+            parse_master_addr(&ok),
+            Ok(Some("127.0.0.1:6380".parse().unwrap()))
+        );
+        let v6 = Reply::Array(Some(vec![bulk("::1"), bulk("6380")]));
+        assert_eq!(
+            parse_master_addr(&v6),
+            Ok(Some("[::1]:6380".parse().unwrap()))
+        );
+        assert_eq!(parse_master_addr(&Reply::Array(None)), Ok(None));
+        for bad in [
+            Reply::Array(Some(vec![bulk("127.0.0.1")])),
+            Reply::Array(Some(vec![bulk("redis-1.example"), bulk("6380")])),
+            Reply::Array(Some(vec![bulk("127.0.0.1"), bulk("70000")])),
+            Reply::Array(Some(vec![bulk("127.0.0.1"), bulk("0")])),
+            Reply::Array(Some(vec![bulk("127.0.0.1"), Reply::Integer(6380)])),
+            Reply::Array(Some(vec![Reply::Bulk(Some(vec![0xff])), bulk("1")])),
+            Reply::Error("ERR unknown command".into()),
+            Reply::Simple("OK".into()),
+            Reply::Bulk(None),
+        ] {
+            assert!(parse_master_addr(&bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn switch_master_payloads() {
+        assert_eq!(
+            parse_switch_master("mymaster 127.0.0.1 6380 127.0.0.1 6381", "mymaster"),
+            Ok("127.0.0.1:6381".parse().unwrap())
+        );
+        assert!(parse_switch_master("other 127.0.0.1 6380 127.0.0.1 6381", "mymaster").is_err());
+        assert!(parse_switch_master("mymaster 127.0.0.1 6380 127.0.0.1", "mymaster").is_err());
+        assert!(parse_switch_master("mymaster 1 2 x 6381", "mymaster").is_err());
+        assert!(parse_switch_master("", "mymaster").is_err());
+    }
+
+    #[test]
+    fn pubsub_pushes() {
+        let msg = Reply::Array(Some(vec![
+            bulk("message"),
+            bulk("+sdown"),
+            bulk("master m 1 2"),
+        ]));
+        assert_eq!(
+            parse_message(&msg),
+            Ok(Some(("+sdown".into(), "master m 1 2".into())))
+        );
+        let sub = Reply::Array(Some(vec![
+            bulk("subscribe"),
+            bulk("+sdown"),
+            Reply::Integer(1),
+        ]));
+        assert_eq!(parse_message(&sub), Ok(None));
+        assert!(parse_message(&Reply::Integer(1)).is_err());
+        assert!(parse_message(&Reply::Array(Some(vec![bulk("message")]))).is_err());
+    }
+
+    fn ans(reachable: bool, m: Option<&str>) -> Answer {
+        Answer {
+            reachable,
+            master: m.map(|s| s.parse().unwrap()),
+        }
+    }
+
+    #[test]
+    fn quorum_agreement_and_degradation() {
+        let none = SentinelView {
+            master: None,
+            reachable: 0,
+            configured: 3,
+            degraded: true,
+        };
+        let a = "127.0.0.1:1";
+        let b = "127.0.0.1:2";
+        // Two of three agree: that is the master.
+        let v = agree(
+            &[ans(true, Some(a)), ans(true, Some(a)), ans(true, Some(b))],
+            2,
+            none,
+        );
+        assert_eq!(v.master, Some(a.parse().unwrap()));
+        assert!(!v.degraded);
+        // One Sentinel alone cannot move the master.
+        let v2 = agree(
+            &[ans(true, Some(b)), ans(false, None), ans(false, None)],
+            2,
+            v,
+        );
+        assert_eq!(
+            v2.master,
+            Some(a.parse().unwrap()),
+            "last agreed master kept"
+        );
+        assert!(v2.degraded);
+        assert_eq!(v2.reachable, 1);
+        // Split answers: no quorum, keep the last.
+        let v3 = agree(
+            &[ans(true, Some(a)), ans(true, Some(b)), ans(false, None)],
+            2,
+            v,
+        );
+        assert_eq!(v3.master, v.master);
+        assert!(v3.degraded);
+        // Nothing known yet: no master.
+        let v4 = agree(
+            &[ans(false, None), ans(false, None), ans(false, None)],
+            2,
+            none,
+        );
+        assert_eq!(v4.master, None);
+    }
+
+    /// Random bytes through the RESP parser and the Sentinel parsers: errors, never panics.
+    /// (cargo-fuzz needs nightly, which this project does not use; this runs on stable.)
+    #[test]
+    fn hostile_replies_never_panic() {
+        let seeds: [&[u8]; 6] = [
+            b"*2\r\n$9\r\n127.0.0.1\r\n$4\r\n6380\r\n",
+            b"*3\r\n$7\r\nmessage\r\n$14\r\n+switch-master\r\n$38\r\nmymaster 127.0.0.1 6380 127.0.0.1 6381\r\n",
+            b"*-1\r\n",
+            b"-ERR no\r\n",
+            b"*1\r\n*1\r\n*1\r\n:1\r\n",
+            b"$-1\r\n",
+        ];
+        let mut rng_state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            rng_state ^= rng_state << 13;
+            rng_state ^= rng_state >> 7;
+            rng_state ^= rng_state << 17;
+            rng_state
+        };
+        for _ in 0..20_000 {
+            let seed = seeds[(next() % seeds.len() as u64) as usize];
+            let mut input = seed.to_vec();
+            for _ in 0..(next() % 4) {
+                let pos = (next() % input.len() as u64) as usize;
+                match next() % 3 {
+                    0 => input[pos] = next() as u8,
+                    1 => input.truncate(pos),
+                    _ => input.insert(pos, next() as u8),
+                }
+                if input.is_empty() {
+                    break;
+                }
+            }
+            if let Ok(Some((reply, _))) = resp::parse(&input) {
+                let _ = parse_master_addr(&reply);
+                if let Ok(Some((_, payload))) = parse_message(&reply) {
+                    let _ = parse_switch_master(&payload, "mymaster");
+                }
+            }
+        }
+    }
+}

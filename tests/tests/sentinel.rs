@@ -1,0 +1,299 @@
+//! Failover drills with real Sentinels: a master, its replica, three `redis-sentinel` processes
+//! (quorum 2, `down-after-milliseconds` 1000) and the forwarder consulting them.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use e2e::{wait_until, Conn, Forwarder, Redis, Reply, Sentinel};
+
+struct Lab {
+    master: Redis,
+    replica: Redis,
+    sentinels: Vec<Option<Sentinel>>,
+    f: Forwarder,
+}
+
+fn lab() -> Lab {
+    let master = Redis::start();
+    let replica = Redis::start();
+    replica.replicaof(Some(&master));
+    assert!(
+        wait_until(Duration::from_secs(10), || replica
+            .info_field("replication", "master_link_status")
+            .as_deref()
+            == Some("up")),
+        "replication did not come up"
+    );
+    let sentinels: Vec<Option<Sentinel>> = (0..3)
+        .map(|_| Some(Sentinel::start("mymaster", master.addr(), 2, 1000)))
+        .collect();
+    let list: Vec<String> = sentinels
+        .iter()
+        .flatten()
+        .map(|s| format!("\"{}\"", s.addr()))
+        .collect();
+    let f = Forwarder::start(&format!(
+        r#"[[service]]
+name = "mymaster"
+listen = "{{LISTEN}}"
+servers = ["{}", "{}"]
+timeout = {{ connect = "1s", client = "30s", server = "30s", queue = "15s" }}
+
+[service.check]
+kind = "redis-master"
+interval = "200ms"
+rise = 2
+fall = 2
+timeout = "500ms"
+
+[service.sentinel]
+addresses = [{}]
+master_name = "mymaster"
+"#,
+        master.addr(),
+        replica.addr(),
+        list.join(", ")
+    ));
+    assert!(
+        wait_until(Duration::from_secs(10), || f.master("mymaster")
+            == Some(master.addr())),
+        "forwarder never routed to the master: {:?}\n{}",
+        f.status(),
+        f.log_text()
+    );
+    // Sentinels discover the replica and each other through the master; wait until they are
+    // ready to fail over (each knows the replica and 2 other Sentinels).
+    for s in sentinels.iter().flatten() {
+        let ready = wait_until(Duration::from_secs(20), || {
+            let Ok(mut c) = Conn::open(s.addr()) else {
+                return false;
+            };
+            let info = match c.cmd(&["SENTINEL", "master", "mymaster"]) {
+                Ok(Reply::Array(Some(items))) => items,
+                _ => return false,
+            };
+            let field = |name: &str| {
+                info.chunks(2).find_map(|kv| match kv {
+                    [Reply::Bulk(Some(k)), Reply::Bulk(Some(v))] if k == name.as_bytes() => {
+                        String::from_utf8(v.clone()).ok()
+                    }
+                    _ => None,
+                })
+            };
+            field("num-slaves").as_deref() == Some("1")
+                && field("num-other-sentinels").as_deref() == Some("2")
+        });
+        assert!(ready, "Sentinel {} did not discover its peers", s.addr());
+    }
+    Lab {
+        master,
+        replica,
+        sentinels,
+        f,
+    }
+}
+
+fn sentinel_status(f: &Forwarder) -> serde_json::Value {
+    f.service_status("mymaster")
+        .map_or(serde_json::Value::Null, |s| s["sentinel"].clone())
+}
+
+/// Writes `SET k<i> <i>` in a loop through the forwarder. A write counts as acknowledged when
+/// the server said OK and either it is `durable_on` (the final master) or `WAIT 1` says a replica
+/// has it too: a write only the dying master had may be lost by Redis' asynchronous
+/// replication, which is not the forwarder's doing.
+fn writer(to: SocketAddr, durable_on: u16, stop: Arc<AtomicBool>, acked: Arc<Mutex<Vec<u64>>>) {
+    let mut conn: Option<(Conn, u16)> = None;
+    let mut i = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let (c, port) = match conn.as_mut() {
+            Some(c) => (&mut c.0, c.1),
+            None => match Conn::open(to).and_then(|mut c| c.server_port().map(|p| (c, p))) {
+                Ok(c) => {
+                    let c = conn.insert(c);
+                    (&mut c.0, c.1)
+                }
+                Err(_) => {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                }
+            },
+        };
+        i += 1;
+        let key = format!("k{i}");
+        let ok = matches!(c.cmd(&["SET", &key, &i.to_string()]), Ok(Reply::Simple(s)) if s == "OK")
+            && (port == durable_on
+                || matches!(c.cmd(&["WAIT", "1", "500"]), Ok(Reply::Integer(n)) if n >= 1));
+        if ok {
+            acked.lock().unwrap().push(i);
+        } else {
+            conn = None;
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+fn kill_9_failover_under_writes_then_the_old_master_returns() {
+    let mut lab = lab();
+    let f = &lab.f;
+    let old_port = lab.master.port;
+    // A session held on the master: it must be cut when the master changes.
+    let mut held = Conn::open(f.listen[0]).expect("connect");
+    assert_eq!(held.server_port().unwrap(), old_port);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let w = {
+        let (to, stop, acked) = (f.listen[0], Arc::clone(&stop), Arc::clone(&acked));
+        let durable_on = lab.replica.port;
+        std::thread::spawn(move || writer(to, durable_on, stop, acked))
+    };
+    assert!(wait_until(Duration::from_secs(5), || acked
+        .lock()
+        .unwrap()
+        .len()
+        >= 20));
+
+    lab.master.proc().kill(); // SIGKILL
+    let killed = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(20), || f.master("mymaster")
+            == Some(lab.replica.addr())),
+        "no failover to the replica: {:?}\n{}",
+        f.status(),
+        f.log_text()
+    );
+    let after = acked.lock().unwrap().len();
+    assert!(
+        wait_until(Duration::from_secs(10), || acked.lock().unwrap().len()
+            >= after + 20),
+        "writes did not resume on the new master"
+    );
+    assert!(
+        held.closed_within(Duration::from_secs(5)),
+        "session to the dead master not cut"
+    );
+    eprintln!(
+        "failover seen by the forwarder after {:?}",
+        killed.elapsed()
+    );
+
+    // The old master comes back saying role:master (empty, no replica): never routed to, and
+    // Sentinel makes it a replica of the new master.
+    let old = Redis::start_on(old_port, &[]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut demoted = false;
+    while Instant::now() < deadline {
+        let master = f.master("mymaster");
+        assert_eq!(
+            master,
+            Some(lab.replica.addr()),
+            "routed away from the Sentinel master"
+        );
+        if let Ok(mut c) = Conn::open(f.listen[0]) {
+            if let Ok(port) = c.server_port() {
+                assert_eq!(
+                    port, lab.replica.port,
+                    "a session reached the restarted old master"
+                );
+            }
+        }
+        if old.info_field("replication", "role").as_deref() == Some("slave") {
+            demoted = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(demoted, "Sentinel never demoted the restarted old master");
+
+    stop.store(true, Ordering::Relaxed);
+    w.join().unwrap();
+    // Every acknowledged write is on the final master: none was acknowledged by a non-master.
+    let acked = acked.lock().unwrap().clone();
+    for i in &acked {
+        assert_eq!(
+            lab.replica.cmd(&["GET", &format!("k{i}")]),
+            Reply::Bulk(Some(i.to_string().into_bytes())),
+            "acknowledged write k{i} missing on the final master"
+        );
+    }
+    assert_eq!(
+        lab.replica.info_field("errorstats", "errorstat_READONLY"),
+        None
+    );
+}
+
+#[test]
+fn hung_master_is_failed_over_and_no_client_waits_forever() {
+    let mut lab = lab();
+    let f = &lab.f;
+    let mut held = Conn::open(f.listen[0]).expect("connect");
+    assert_eq!(held.server_port().unwrap(), lab.master.port);
+    lab.master.proc().signal(libc::SIGSTOP);
+    assert!(
+        wait_until(Duration::from_secs(20), || f.master("mymaster")
+            == Some(lab.replica.addr())),
+        "no failover from the hung master: {:?}\n{}",
+        f.status(),
+        f.log_text()
+    );
+    assert!(
+        held.closed_within(Duration::from_secs(5)),
+        "session to the hung master not cut"
+    );
+    let mut c = Conn::open(f.listen[0]).expect("connect after failover");
+    c.stream()
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    assert_eq!(c.server_port().unwrap(), lab.replica.port);
+    assert_eq!(
+        c.cmd(&["SET", "after", "1"]).unwrap(),
+        Reply::Simple("OK".into())
+    );
+    lab.master.proc().signal(libc::SIGCONT);
+}
+
+#[test]
+fn losing_sentinels_keeps_the_master_and_reports_degraded() {
+    let mut lab = lab();
+    assert!(wait_until(Duration::from_secs(5), || sentinel_status(
+        &lab.f
+    )["reachable"]
+        == 3));
+    assert_eq!(sentinel_status(&lab.f)["degraded"], false);
+
+    lab.sentinels[0] = None; // stops it
+    assert!(wait_until(Duration::from_secs(10), || sentinel_status(
+        &lab.f
+    )["reachable"]
+        == 2));
+    assert_eq!(
+        sentinel_status(&lab.f)["degraded"],
+        false,
+        "2 of 3 is still a quorum"
+    );
+    let mut c = Conn::open(lab.f.listen[0]).unwrap();
+    assert_eq!(c.server_port().unwrap(), lab.master.port);
+
+    lab.sentinels[1] = None;
+    assert!(
+        wait_until(Duration::from_secs(10), || sentinel_status(&lab.f)
+            ["degraded"]
+            == true),
+        "{:?}",
+        sentinel_status(&lab.f)
+    );
+    assert_eq!(sentinel_status(&lab.f)["reachable"], 1);
+    // The last agreed master is kept: traffic still flows to it.
+    assert_eq!(lab.f.master("mymaster"), Some(lab.master.addr()));
+    let mut c = Conn::open(lab.f.listen[0]).unwrap();
+    assert_eq!(c.server_port().unwrap(), lab.master.port);
+    assert_eq!(
+        c.cmd(&["SET", "k", "v"]).unwrap(),
+        Reply::Simple("OK".into())
+    );
+    assert!(lab.f.log_text().contains("Sentinel view degraded"));
+}
