@@ -25,17 +25,50 @@ pub struct State {
     pub fallback: Option<String>,
 }
 
-pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<State>,
+    token: Option<String>,
+    shutdown: CancellationToken,
+) {
     let app = axum::Router::new()
+        .route("/", get(page))
         .route("/metrics", get(metrics))
         .route("/status", get(status))
-        .with_state(state);
+        .with_state(state)
+        .layer(axum::middleware::from_fn(move |req, next| {
+            bearer(token.clone(), req, next)
+        }));
     let res = axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await;
     if let Err(e) = res {
         tracing::error!(error = %e, "admin listener failed");
     }
+}
+
+/// With a token configured, answers 401 to any request without `Authorization: Bearer <token>`.
+async fn bearer(
+    token: Option<String>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if let Some(t) = token {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if given != Some(t.as_str()) {
+            return (
+                axum::http::StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                "admin token required\n",
+            )
+                .into_response();
+        }
+    }
+    next.run(req).await
 }
 
 #[derive(Serialize)]
@@ -130,6 +163,101 @@ fn status_of(state: &State) -> Status {
             })
             .collect(),
     }
+}
+
+async fn page(AxState(state): AxState<Arc<State>>) -> impl IntoResponse {
+    axum::response::Html(render_page(&status_of(&state)))
+}
+
+/// Escapes text for HTML.
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// A small status page in the spirit of HAProxy's stats page; refreshes itself every 2 s.
+fn render_page(st: &Status) -> String {
+    let mut h = String::from(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"2\">\
+         <title>forwarder status</title><style>body{font-family:sans-serif;margin:1em}\
+         table{border-collapse:collapse;margin-bottom:1em}td,th{border:1px solid #999;padding:2px 8px}\
+         th{background:#eee}.up{background:#c8f0c8}.down{background:#f4c4c4}.warn{background:#f8e8a0}\
+         </style></head><body><h1>forwarder</h1>",
+    );
+    let _ = write!(
+        h,
+        "<p>data path: <b id=\"datapath\">{}</b>",
+        esc(st.datapath)
+    );
+    if let Some(f) = &st.datapath_fallback {
+        let _ = write!(h, " (fallback: {})", esc(f));
+    }
+    h.push_str("</p>");
+    for svc in &st.services {
+        let _ = write!(
+            h,
+            "<h2 class=\"service\">{name}</h2><table><tr><th>listen</th><th>master</th>\
+             <th>generation</th><th>sentinel</th><th>active</th><th>accepted</th><th>rejected</th>\
+             <th>bytes in</th><th>bytes out</th><th>master changes</th><th>conflicts</th></tr>\
+             <tr><td>{listen}</td><td class=\"{mc}\" id=\"master-{name}\">{master}</td><td>{gen}</td>\
+             <td class=\"{sc}\">{sentinel}</td><td>{active}</td><td>{accepted}</td><td>{rejected}</td>\
+             <td>{bin}</td><td>{bout}</td><td>{changes}</td><td>{conflicts}</td></tr></table>",
+            name = esc(&svc.name),
+            listen = esc(&svc.listen),
+            mc = if svc.master.is_some() { "up" } else { "down" },
+            master = esc(svc.master.as_deref().unwrap_or("none")),
+            gen = svc.generation,
+            sc = match &svc.sentinel {
+                Some(s) if s.degraded => "warn",
+                _ => "",
+            },
+            sentinel = match &svc.sentinel {
+                Some(s) => format!(
+                    "{}/{} reachable{}",
+                    s.reachable,
+                    s.configured,
+                    if s.degraded { ", degraded" } else { "" }
+                ),
+                None => "-".into(),
+            },
+            active = svc.stats.active,
+            accepted = svc.stats.accepted,
+            rejected = svc.stats.rejected.values().sum::<u64>(),
+            bin = svc.stats.bytes_client_to_server,
+            bout = svc.stats.bytes_server_to_client,
+            changes = svc.stats.master_changes,
+            conflicts = svc.master_conflicts,
+        );
+        h.push_str(
+            "<table><tr><th>server</th><th>check</th><th>role</th><th>last check</th>\
+             <th>ok</th><th>failed</th><th>took</th></tr>",
+        );
+        for s in &svc.servers {
+            let _ = write!(
+                h,
+                "<tr class=\"server {cls}\"><td>{addr}</td><td>{state}</td><td>{role}</td>\
+                 <td>{last}</td><td>{ok}</td><td>{failed}</td><td>{took}</td></tr>",
+                cls = if s.up { "up" } else { "down" },
+                addr = esc(&s.addr),
+                state = esc(&s.state),
+                role = esc(s.role.as_deref().unwrap_or("-")),
+                last = match (s.last_ok, &s.last_reason) {
+                    (Some(true), _) => "ok".to_string(),
+                    (Some(false), Some(r)) => esc(r),
+                    (Some(false), None) => "failed".into(),
+                    (None, _) => "not checked yet".into(),
+                },
+                ok = s.checks_ok,
+                failed = s.checks_failed,
+                took = s.last_check_ms.map_or("-".into(), |m| format!("{m} ms")),
+            );
+        }
+        h.push_str("</table>");
+    }
+    h.push_str("</body></html>\n");
+    h
 }
 
 async fn status(AxState(state): AxState<Arc<State>>) -> impl IntoResponse {
@@ -251,6 +379,40 @@ fn render_metrics(state: &State) -> String {
         "counter",
         "Times a second server claimed to be master (split brain avoided).",
         per_service(&|s| s.master_conflicts.to_string()),
+    );
+    family(
+        "forwarder_bytes_copied_in_userspace_total",
+        "counter",
+        "Payload bytes that passed through userspace buffers (0 for uring and sockmap sessions).",
+        per_service(&|s| s.stats.bytes_copied_in_userspace.to_string()),
+    );
+    family(
+        "forwarder_sockmap_fallbacks_total",
+        "counter",
+        "Sessions that did not fit the sockmap and ran on the next data path.",
+        per_service(&|s| s.stats.sockmap_fallbacks.to_string()),
+    );
+    let with_sentinel = |f: &dyn Fn(&SentinelStatus) -> String| {
+        st.services
+            .iter()
+            .filter_map(|s| {
+                s.sentinel
+                    .as_ref()
+                    .map(|v| (format!("{{service=\"{}\"}}", s.name), f(v)))
+            })
+            .collect::<Vec<_>>()
+    };
+    family(
+        "forwarder_sentinels_reachable",
+        "gauge",
+        "Sentinels that answered their last query.",
+        with_sentinel(&|v| v.reachable.to_string()),
+    );
+    family(
+        "forwarder_sentinel_degraded",
+        "gauge",
+        "1 when fewer than a quorum of Sentinels answer or agree (the last agreed master is kept).",
+        with_sentinel(&|v| u8::from(v.degraded).to_string()),
     );
     family(
         "forwarder_no_master_seconds",

@@ -1,38 +1,63 @@
-//! Who may open a session: the source allow list and `maxconn`. Shared by every data path.
+//! Who may open a session: the source allow list, `maxconn` and `maxconn_per_source`. Shared by
+//! every data path.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use ipnet::IpNet;
 
 use crate::metrics::{Reject, ServiceStats};
+
+/// Open sessions per source address (only addresses with at least one).
+type Sources = Arc<Mutex<HashMap<IpAddr, u32>>>;
 
 /// The admission rules of one service.
 #[derive(Debug)]
 pub struct Gate {
     allow: Vec<IpNet>,
     maxconn: u64,
+    per_source: Option<u32>,
+    sources: Sources,
     stats: Arc<ServiceStats>,
 }
 
-/// A slot in `maxconn`, held for the life of a session and given back on drop.
+/// A slot in `maxconn` (and in its source's `maxconn_per_source`), held for the life of a
+/// session and given back on drop.
 #[derive(Debug)]
 pub struct Permit {
     stats: Arc<ServiceStats>,
+    source: Option<(Sources, IpAddr)>,
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
         self.stats.active.fetch_sub(1, Ordering::AcqRel);
+        if let Some((sources, ip)) = &self.source {
+            let mut m = sources.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = m.get_mut(ip) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(ip);
+                }
+            }
+        }
     }
 }
 
 impl Gate {
-    pub fn new(allow: Vec<IpNet>, maxconn: u32, stats: Arc<ServiceStats>) -> Gate {
+    pub fn new(
+        allow: Vec<IpNet>,
+        maxconn: u32,
+        per_source: Option<u32>,
+        stats: Arc<ServiceStats>,
+    ) -> Gate {
         Gate {
             allow,
             maxconn: u64::from(maxconn),
+            per_source,
+            sources: Arc::default(),
             stats,
         }
     }
@@ -50,22 +75,41 @@ impl Gate {
             self.stats.reject(Reject::Maxconn);
             return Err(Reject::Maxconn);
         }
-        self.stats.accepted.fetch_add(1, Ordering::Relaxed);
-        Ok(Permit {
+        let mut permit = Permit {
             stats: Arc::clone(&self.stats),
-        })
+            source: None,
+        };
+        if let Some(limit) = self.per_source {
+            let ip = canonical(peer.ip());
+            let mut m = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+            let n = m.entry(ip).or_insert(0);
+            if *n >= limit {
+                drop(m);
+                drop(permit); // gives the maxconn slot back
+                self.stats.reject(Reject::PerSource);
+                return Err(Reject::PerSource);
+            }
+            *n += 1;
+            permit.source = Some((Arc::clone(&self.sources), ip));
+        }
+        self.stats.accepted.fetch_add(1, Ordering::Relaxed);
+        Ok(permit)
     }
 
     fn allowed(&self, ip: IpAddr) -> bool {
         if self.allow.is_empty() {
             return true;
         }
-        // An IPv4 client on a dual-stack socket shows up as ::ffff:a.b.c.d.
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
+        let ip = canonical(ip);
         self.allow.iter().any(|net| net.contains(&ip))
+    }
+}
+
+/// An IPv4 client on a dual-stack socket shows up as ::ffff:a.b.c.d: treat it as a.b.c.d.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
     }
 }
 
@@ -75,7 +119,28 @@ mod tests {
 
     fn gate(allow: &[&str], maxconn: u32) -> Gate {
         let allow = allow.iter().map(|s| s.parse().unwrap()).collect();
-        Gate::new(allow, maxconn, Arc::default())
+        Gate::new(allow, maxconn, None, Arc::default())
+    }
+
+    #[test]
+    fn per_source_limit_counts_each_address_and_releases() {
+        let stats: Arc<ServiceStats> = Arc::default();
+        let g = Gate::new(Vec::new(), 10, Some(2), Arc::clone(&stats));
+        let a1 = g.admit("10.0.0.1:1".parse().unwrap()).unwrap();
+        let _a2 = g.admit("[::ffff:10.0.0.1]:2".parse().unwrap()).unwrap();
+        assert_eq!(
+            g.admit("10.0.0.1:3".parse().unwrap()).unwrap_err(),
+            Reject::PerSource
+        );
+        let _b = g.admit("10.0.0.2:1".parse().unwrap()).unwrap();
+        assert_eq!(stats.rejected(Reject::PerSource), 1);
+        assert_eq!(
+            stats.active.load(Ordering::Relaxed),
+            3,
+            "the refused one gave its slot back"
+        );
+        drop(a1);
+        assert!(g.admit("10.0.0.1:4".parse().unwrap()).is_ok());
     }
 
     #[test]

@@ -78,6 +78,7 @@ struct RawDatapath {
 #[serde(deny_unknown_fields)]
 struct RawAdmin {
     listen: String,
+    token: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -89,6 +90,7 @@ struct RawService {
     servers: Vec<String>,
     allow: Option<Vec<String>>,
     maxconn: Option<u32>,
+    maxconn_per_source: Option<u32>,
     on_master_change: Option<OnMasterChange>,
     #[serde(default)]
     timeout: RawTimeouts,
@@ -104,6 +106,7 @@ struct RawTimeouts {
     client: Option<String>,
     server: Option<String>,
     queue: Option<String>,
+    drain: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -165,6 +168,9 @@ impl Datapath {
 #[derive(Debug, Clone, Serialize)]
 pub struct Admin {
     pub listen: SocketAddr,
+    /// When set, every admin request needs `Authorization: Bearer <token>`.
+    #[serde(skip)]
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -175,6 +181,8 @@ pub struct Service {
     /// Source networks allowed to connect; empty means everyone.
     pub allow: Vec<IpNet>,
     pub maxconn: u32,
+    /// Sessions one source address may hold at once (the guide's per-source iptables limit).
+    pub maxconn_per_source: Option<u32>,
     pub on_master_change: OnMasterChange,
     pub timeout: Timeouts,
     pub check: Check,
@@ -194,6 +202,9 @@ pub struct Timeouts {
     /// How long a new client is held while the service has no master.
     #[serde(with = "humantime_serde")]
     pub queue: Duration,
+    /// On SIGTERM/SIGINT, how long established sessions may finish before they are closed.
+    #[serde(with = "humantime_serde")]
+    pub drain: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -306,6 +317,7 @@ type Res<T> = Result<T, ConfigError>;
 const DEFAULT_CONNECT: Duration = Duration::from_secs(4);
 const DEFAULT_IDLE: Duration = Duration::from_secs(30);
 const DEFAULT_QUEUE: Duration = Duration::from_secs(5);
+const DEFAULT_DRAIN: Duration = Duration::from_secs(10);
 const DEFAULT_MAXCONN: u32 = 10_000;
 
 impl Validator {
@@ -325,6 +337,12 @@ impl Validator {
         let admin = match raw.admin {
             Some(a) => Some(Admin {
                 listen: self.addr("admin.listen", &a.listen)?,
+                token: match a.token {
+                    Some(t) if t.len() < 16 => {
+                        return Err(self.err("admin.token", "at least 16 characters"))
+                    }
+                    t => t,
+                },
             }),
             None => None,
         };
@@ -437,6 +455,19 @@ impl Validator {
             client: self.dur(&format!("{key}.timeout.client"), &t.client, DEFAULT_IDLE)?,
             server: self.dur(&format!("{key}.timeout.server"), &t.server, DEFAULT_IDLE)?,
             queue: self.dur_or_zero(&format!("{key}.timeout.queue"), &t.queue, DEFAULT_QUEUE)?,
+            drain: self.dur_or_zero(&format!("{key}.timeout.drain"), &t.drain, DEFAULT_DRAIN)?,
+        };
+        let maxconn_per_source = match s.maxconn_per_source {
+            Some(0) => {
+                return Err(self.err(format!("{key}.maxconn_per_source"), "must be at least 1"))
+            }
+            Some(n) if n > maxconn => {
+                return Err(self.err(
+                    format!("{key}.maxconn_per_source"),
+                    format!("{n} is more than maxconn ({maxconn})"),
+                ))
+            }
+            n => n,
         };
         let check = self.check(&format!("{key}.check"), s.check)?;
         let sentinel = match s.sentinel {
@@ -449,6 +480,7 @@ impl Validator {
             servers,
             allow,
             maxconn,
+            maxconn_per_source,
             on_master_change: s
                 .on_master_change
                 .unwrap_or(OnMasterChange::ShutdownSessions),

@@ -1,6 +1,8 @@
 //! The daemon: turns a validated [`Config`] into running services, and stops them on a signal.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
@@ -101,13 +103,69 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     });
     if let Some(l) = admin_listener {
         tracing::info!(listen = %l.local_addr()?, "admin listening");
-        tokio::spawn(admin::serve(l, Arc::clone(&state), shutdown.clone()));
+        let token = cfg.admin.as_ref().and_then(|a| a.token.clone());
+        tokio::spawn(admin::serve(l, Arc::clone(&state), token, shutdown.clone()));
+    }
+
+    // systemd (Type=notify): ready now that every listener is bound and the checks run. Without
+    // NOTIFY_SOCKET these are no-ops.
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        tracing::warn!(error = %e, "systemd readiness notification failed");
+    }
+    if let Some(period) = sd_notify::watchdog_enabled() {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period / 2);
+            loop {
+                tick.tick().await;
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            }
+        });
     }
 
     wait_for_signal().await?;
-    tracing::info!("shutting down");
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    drain(&state.services).await;
     shutdown.cancel();
+    // Cut sessions end at once; give their tasks a moment to close the sockets.
+    let active = || total_active(&state.services);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while active() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tracing::info!("stopped");
     Ok(())
+}
+
+fn total_active(services: &[ServiceHandle]) -> u64 {
+    services
+        .iter()
+        .map(|h| h.runtime.stats.active.load(Ordering::Relaxed))
+        .sum()
+}
+
+/// Stops accepting on every listener, then lets sessions finish for up to the longest
+/// `timeout.drain`; what is left is cut by the caller.
+async fn drain(services: &[ServiceHandle]) {
+    let limit = services
+        .iter()
+        .map(|h| h.config.timeout.drain)
+        .max()
+        .unwrap_or_default();
+    for h in services {
+        h.runtime.accepting.cancel();
+    }
+    let start = tokio::time::Instant::now();
+    let active = total_active(services);
+    tracing::info!(active, drain = ?limit, "stopping: listeners closed, draining sessions");
+    while total_active(services) > 0 && start.elapsed() < limit {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let left = total_active(services);
+    if left > 0 {
+        tracing::warn!(left, "drain time is up: closing the remaining sessions");
+    } else {
+        tracing::info!(took = ?start.elapsed(), "all sessions drained");
+    }
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

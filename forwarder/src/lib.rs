@@ -12,3 +12,4 @@ pub mod datapath;
 pub mod metrics;
 pub mod router;
 pub mod service;
+pub mod status;

@@ -1,4 +1,4 @@
-//! `forwarder run|check --config FILE`.
+//! `forwarder run|check|status --config FILE`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -38,6 +38,15 @@ enum Command {
         #[arg(short, long, default_value_os_t = config::default_path())]
         config: PathBuf,
     },
+    /// Show the running daemon's services, masters, servers and counters (from its admin
+    /// listener, found in the configuration unless --admin is given).
+    Status {
+        #[arg(short, long, default_value_os_t = config::default_path())]
+        config: PathBuf,
+        /// The admin listener's address, instead of reading it from the configuration.
+        #[arg(long)]
+        admin: Option<std::net::SocketAddr>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -54,6 +63,31 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Status { config, admin } => {
+            let from_config = match Config::load(&config) {
+                Ok(cfg) => cfg.admin,
+                Err(e) if admin.is_none() => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+                Err(_) => None,
+            };
+            let token = from_config.as_ref().and_then(|a| a.token.clone());
+            let Some(admin) = admin.or(from_config.map(|a| a.listen)) else {
+                eprintln!("error: {} has no [admin] listener", config.display());
+                return ExitCode::from(2);
+            };
+            match forwarder::status::fetch(admin, token.as_deref()) {
+                Ok(st) => {
+                    print!("{}", forwarder::status::render(&st));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Run { config } => {
             let cfg = match Config::load(&config) {
                 Ok(cfg) => cfg,

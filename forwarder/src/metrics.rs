@@ -12,6 +12,8 @@ pub enum Reject {
     NotAllowed,
     /// `maxconn` sessions already open.
     Maxconn,
+    /// `maxconn_per_source` sessions already open from this source address.
+    PerSource,
     /// No master appeared within `timeout.queue`.
     NoMaster,
     /// The connection to the master failed or timed out.
@@ -19,9 +21,10 @@ pub enum Reject {
 }
 
 impl Reject {
-    pub const ALL: [Reject; 4] = [
+    pub const ALL: [Reject; 5] = [
         Reject::NotAllowed,
         Reject::Maxconn,
+        Reject::PerSource,
         Reject::NoMaster,
         Reject::ConnectFailed,
     ];
@@ -30,6 +33,7 @@ impl Reject {
         match self {
             Reject::NotAllowed => "not_allowed",
             Reject::Maxconn => "maxconn",
+            Reject::PerSource => "per_source",
             Reject::NoMaster => "no_master",
             Reject::ConnectFailed => "connect_failed",
         }

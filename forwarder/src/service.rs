@@ -26,6 +26,8 @@ pub struct ServiceRuntime {
     pub global: Arc<GlobalStats>,
     pub datapath: DataPath,
     pub shutdown: CancellationToken,
+    /// Cancelled first on SIGTERM: the listener closes, sessions go on (drain).
+    pub accepting: CancellationToken,
     reject_log: RateLimit,
 }
 
@@ -41,12 +43,18 @@ impl ServiceRuntime {
         ServiceRuntime {
             name: cfg.name.clone(),
             timeouts: cfg.timeout,
-            gate: Gate::new(cfg.allow.clone(), cfg.maxconn, Arc::clone(&stats)),
+            gate: Gate::new(
+                cfg.allow.clone(),
+                cfg.maxconn,
+                cfg.maxconn_per_source,
+                Arc::clone(&stats),
+            ),
             router,
             stats,
             global,
             datapath,
             shutdown,
+            accepting: CancellationToken::new(),
             reject_log: RateLimit::default(),
         }
     }
@@ -63,12 +71,14 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::from_std(sock.into())
 }
 
-/// Accepts clients until shutdown.
+/// Accepts clients until the service stops accepting (drain) or shuts down; the listener is
+/// closed on return.
 pub async fn serve(listener: TcpListener, svc: Arc<ServiceRuntime>) {
     let accept_log = RateLimit::default();
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
+            _ = svc.accepting.cancelled() => return,
             _ = svc.shutdown.cancelled() => return,
         };
         match accepted {

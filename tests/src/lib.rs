@@ -34,7 +34,8 @@ pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
 }
 
-fn require(tool: &str, package: &str) -> PathBuf {
+/// The path of an installed `tool`; panics saying how to install `package` when it is missing.
+pub fn require(tool: &str, package: &str) -> PathBuf {
     for dir in ["/usr/bin", "/usr/local/bin", "/usr/sbin"] {
         let p = PathBuf::from(dir).join(tool);
         if p.exists() {
@@ -346,18 +347,30 @@ impl Forwarder {
     /// added here. Waits until every listener accepts.
     pub fn start(services: &str) -> Forwarder {
         let m = mode();
-        Forwarder::launch(services, &format!("mode = \"{m}\""), &[], Some(&m))
+        Forwarder::launch(services, &format!("mode = \"{m}\""), &[], &[], Some(&m))
+    }
+
+    /// Like `start`, with extra environment variables for the forwarder process.
+    pub fn start_env(services: &str, env: &[(&str, &str)]) -> Forwarder {
+        let m = mode();
+        Forwarder::launch(services, &format!("mode = \"{m}\""), &[], env, Some(&m))
     }
 
     /// Like `start`, with `datapath` as the body of the `[datapath]` section, run through
     /// `wrapper` (a command prefix that execs the rest of its arguments, e.g. `deny-io-uring`).
     pub fn start_with(services: &str, datapath: &str, wrapper: &[&str]) -> Forwarder {
-        Forwarder::launch(services, datapath, wrapper, None)
+        Forwarder::launch(services, datapath, wrapper, &[], None)
     }
 
-    fn launch(services: &str, datapath: &str, wrapper: &[&str], expect: Option<&str>) -> Forwarder {
+    fn launch(
+        services: &str,
+        datapath: &str,
+        wrapper: &[&str],
+        env: &[(&str, &str)],
+        expect: Option<&str>,
+    ) -> Forwarder {
         for _ in 0..10 {
-            match Forwarder::try_start(services, datapath, wrapper, expect) {
+            match Forwarder::try_start(services, datapath, wrapper, env, expect) {
                 Ok(f) => return f,
                 Err(e) if e.contains("in use") => continue,
                 Err(e) => panic!("forwarder did not start: {e}"),
@@ -370,6 +383,7 @@ impl Forwarder {
         services: &str,
         datapath: &str,
         wrapper: &[&str],
+        env: &[(&str, &str)],
         expect: Option<&str>,
     ) -> Result<Forwarder, String> {
         let mut text = services.to_string();
@@ -381,7 +395,7 @@ impl Forwarder {
         }
         let admin = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
         let config = format!("[datapath]\n{datapath}\n\n[admin]\nlisten = \"{admin}\"\n\n{text}");
-        let (proc, log, dir) = spawn_forwarder(wrapper, &["run"], &config);
+        let (proc, log, dir) = spawn_forwarder(wrapper, env, &["run"], &config);
         let mut f = Forwarder {
             proc,
             admin,
@@ -460,6 +474,7 @@ impl Forwarder {
 /// Runs `forwarder <args> --config <file with text>` and returns the process and its log lines.
 fn spawn_forwarder(
     wrapper: &[&str],
+    env: &[(&str, &str)],
     args: &[&str],
     config: &str,
 ) -> (Proc, Arc<Mutex<Vec<String>>>, tempfile::TempDir) {
@@ -479,6 +494,7 @@ fn spawn_forwarder(
         .arg("--config")
         .arg(&path)
         .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -505,7 +521,7 @@ pub fn forwarder_exit(subcommand: &str, config: &str) -> (i32, String) {
 
 /// `forwarder_exit` run through the command prefix `wrapper`.
 pub fn forwarder_exit_with(wrapper: &[&str], subcommand: &str, config: &str) -> (i32, String) {
-    let (mut proc, log, _dir) = spawn_forwarder(wrapper, &[subcommand], config);
+    let (mut proc, log, _dir) = spawn_forwarder(wrapper, &[], &[subcommand], config);
     let code = proc.wait_exit(Duration::from_secs(20));
     // Let the reader thread drain stderr.
     std::thread::sleep(Duration::from_millis(100));

@@ -83,3 +83,39 @@ fn maxconn_rejects_the_next_client_cleanly() {
     let mut d = Conn::open(f.listen[0]).unwrap();
     assert_eq!(d.cmd(&["PING"]).unwrap(), Reply::Simple("PONG".into()));
 }
+
+#[test]
+fn per_source_limit_rejects_only_the_greedy_source() {
+    let r = Redis::start();
+    let f = Forwarder::start(&service(&r, "maxconn_per_source = 2"));
+    assert!(wait_until(Duration::from_secs(10), || f
+        .master("mymaster")
+        .is_some()));
+    let greedy = Ipv4Addr::new(127, 0, 0, 2);
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut c = Conn::from_stream(connect_from(greedy, f.listen[0]).unwrap()).unwrap();
+        assert_eq!(c.cmd(&["PING"]).unwrap(), Reply::Simple("PONG".into()));
+        held.push(c);
+    }
+    let mut third = Conn::from_stream(connect_from(greedy, f.listen[0]).unwrap()).unwrap();
+    assert!(
+        third.cmd(&["PING"]).is_err(),
+        "a third session from 127.0.0.2 was served"
+    );
+    let mut other =
+        Conn::from_stream(connect_from(Ipv4Addr::new(127, 0, 0, 3), f.listen[0]).unwrap()).unwrap();
+    assert_eq!(other.cmd(&["PING"]).unwrap(), Reply::Simple("PONG".into()));
+    assert!(wait_until(Duration::from_secs(5), || f.counter(
+        "mymaster",
+        "rejected",
+        "per_source"
+    ) == 1));
+    // A slot given back is usable again.
+    held.pop();
+    assert!(wait_until(Duration::from_secs(5), || {
+        Conn::from_stream(connect_from(greedy, f.listen[0]).unwrap())
+            .and_then(|mut c| c.cmd(&["PING"]))
+            .is_ok_and(|r| r == Reply::Simple("PONG".into()))
+    }));
+}

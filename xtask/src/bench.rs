@@ -26,7 +26,7 @@ use serde::Serialize;
 
 use crate::prereq::{self, Tool, REDIS, REDIS_CLI};
 
-const HAPROXY: Tool = Tool {
+pub const HAPROXY: Tool = Tool {
     program: "haproxy",
     package: "haproxy",
 };
@@ -55,6 +55,13 @@ static STOP: AtomicBool = AtomicBool::new(false);
 
 #[derive(Args)]
 pub struct BenchArgs {
+    /// `failover`: the kill -9 drills (forwarder with Sentinel vs HAProxy) instead of the
+    /// throughput scenarios.
+    #[arg(value_parser = ["failover"])]
+    suite: Option<String>,
+    /// Drills per target for `failover`.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+    drills: u32,
     /// A smoke run (under 3 minutes): shorter measurements, written under bench/results/quick/.
     #[arg(long)]
     quick: bool,
@@ -154,6 +161,9 @@ struct Bins {
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.suite.as_deref() == Some("failover") {
+        return crate::failover::run(args.drills);
+    }
     ctrlc::set_handler(|| STOP.store(true, Ordering::SeqCst))
         .context("installing the Ctrl-C handler")?;
     prereq::ensure(&[REDIS, REDIS_CLI, REDIS_BENCHMARK])?;

@@ -37,7 +37,7 @@ fn port_from(start: u16) -> anyhow::Result<u16> {
 
 pub fn run(args: LabArgs) -> anyhow::Result<()> {
     prereq::ensure(&[REDIS, SENTINEL, REDIS_CLI])?;
-    // With the BPF object embedded, `auto` runs the sockmap path; without it, the next best.
+    // Embedded in the forwarder, the BPF object makes `--mode sockmap` available.
     if let Err(e) = crate::ebpf::build() {
         eprintln!("lab: the BPF program was not built ({e:#}); the forwarder will fall back");
     }

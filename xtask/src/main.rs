@@ -2,6 +2,7 @@
 
 mod bench;
 mod ebpf;
+mod failover;
 mod lab;
 mod prereq;
 mod test;

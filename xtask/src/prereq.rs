@@ -36,6 +36,11 @@ pub const KERNEL_HEADERS: Tool = Tool {
     program: "/usr/include/linux/bpf.h",
     package: "linux-libc-dev",
 };
+/// A real browser for the status page test.
+pub const CHROMIUM: Tool = Tool {
+    program: "chromium",
+    package: "chromium",
+};
 /// `capsh`, to run the forwarder without CAP_BPF in a test.
 pub const CAPSH: Tool = Tool {
     program: "capsh",

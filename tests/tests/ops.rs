@@ -1,0 +1,232 @@
+//! Operating the daemon: systemd readiness, SIGTERM drain, `forwarder status`.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::os::unix::net::UnixDatagram;
+use std::process::Command;
+use std::time::Duration;
+
+use e2e::{tcp_server, wait_until, Forwarder};
+
+fn service(backend: SocketAddr, drain: &str) -> String {
+    format!(
+        r#"[[service]]
+name = "plain"
+listen = "{{LISTEN}}"
+servers = ["{backend}"]
+timeout = {{ drain = "{drain}" }}
+
+[service.check]
+kind = "tcp-check"
+steps = ["connect"]
+interval = "200ms"
+rise = 1
+"#
+    )
+}
+
+fn echo(mut s: TcpStream) {
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 || s.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = s.shutdown(Shutdown::Write);
+}
+
+fn ping(c: &mut TcpStream) -> bool {
+    let mut got = [0u8; 4];
+    c.write_all(b"ping").is_ok() && c.read_exact(&mut got).is_ok() && &got == b"ping"
+}
+
+fn session(f: &Forwarder) -> TcpStream {
+    assert!(
+        wait_until(Duration::from_secs(10), || f.master("plain").is_some()),
+        "{}",
+        f.log_text()
+    );
+    let mut c = TcpStream::connect(f.listen[0]).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert!(ping(&mut c));
+    c
+}
+
+#[test]
+fn systemd_is_told_ready_and_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut f = Forwarder::start_env(
+        &service(tcp_server(echo), "1s"),
+        &[("NOTIFY_SOCKET", path.to_str().unwrap())],
+    );
+    let mut buf = [0u8; 256];
+    let n = sock.recv(&mut buf).expect("readiness notification");
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("READY=1"));
+    f.proc().signal(libc::SIGTERM);
+    let n = sock.recv(&mut buf).expect("stopping notification");
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
+    assert_eq!(f.proc().wait_exit(Duration::from_secs(10)), Some(0));
+}
+
+#[test]
+fn sigterm_closes_the_listener_and_lets_sessions_finish() {
+    let mut f = Forwarder::start(&service(tcp_server(echo), "20s"));
+    let mut c = session(&f);
+    f.proc().signal(libc::SIGTERM);
+    assert!(
+        wait_until(Duration::from_secs(5), || TcpStream::connect(f.listen[0])
+            .is_err()),
+        "the listener still accepts while draining"
+    );
+    assert!(
+        ping(&mut c),
+        "an established session stops working during the drain"
+    );
+    assert!(
+        f.proc().wait_exit(Duration::from_millis(500)).is_none(),
+        "exited before the session ended"
+    );
+    drop(c);
+    assert_eq!(f.proc().wait_exit(Duration::from_secs(10)), Some(0));
+    assert!(
+        f.log_text().contains("all sessions drained"),
+        "{}",
+        f.log_text()
+    );
+}
+
+#[test]
+fn drain_time_limit_closes_the_rest_and_exits_cleanly() {
+    let mut f = Forwarder::start(&service(tcp_server(echo), "1s"));
+    let mut c = session(&f);
+    f.proc().signal(libc::SIGTERM);
+    assert_eq!(f.proc().wait_exit(Duration::from_secs(10)), Some(0));
+    let mut buf = [0u8; 1];
+    assert!(
+        !matches!(c.read(&mut buf), Ok(n) if n > 0),
+        "the session outlived the daemon"
+    );
+    assert!(
+        f.log_text().contains("drain time is up"),
+        "{}",
+        f.log_text()
+    );
+}
+
+#[test]
+fn forwarder_status_prints_the_running_state() {
+    let f = Forwarder::start(&service(tcp_server(echo), "1s"));
+    let _c = session(&f);
+    let bin = std::env::var("FORWARDER_BIN").unwrap_or_else(|_| {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../target/debug/forwarder").to_string()
+    });
+    let out = Command::new(bin)
+        .args(["status", "--admin", &f.admin.to_string()])
+        .output()
+        .expect("run forwarder status");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("service plain"), "{text}");
+    assert!(
+        text.contains(&format!("master {}", f.master("plain").unwrap())),
+        "{text}"
+    );
+    assert!(text.contains("sessions active 1"), "{text}");
+}
+
+#[test]
+fn status_page_renders_in_a_real_browser() {
+    let chromium = e2e::require("chromium", "chromium");
+    let f = Forwarder::start(&service(tcp_server(echo), "1s"));
+    let _c = session(&f);
+    let master = f.master("plain").unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--virtual-time-budget=2000",
+        ])
+        .arg(format!("--user-data-dir={}", dir.path().display()))
+        .arg("--dump-dom")
+        .arg(format!("http://{}/", f.admin))
+        .output()
+        .expect("run chromium");
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        dom.contains(&format!(
+            "<td class=\"up\" id=\"master-plain\">{master}</td>"
+        )),
+        "master not shown: {dom}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dom.contains("<h2 class=\"service\">plain</h2>"), "{dom}");
+    assert!(dom.contains("class=\"server up\""), "{dom}");
+}
+
+/// `/metrics` parsed by a Prometheus text parser: a sample's value, by name and labels.
+fn metric(f: &Forwarder, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let text = f.metrics();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+        .expect("/metrics parses as Prometheus text");
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => f64::NAN,
+        })
+}
+
+#[test]
+fn metrics_parse_and_follow_the_traffic() {
+    let f = Forwarder::start(&service(tcp_server(echo), "1s"));
+    let svc = [("service", "plain")];
+    let mut c = session(&f);
+    assert_eq!(metric(&f, "forwarder_connections_active", &svc), Some(1.0));
+    assert_eq!(
+        metric(&f, "forwarder_connections_accepted_total", &svc),
+        Some(1.0)
+    );
+    assert!(ping(&mut c));
+    drop(c);
+    assert!(wait_until(Duration::from_secs(5), || metric(
+        &f,
+        "forwarder_connections_active",
+        &svc
+    ) == Some(0.0)));
+    let up = metric(
+        &f,
+        "forwarder_bytes_total",
+        &[("service", "plain"), ("direction", "client_to_server")],
+    );
+    assert!(
+        up.is_some_and(|b| b >= 8.0),
+        "bytes: {up:?}\n{}",
+        f.metrics()
+    );
+    assert_eq!(
+        metric(
+            &f,
+            "forwarder_sessions_ended_total",
+            &[("service", "plain"), ("how", "closed")]
+        ),
+        Some(1.0),
+        "{}",
+        f.metrics()
+    );
+    assert_eq!(metric(&f, "forwarder_master_generation", &svc), Some(1.0));
+}
