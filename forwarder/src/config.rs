@@ -177,6 +177,7 @@ pub struct Admin {
 pub struct Service {
     pub name: String,
     pub listen: SocketAddr,
+    /// Known servers; with Sentinel, more are discovered (`SENTINEL replicas`).
     pub servers: Vec<SocketAddr>,
     /// Source networks allowed to connect; empty means everyone.
     pub allow: Vec<IpNet>,
@@ -417,8 +418,11 @@ impl Validator {
             ));
         }
         let listen = self.addr(&format!("{key}.listen"), &s.listen)?;
-        if s.servers.is_empty() {
-            return Err(self.err(format!("{key}.servers"), "at least one server is required"));
+        if s.servers.is_empty() && s.sentinel.is_none() {
+            return Err(self.err(
+                format!("{key}.servers"),
+                "at least one server is required (or a [service.sentinel] to discover them)",
+            ));
         }
         let mut servers = Vec::with_capacity(s.servers.len());
         for (j, srv) in s.servers.iter().enumerate() {

@@ -42,8 +42,12 @@ struct Shared {
     selector: Mutex<Selector>,
     servers: Mutex<Vec<ServerStatus>>,
     tx: watch::Sender<MasterView>,
-    /// Wakes a server's check loop for an immediate check.
-    wake: Vec<Arc<Notify>>,
+    /// Wakes a server's check loop for an immediate check (one per server, same order).
+    wake: Mutex<Vec<Arc<Notify>>>,
+    /// Check tasks, including those of servers discovered later; aborted with the monitor.
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    program: Arc<Program>,
+    schedule: Schedule,
     /// With Sentinel configured, the master is chosen by `decide_with_sentinel` instead of the
     /// selector.
     sentinel: Option<SentinelMode>,
@@ -67,7 +71,6 @@ struct Decision {
 /// Health checks of one service's servers. Dropping it stops them.
 pub struct Monitor {
     shared: Arc<Shared>,
-    tasks: Vec<JoinHandle<()>>,
     sentinels: Option<Sentinels>,
 }
 
@@ -105,59 +108,32 @@ impl Monitor {
         let shared = Arc::new(Shared {
             service,
             selector: Mutex::new(Selector::new(servers.clone(), Instant::now())),
-            servers: Mutex::new(
-                servers
-                    .iter()
-                    .map(|&addr| ServerStatus {
-                        addr,
-                        state: ServerState::Down,
-                        last_ok: None,
-                        last_reason: None,
-                        last_check: None,
-                        last_elapsed: None,
-                        role: None,
-                        checks_ok: 0,
-                        checks_failed: 0,
-                    })
-                    .collect(),
-            ),
+            servers: Mutex::new(Vec::new()),
             tx,
-            wake: servers.iter().map(|_| Arc::new(Notify::new())).collect(),
+            wake: Mutex::new(Vec::new()),
+            tasks: Mutex::new(Vec::new()),
+            program: Arc::new(program),
+            schedule,
             sentinel: sentinels.as_ref().map(|s| SentinelMode {
                 view: s.subscribe(),
                 decision: Mutex::new(Decision {
                     no_master_since: Some(Instant::now()),
-                    disagreeing: vec![false; servers.len()],
                     ..Decision::default()
                 }),
             }),
         });
-        let program = Arc::new(program);
-        let tasks = servers
-            .into_iter()
-            .enumerate()
-            .map(|(i, addr)| {
-                tokio::spawn(check_loop(
-                    Arc::clone(&shared),
-                    Arc::clone(&program),
-                    schedule,
-                    i,
-                    addr,
-                ))
-            })
-            .collect::<Vec<_>>();
-        let mut tasks = tasks;
+        for addr in servers {
+            add_server(&shared, addr);
+        }
         if let Some(s) = &sentinels {
-            tasks.push(tokio::spawn(follow_sentinels(
+            let t = tokio::spawn(follow_sentinels(
                 Arc::clone(&shared),
                 s.subscribe(),
-            )));
+                s.discovered(),
+            ));
+            lock(&shared.tasks).push(t);
         }
-        Monitor {
-            shared,
-            tasks,
-            sentinels,
-        }
+        Monitor { shared, sentinels }
     }
 
     /// What the Sentinels agree on, when configured.
@@ -197,10 +173,41 @@ impl Monitor {
 
 impl Drop for Monitor {
     fn drop(&mut self) {
-        for t in &self.tasks {
+        for t in lock(&self.shared.tasks).iter() {
             t.abort();
         }
     }
+}
+
+/// Starts checking `addr` (once; a known address is ignored).
+fn add_server(shared: &Arc<Shared>, addr: SocketAddr) {
+    let index = {
+        let mut servers = lock(&shared.servers);
+        if servers.iter().any(|s| s.addr == addr) {
+            return;
+        }
+        servers.push(ServerStatus {
+            addr,
+            state: ServerState::Down,
+            last_ok: None,
+            last_reason: None,
+            last_check: None,
+            last_elapsed: None,
+            role: None,
+            checks_ok: 0,
+            checks_failed: 0,
+        });
+        lock(&shared.wake).push(Arc::new(Notify::new()));
+        servers.len() - 1
+    };
+    let t = tokio::spawn(check_loop(
+        Arc::clone(shared),
+        Arc::clone(&shared.program),
+        shared.schedule,
+        index,
+        addr,
+    ));
+    lock(&shared.tasks).push(t);
 }
 
 /// Up to 10% of `d`, so the checks of many servers do not run in lockstep.
@@ -284,24 +291,39 @@ async fn check_loop(
             }
         }
         let delay = health.next_delay(&schedule);
+        let wake = lock(&shared.wake).get(index).cloned().unwrap_or_default();
         tokio::select! {
             _ = tokio::time::sleep(delay + jitter(delay)) => {}
-            _ = shared.wake[index].notified() => {}
+            _ = wake.notified() => {}
         }
     }
 }
 
 /// Re-decides whenever the Sentinels' view changes, checking the newly named master at once
-/// rather than at its next interval.
-async fn follow_sentinels(shared: Arc<Shared>, mut view: watch::Receiver<SentinelView>) {
+/// rather than at its next interval, and starts checking servers the Sentinels report.
+async fn follow_sentinels(
+    shared: Arc<Shared>,
+    mut view: watch::Receiver<SentinelView>,
+    mut discovered: watch::Receiver<Vec<SocketAddr>>,
+) {
     loop {
-        if view.changed().await.is_err() {
-            return;
+        tokio::select! {
+            r = view.changed() => if r.is_err() { return },
+            r = discovered.changed() => if r.is_err() { return },
+        }
+        let found = discovered.borrow_and_update().clone();
+        for addr in found {
+            if !lock(&shared.servers).iter().any(|s| s.addr == addr) {
+                tracing::info!(service = %shared.service, server = %addr, "server discovered through Sentinel");
+                add_server(&shared, addr);
+            }
         }
         let named = view.borrow_and_update().master;
         if let Some(i) = named.and_then(|m| lock(&shared.servers).iter().position(|s| s.addr == m))
         {
-            shared.wake[i].notify_one();
+            if let Some(w) = lock(&shared.wake).get(i) {
+                w.notify_one();
+            }
         }
         if let Some(sm) = &shared.sentinel {
             decide_with_sentinel(&shared, sm);
@@ -324,6 +346,7 @@ fn decide_with_sentinel(shared: &Shared, sm: &SentinelMode) {
             .any(|s| s.addr == *m && (s.state.is_up() || s.last_ok == Some(true)))
     });
     let mut d = lock(&sm.decision);
+    d.disagreeing.resize(servers.len(), false);
     for (i, s) in servers.iter().enumerate() {
         let disagrees = s.last_ok == Some(true) && Some(s.addr) != named;
         if disagrees && !d.disagreeing[i] {

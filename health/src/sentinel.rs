@@ -68,6 +68,8 @@ struct Shared {
     service: String,
     answers: Mutex<Vec<Answer>>,
     tx: watch::Sender<SentinelView>,
+    /// Every master and replica address any Sentinel reported, in order of discovery.
+    discovered: watch::Sender<Vec<SocketAddr>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -75,6 +77,18 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
+    fn discover(&self, addrs: &[SocketAddr]) {
+        self.discovered.send_if_modified(|known| {
+            let before = known.len();
+            for a in addrs {
+                if !known.contains(a) {
+                    known.push(*a);
+                }
+            }
+            known.len() != before
+        });
+    }
+
     fn set(&self, i: usize, a: Answer) {
         let view = {
             let mut answers = lock(&self.answers);
@@ -160,6 +174,7 @@ impl Sentinels {
             service,
             answers: Mutex::new(vec![Answer::default(); n]),
             tx,
+            discovered: watch::channel(Vec::new()).0,
         });
         let mut tasks = Vec::with_capacity(2 * n);
         for i in 0..n {
@@ -175,6 +190,11 @@ impl Sentinels {
 
     pub fn view(&self) -> SentinelView {
         *self.shared.tx.borrow()
+    }
+
+    /// Master and replica addresses reported by the Sentinels (`SENTINEL replicas`), growing.
+    pub fn discovered(&self) -> watch::Receiver<Vec<SocketAddr>> {
+        self.shared.discovered.subscribe()
     }
 }
 
@@ -242,6 +262,14 @@ async fn query_session(shared: &Shared, i: usize) -> Result<(), String> {
                 master,
             },
         );
+        if let Some(m) = master {
+            let reply = conn
+                .call(&[b"SENTINEL", b"replicas", cfg.master_name.as_bytes()])
+                .await?;
+            let mut found = vec![m];
+            found.extend(parse_replicas(&reply)?);
+            shared.discover(&found);
+        }
         tokio::time::sleep(cfg.interval).await;
     }
 }
@@ -337,6 +365,37 @@ fn addr(ip: &str, port: &str) -> Result<SocketAddr, String> {
         return Err("port 0".into());
     }
     Ok(SocketAddr::new(ip, port))
+}
+
+/// `SENTINEL replicas` reply: an array of flat field/value arrays; the `ip` and `port` fields of
+/// each.
+pub fn parse_replicas(reply: &Reply) -> Result<Vec<SocketAddr>, String> {
+    let items = match reply {
+        Reply::Array(Some(items)) => items,
+        Reply::Array(None) => return Ok(Vec::new()),
+        Reply::Error(e) => return Err(format!("Sentinel error: {e}")),
+        other => return Err(format!("expected an array, got {}", kind(other))),
+    };
+    items
+        .iter()
+        .map(|r| {
+            let Reply::Array(Some(fields)) = r else {
+                return Err(format!("expected a replica's fields, got {}", kind(r)));
+            };
+            let field = |name: &str| {
+                fields.chunks(2).find_map(|kv| match kv {
+                    [Reply::Bulk(Some(k)), Reply::Bulk(Some(v))] if k == name.as_bytes() => {
+                        std::str::from_utf8(v).ok()
+                    }
+                    _ => None,
+                })
+            };
+            match (field("ip"), field("port")) {
+                (Some(ip), Some(port)) => addr(ip, port),
+                _ => Err("a replica without ip or port".to_string()),
+            }
+        })
+        .collect()
 }
 
 /// `+switch-master` payload: `<name> <old ip> <old port> <new ip> <new port>`.
@@ -507,6 +566,43 @@ mod tests {
     }
 
     #[test]
+    fn replicas_replies() {
+        let replica = |ip: &str, port: &str| {
+            Reply::Array(Some(vec![
+                bulk("name"),
+                bulk("x"),
+                bulk("ip"),
+                bulk(ip),
+                bulk("port"),
+                bulk(port),
+                bulk("flags"),
+                bulk("slave"),
+            ]))
+        };
+        let ok = Reply::Array(Some(vec![
+            replica("127.0.0.1", "6381"),
+            replica("::1", "6382"),
+        ]));
+        assert_eq!(
+            parse_replicas(&ok),
+            Ok(vec![
+                "127.0.0.1:6381".parse().unwrap(),
+                "[::1]:6382".parse().unwrap()
+            ])
+        );
+        assert_eq!(parse_replicas(&Reply::Array(Some(vec![]))), Ok(vec![]));
+        assert!(parse_replicas(&Reply::Array(Some(vec![replica("host", "1")]))).is_err());
+        assert!(parse_replicas(&Reply::Array(Some(vec![Reply::Integer(1)]))).is_err());
+        assert!(
+            parse_replicas(&Reply::Array(Some(vec![Reply::Array(Some(vec![bulk(
+                "ip"
+            )]))])))
+            .is_err()
+        );
+        assert!(parse_replicas(&Reply::Integer(3)).is_err());
+    }
+
+    #[test]
     fn switch_master_payloads() {
         assert_eq!(
             parse_switch_master("mymaster 127.0.0.1 6380 127.0.0.1 6381", "mymaster"),
@@ -629,6 +725,7 @@ mod tests {
             }
             if let Ok(Some((reply, _))) = resp::parse(&input) {
                 let _ = parse_master_addr(&reply);
+                let _ = parse_replicas(&reply);
                 if let Ok(Some((_, payload))) = parse_message(&reply) {
                     let _ = parse_switch_master(&payload, "mymaster");
                 }

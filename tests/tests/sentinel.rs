@@ -16,6 +16,11 @@ struct Lab {
 }
 
 fn lab() -> Lab {
+    lab_with(true)
+}
+
+/// The lab; with `list_servers` false the forwarder is told only the Sentinels.
+fn lab_with(list_servers: bool) -> Lab {
     let master = Redis::start();
     let replica = Redis::start();
     replica.replicaof(Some(&master));
@@ -34,11 +39,16 @@ fn lab() -> Lab {
         .flatten()
         .map(|s| format!("\"{}\"", s.addr()))
         .collect();
+    let servers = if list_servers {
+        format!("servers = [\"{}\", \"{}\"]", master.addr(), replica.addr())
+    } else {
+        String::new()
+    };
     let f = Forwarder::start(&format!(
         r#"[[service]]
 name = "mymaster"
 listen = "{{LISTEN}}"
-servers = ["{}", "{}"]
+{servers}
 timeout = {{ connect = "1s", client = "30s", server = "30s", queue = "15s" }}
 
 [service.check]
@@ -52,8 +62,6 @@ timeout = "500ms"
 addresses = [{}]
 master_name = "mymaster"
 "#,
-        master.addr(),
-        replica.addr(),
         list.join(", ")
     ));
     assert!(
@@ -296,4 +304,37 @@ fn losing_sentinels_keeps_the_master_and_reports_degraded() {
         Reply::Simple("OK".into())
     );
     assert!(lab.f.log_text().contains("Sentinel view degraded"));
+}
+
+#[test]
+fn servers_are_discovered_from_sentinel() {
+    let mut lab = lab_with(false);
+    let f = &lab.f;
+    let listed = || -> Vec<String> {
+        f.service_status("mymaster")
+            .and_then(|s| {
+                s["servers"].as_array().map(|a| {
+                    a.iter()
+                        .filter_map(|v| v["addr"].as_str().map(String::from))
+                        .collect()
+                })
+            })
+            .unwrap_or_default()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || listed()
+            .contains(&lab.replica.addr().to_string())),
+        "replica not discovered: {:?}",
+        listed()
+    );
+    lab.master.proc().kill();
+    assert!(
+        wait_until(Duration::from_secs(20), || f.master("mymaster")
+            == Some(lab.replica.addr())),
+        "no failover to the discovered replica: {:?}\n{}",
+        f.status(),
+        f.log_text()
+    );
+    let mut c = Conn::open(f.listen[0]).unwrap();
+    assert_eq!(c.server_port().unwrap(), lab.replica.port);
 }

@@ -29,6 +29,8 @@ use crate::prereq::{self, REDIS, SENTINEL};
 
 #[derive(Debug, Default, Clone, Copy)]
 struct Drill {
+    /// From the kill to the first `+switch-master` a Sentinel published.
+    sentinel: Duration,
     outage: Duration,
     failed: u64,
     acked: u64,
@@ -117,6 +119,20 @@ fn drill(target: Target) -> anyhow::Result<Drill> {
         let (stop, acks, failed) = (Arc::clone(&stop), Arc::clone(&acks), Arc::clone(&failed));
         std::thread::spawn(move || write_loop(listen, &stop, &acks, &failed))
     };
+    // When the Sentinels decide: the first +switch-master on one of them.
+    let switched = Arc::new(Mutex::new(None::<Instant>));
+    {
+        let mut sub = Conn::open(sentinels[0].addr())?;
+        sub.stream()
+            .set_read_timeout(Some(Duration::from_secs(60)))?;
+        sub.cmd(&["SUBSCRIBE", "+switch-master"])?;
+        let switched = Arc::clone(&switched);
+        std::thread::spawn(move || {
+            if sub.read_reply().is_ok() {
+                *switched.lock().unwrap() = Some(Instant::now());
+            }
+        });
+    }
     std::thread::sleep(Duration::from_secs(1));
     let old_port = master.port;
     master.proc().kill();
@@ -142,6 +158,10 @@ fn drill(target: Target) -> anyhow::Result<Drill> {
     };
     let acks = std::mem::take(&mut *acks.lock().unwrap());
     let mut d = Drill {
+        sentinel: switched
+            .lock()
+            .unwrap()
+            .map_or(Duration::ZERO, |t| t.saturating_duration_since(killed)),
         failed: *failed.lock().unwrap(),
         acked: acks.len() as u64,
         ..Drill::default()
@@ -282,10 +302,17 @@ fn write_loop(to: SocketAddr, stop: &AtomicBool, acks: &Mutex<Vec<Ack>>, failed:
         };
         i += 1;
         match c.cmd(&["SET", &format!("k{i}"), &i.to_string()]) {
-            Ok(Reply::Simple(s)) if s == "OK" => acks.lock().unwrap().push(Ack {
-                at: Instant::now(),
-                key: i,
-            }),
+            Ok(Reply::Simple(s)) if s == "OK" => {
+                acks.lock().unwrap().push(Ack {
+                    at: Instant::now(),
+                    key: i,
+                });
+                // Real clients open new connections (pools, restarts): every 10 writes, so
+                // each new connection is routed afresh.
+                if i.is_multiple_of(10) {
+                    conn = None;
+                }
+            }
             _ => {
                 *failed.lock().unwrap() += 1;
                 conn = None;
@@ -302,9 +329,10 @@ fn render(results: &[(Target, Vec<Drill>)], drills: u32) -> String {
         "Failover drills (`cargo xtask bench failover --drills {drills}`): kill -9 of the master \
          under a write loop, old master restarted empty once writes resume; Sentinel \
          down-after-milliseconds 1000.\n\n\
-         | target | write outage ms, median [min–max] | failed attempts (median) | acked writes | \
+         | target | write outage ms, median [min–max] | Sentinel decided after, ms (median) | \
+         outage beyond Sentinel, ms (median) | failed attempts (median) | acked writes | \
          lost, acked before the kill | lost, acked after the kill (split brain) |\n\
-         |---|---:|---:|---:|---:|---:|\n"
+         |---|---:|---:|---:|---:|---:|---:|---:|\n"
     );
     for (t, ds) in results {
         let mut outages: Vec<f64> = ds.iter().map(|d| ms(d.outage)).collect();
@@ -312,12 +340,18 @@ fn render(results: &[(Target, Vec<Drill>)], drills: u32) -> String {
         let mut failed: Vec<u64> = ds.iter().map(|d| d.failed).collect();
         failed.sort_unstable();
         let med = |v: &[f64]| v.get(v.len() / 2).copied().unwrap_or(f64::NAN);
+        let mut decided: Vec<f64> = ds.iter().map(|d| ms(d.sentinel)).collect();
+        decided.sort_by(f64::total_cmp);
+        let mut beyond: Vec<f64> = ds.iter().map(|d| ms(d.outage) - ms(d.sentinel)).collect();
+        beyond.sort_by(f64::total_cmp);
         out.push_str(&format!(
-            "| {} | {:.0} [{:.0}–{:.0}] | {} | {} | {} | {} |\n",
+            "| {} | {:.0} [{:.0}–{:.0}] | {:.0} | {:.0} | {} | {} | {} | {} |\n",
             t.name(),
             med(&outages),
             outages.first().copied().unwrap_or(f64::NAN),
             outages.last().copied().unwrap_or(f64::NAN),
+            med(&decided),
+            med(&beyond),
             failed.get(failed.len() / 2).copied().unwrap_or(0),
             ds.iter().map(|d| d.acked).sum::<u64>(),
             ds.iter().map(|d| d.lost_before_kill).sum::<u64>(),
