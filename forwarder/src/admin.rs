@@ -12,13 +12,13 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::daemon::ServiceHandle;
+use crate::daemon::Daemon;
 use crate::datapath::DataPath;
 use crate::metrics::{GlobalStats, StatsSnapshot};
 
 /// What the admin endpoints read.
 pub struct State {
-    pub services: Vec<ServiceHandle>,
+    pub daemon: Arc<Daemon>,
     pub global: Arc<GlobalStats>,
     pub datapath: DataPath,
     /// Why the data path is not the best one `auto` knows, when it fell back.
@@ -35,6 +35,7 @@ pub async fn serve(
         .route("/", get(page))
         .route("/metrics", get(metrics))
         .route("/status", get(status))
+        .route("/reload", axum::routing::post(reload))
         .with_state(state)
         .layer(axum::middleware::from_fn(move |req, next| {
             bearer(token.clone(), req, next)
@@ -124,7 +125,8 @@ fn status_of(state: &State) -> Status {
         bpf: state.datapath.bpf_totals(),
         accept_errors: state.global.accept_errors.load(Ordering::Relaxed),
         services: state
-            .services
+            .daemon
+            .services()
             .iter()
             .map(|h| {
                 let view = h.monitor.view();
@@ -258,6 +260,21 @@ fn render_page(st: &Status) -> String {
     }
     h.push_str("</body></html>\n");
     h
+}
+
+/// `POST /reload`: re-read the configuration file and apply it (as SIGHUP does); the answer says
+/// what changed, or why nothing did.
+async fn reload(AxState(state): AxState<Arc<State>>) -> impl IntoResponse {
+    match state.daemon.reload().await {
+        Ok(summary) => (axum::http::StatusCode::OK, format!("{summary}\n")),
+        Err(e) => {
+            tracing::error!("reload refused, the running configuration stays: {e}");
+            (
+                axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+                format!("reload refused, the running configuration stays: {e}\n"),
+            )
+        }
+    }
 }
 
 async fn status(AxState(state): AxState<Arc<State>>) -> impl IntoResponse {

@@ -1,10 +1,14 @@
-//! The daemon: turns a validated [`Config`] into running services, and stops them on a signal.
+//! The daemon: turns a validated [`Config`] into running services, applies new configurations
+//! (SIGHUP, `POST /reload`) without dropping sessions, and drains on SIGTERM/SIGINT.
 
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin;
@@ -21,36 +25,43 @@ pub struct ServiceHandle {
     pub monitor: health::Monitor,
 }
 
-/// Runs until SIGTERM or SIGINT. Fails before serving anything if a listener cannot be bound or
-/// the requested data path cannot run here.
-pub async fn run(cfg: Config) -> anyhow::Result<()> {
-    let selected = DataPath::select(&cfg.datapath).map_err(anyhow::Error::msg)?;
-    let datapath = selected.path;
-    let shutdown = CancellationToken::new();
-    let global = Arc::new(GlobalStats::default());
+/// A service with its listener: the accept loop reads the runtime from `runtime`, so a reload
+/// can swap it without closing the listener.
+struct Live {
+    handle: Arc<ServiceHandle>,
+    runtime: watch::Sender<Arc<ServiceRuntime>>,
+    accepting: CancellationToken,
+}
 
-    // Bind everything first: a port in use is a startup error, not a half-started daemon.
-    let mut listeners = Vec::with_capacity(cfg.service.len());
-    for (i, svc) in cfg.service.iter().enumerate() {
-        let l = service::bind(svc.listen).with_context(|| {
-            format!(
-                "service[{i}].listen: cannot listen on {} (service {:?})",
-                svc.listen, svc.name
-            )
-        })?;
-        listeners.push(l);
+/// Everything that runs, and what a reload changes.
+pub struct Daemon {
+    path: PathBuf,
+    config: Mutex<Config>,
+    datapath: DataPath,
+    global: Arc<GlobalStats>,
+    shutdown: CancellationToken,
+    live: Mutex<Vec<Live>>,
+    /// Services replaced or removed by a reload, kept (with their checks and router, so their
+    /// sessions are still cut on a master change) until their last session ends.
+    retiring: Mutex<Vec<Arc<ServiceHandle>>>,
+    /// One reload at a time.
+    reloading: tokio::sync::Mutex<()>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Daemon {
+    /// The services that accept clients now.
+    pub fn services(&self) -> Vec<Arc<ServiceHandle>> {
+        lock(&self.live)
+            .iter()
+            .map(|l| Arc::clone(&l.handle))
+            .collect()
     }
-    let admin_listener = match &cfg.admin {
-        Some(a) => Some(
-            tokio::net::TcpListener::bind(a.listen)
-                .await
-                .with_context(|| format!("admin.listen: cannot listen on {}", a.listen))?,
-        ),
-        None => None,
-    };
 
-    let mut handles = Vec::with_capacity(cfg.service.len());
-    for (svc, listener) in cfg.service.iter().zip(listeners) {
+    fn build(&self, svc: &Service, stats: Arc<ServiceStats>) -> ServiceHandle {
         let sentinel = svc.sentinel.as_ref().map(|s| health::SentinelConfig {
             addresses: s.addresses.clone(),
             master_name: s.master_name.clone(),
@@ -69,42 +80,237 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             svc.check.schedule(),
             sentinel,
         );
-        let stats = Arc::new(ServiceStats::default());
         let router = Router::spawn(
             svc.name.clone(),
             monitor.subscribe(),
             svc.on_master_change,
             Arc::clone(&stats),
-            shutdown.clone(),
+            self.shutdown.clone(),
         );
         let runtime = Arc::new(ServiceRuntime::new(
             svc,
             router,
             stats,
-            Arc::clone(&global),
-            datapath.clone(),
-            shutdown.clone(),
+            Arc::clone(&self.global),
+            self.datapath.clone(),
+            self.shutdown.clone(),
         ));
-        tracing::info!(service = %svc.name, listen = %svc.listen, servers = ?svc.servers,
-            datapath = datapath.name(), "listening");
-        tokio::spawn(service::serve(listener, Arc::clone(&runtime)));
-        handles.push(ServiceHandle {
+        ServiceHandle {
             config: svc.clone(),
             runtime,
             monitor,
-        });
+        }
     }
 
+    /// Starts accepting on `listener` for `handle`.
+    fn start(&self, listener: TcpListener, handle: ServiceHandle) -> Live {
+        let handle = Arc::new(handle);
+        let (tx, rx) = watch::channel(Arc::clone(&handle.runtime));
+        let accepting = CancellationToken::new();
+        tracing::info!(service = %handle.config.name, listen = %handle.config.listen,
+            servers = ?handle.config.servers, datapath = self.datapath.name(), "listening");
+        tokio::spawn(service::serve(listener, rx, accepting.clone()));
+        Live {
+            handle,
+            runtime: tx,
+            accepting,
+        }
+    }
+
+    /// Re-reads the configuration file and applies it; see [`Daemon::apply`].
+    pub async fn reload(&self) -> Result<String, String> {
+        let _one = self.reloading.lock().await;
+        let cfg = Config::load(&self.path).map_err(|e| e.to_string())?;
+        self.apply(cfg)
+    }
+
+    /// Applies a new configuration: services added, removed (their listener closes, their
+    /// sessions go on), or changed (servers, checks, Sentinel, allow list, limits, timeouts: a new
+    /// runtime takes the next clients; established sessions keep theirs). Every listener is
+    /// bound before anything changes, so a port in use refuses the whole reload. The data path
+    /// and the admin listener need a restart.
+    fn apply(&self, new: Config) -> Result<String, String> {
+        let old = lock(&self.config).clone();
+        let mut notes = Vec::new();
+        if format!("{:?}", new.datapath) != format!("{:?}", old.datapath) {
+            notes.push("[datapath] changes need a restart; kept".to_string());
+        }
+        if format!("{:?}", new.admin) != format!("{:?}", old.admin) {
+            notes.push("[admin] changes need a restart; kept".to_string());
+        }
+        let mut live = lock(&self.live);
+        // Plan, and bind what is new.
+        enum Step {
+            Keep(usize),
+            Swap(usize),
+            Add(TcpListener),
+        }
+        let mut steps = Vec::with_capacity(new.service.len());
+        let mut errors = Vec::new();
+        for (i, svc) in new.service.iter().enumerate() {
+            let cur = live.iter().position(|l| l.handle.config.name == svc.name);
+            match cur {
+                Some(j) if live[j].handle.config.listen == svc.listen => {
+                    if format!("{:?}", live[j].handle.config) == format!("{svc:?}") {
+                        steps.push(Step::Keep(j));
+                    } else {
+                        steps.push(Step::Swap(j));
+                    }
+                }
+                _ => {
+                    // A new service, or a new address for one. The old listener may hold the
+                    // address another service moves to: then it is free only after the swap.
+                    let taken = live.iter().any(|l| l.handle.config.listen == svc.listen);
+                    if taken {
+                        errors.push(format!(
+                            "service[{i}].listen: {} is still used by another running service; \
+                             move it in two reloads",
+                            svc.listen
+                        ));
+                        continue;
+                    }
+                    match service::bind(svc.listen) {
+                        Ok(l) => steps.push(Step::Add(l)),
+                        Err(e) => errors.push(format!(
+                            "service[{i}].listen: cannot listen on {}: {e}",
+                            svc.listen
+                        )),
+                    }
+                }
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors.join("; "));
+        }
+        // Apply.
+        let mut next = Vec::with_capacity(steps.len());
+        let mut taken = vec![false; live.len()];
+        let mut old_live: Vec<Option<Live>> = live.drain(..).map(Some).collect();
+        let (mut kept, mut swapped, mut added) = (0, 0, 0);
+        for (step, svc) in steps.into_iter().zip(&new.service) {
+            match step {
+                Step::Keep(j) => {
+                    taken[j] = true;
+                    next.push(old_live[j].take().expect("each service once"));
+                    kept += 1;
+                }
+                Step::Swap(j) => {
+                    taken[j] = true;
+                    let l = old_live[j].take().expect("each service once");
+                    // Counters (and the maxconn count of established sessions) carry over.
+                    let stats = Arc::clone(&l.handle.runtime.stats);
+                    let handle = Arc::new(self.build(svc, stats));
+                    l.runtime.send_replace(Arc::clone(&handle.runtime));
+                    lock(&self.retiring).push(Arc::clone(&l.handle));
+                    tracing::info!(service = %svc.name, "service reconfigured; established sessions keep their route");
+                    next.push(Live {
+                        handle,
+                        runtime: l.runtime,
+                        accepting: l.accepting,
+                    });
+                    swapped += 1;
+                }
+                Step::Add(listener) => {
+                    let handle = self.build(svc, Arc::new(ServiceStats::default()));
+                    next.push(self.start(listener, handle));
+                    added += 1;
+                }
+            }
+        }
+        let mut removed = 0;
+        for l in old_live.into_iter().flatten() {
+            tracing::info!(service = %l.handle.config.name, "service removed: listener closed, sessions go on");
+            l.accepting.cancel();
+            lock(&self.retiring).push(l.handle);
+            removed += 1;
+        }
+        *live = next;
+        drop(live);
+        *lock(&self.config) = new;
+        let summary = format!(
+            "reloaded: {kept} unchanged, {swapped} changed, {added} added, {removed} removed{}",
+            notes.iter().map(|n| format!("; {n}")).collect::<String>()
+        );
+        tracing::info!("{summary}");
+        Ok(summary)
+    }
+
+    /// Drops retired services whose last session has ended.
+    fn reap(&self) {
+        lock(&self.retiring).retain(|h| Arc::strong_count(&h.runtime) > 1);
+    }
+
+    fn total_active(&self) -> u64 {
+        lock(&self.live)
+            .iter()
+            .map(|l| l.handle.runtime.stats.active.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+/// Runs until SIGTERM or SIGINT; SIGHUP reloads `path`. Fails before serving anything if a
+/// listener cannot be bound or the requested data path cannot run here.
+pub async fn run(cfg: Config, path: PathBuf) -> anyhow::Result<()> {
+    let selected = DataPath::select(&cfg.datapath).map_err(anyhow::Error::msg)?;
+    let shutdown = CancellationToken::new();
+
+    // Bind everything first: a port in use is a startup error, not a half-started daemon.
+    let mut listeners = Vec::with_capacity(cfg.service.len());
+    for (i, svc) in cfg.service.iter().enumerate() {
+        let l = service::bind(svc.listen).with_context(|| {
+            format!(
+                "service[{i}].listen: cannot listen on {} (service {:?})",
+                svc.listen, svc.name
+            )
+        })?;
+        listeners.push(l);
+    }
+    let admin_listener = match &cfg.admin {
+        Some(a) => Some(
+            TcpListener::bind(a.listen)
+                .await
+                .with_context(|| format!("admin.listen: cannot listen on {}", a.listen))?,
+        ),
+        None => None,
+    };
+
+    let daemon = Arc::new(Daemon {
+        path,
+        config: Mutex::new(cfg.clone()),
+        datapath: selected.path.clone(),
+        global: Arc::new(GlobalStats::default()),
+        shutdown: shutdown.clone(),
+        live: Mutex::new(Vec::new()),
+        retiring: Mutex::new(Vec::new()),
+        reloading: tokio::sync::Mutex::new(()),
+    });
+    let live: Vec<Live> = cfg
+        .service
+        .iter()
+        .zip(listeners)
+        .map(|(svc, l)| daemon.start(l, daemon.build(svc, Arc::new(ServiceStats::default()))))
+        .collect();
+    *lock(&daemon.live) = live;
+
     let state = Arc::new(admin::State {
-        services: handles,
-        global,
-        datapath,
+        daemon: Arc::clone(&daemon),
+        global: Arc::clone(&daemon.global),
+        datapath: selected.path,
         fallback: selected.fallback,
     });
     if let Some(l) = admin_listener {
         tracing::info!(listen = %l.local_addr()?, "admin listening");
         let token = cfg.admin.as_ref().and_then(|a| a.token.clone());
         tokio::spawn(admin::serve(l, Arc::clone(&state), token, shutdown.clone()));
+    }
+    {
+        let daemon = Arc::clone(&daemon);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                daemon.reap();
+            }
+        });
     }
 
     // systemd (Type=notify): ready now that every listener is bound and the checks run. Without
@@ -122,45 +328,39 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         });
     }
 
-    wait_for_signal().await?;
+    signals(&daemon).await?;
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
-    drain(&state.services).await;
+    drain(&daemon).await;
     shutdown.cancel();
     // Cut sessions end at once; give their tasks a moment to close the sockets.
-    let active = || total_active(&state.services);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-    while active() > 0 && tokio::time::Instant::now() < deadline {
+    while daemon.total_active() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tracing::info!("stopped");
     Ok(())
 }
 
-fn total_active(services: &[ServiceHandle]) -> u64 {
-    services
-        .iter()
-        .map(|h| h.runtime.stats.active.load(Ordering::Relaxed))
-        .sum()
-}
-
 /// Stops accepting on every listener, then lets sessions finish for up to the longest
 /// `timeout.drain`; what is left is cut by the caller.
-async fn drain(services: &[ServiceHandle]) {
-    let limit = services
-        .iter()
-        .map(|h| h.config.timeout.drain)
-        .max()
-        .unwrap_or_default();
-    for h in services {
-        h.runtime.accepting.cancel();
-    }
+async fn drain(daemon: &Daemon) {
+    let limit = {
+        let live = lock(&daemon.live);
+        for l in live.iter() {
+            l.accepting.cancel();
+        }
+        live.iter()
+            .map(|l| l.handle.config.timeout.drain)
+            .max()
+            .unwrap_or_default()
+    };
     let start = tokio::time::Instant::now();
-    let active = total_active(services);
+    let active = daemon.total_active();
     tracing::info!(active, drain = ?limit, "stopping: listeners closed, draining sessions");
-    while total_active(services) > 0 && start.elapsed() < limit {
+    while daemon.total_active() > 0 && start.elapsed() < limit {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let left = total_active(services);
+    let left = daemon.total_active();
     if left > 0 {
         tracing::warn!(left, "drain time is up: closing the remaining sessions");
     } else {
@@ -168,13 +368,22 @@ async fn drain(services: &[ServiceHandle]) {
     }
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
+/// Waits for SIGTERM or SIGINT, reloading on every SIGHUP meanwhile.
+async fn signals(daemon: &Daemon) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
+    let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => {
+                tracing::info!(path = %daemon.path.display(), "SIGHUP: reloading the configuration");
+                if let Err(e) = daemon.reload().await {
+                    tracing::error!("reload refused, the running configuration stays: {e}");
+                }
+            }
+        }
     }
-    Ok(())
 }

@@ -38,6 +38,15 @@ enum Command {
         #[arg(short, long, default_value_os_t = config::default_path())]
         config: PathBuf,
     },
+    /// Ask the running daemon to re-read its configuration (as SIGHUP does) and print what
+    /// changed, or why nothing did.
+    Reload {
+        #[arg(short, long, default_value_os_t = config::default_path())]
+        config: PathBuf,
+        /// The admin listener's address, instead of reading it from the configuration.
+        #[arg(long)]
+        admin: Option<std::net::SocketAddr>,
+    },
     /// Show the running daemon's services, masters, servers and counters (from its admin
     /// listener, found in the configuration unless --admin is given).
     Status {
@@ -63,18 +72,23 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Status { config, admin } => {
-            let from_config = match Config::load(&config) {
-                Ok(cfg) => cfg.admin,
-                Err(e) if admin.is_none() => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(2);
-                }
-                Err(_) => None,
+        Command::Reload { config, admin } => {
+            let Some((admin, token)) = admin_of(&config, admin) else {
+                return ExitCode::from(2);
             };
-            let token = from_config.as_ref().and_then(|a| a.token.clone());
-            let Some(admin) = admin.or(from_config.map(|a| a.listen)) else {
-                eprintln!("error: {} has no [admin] listener", config.display());
+            match forwarder::status::request(admin, "POST", "/reload", token.as_deref()) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Status { config, admin } => {
+            let Some((admin, token)) = admin_of(&config, admin) else {
                 return ExitCode::from(2);
             };
             match forwarder::status::fetch(admin, token.as_deref()) {
@@ -97,7 +111,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            match run(cfg) {
+            match run(cfg, config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -109,12 +123,35 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cfg: Config) -> anyhow::Result<()> {
+fn run(cfg: Config, path: PathBuf) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cfg.datapath.threads())
         .enable_all()
         .build()?;
-    rt.block_on(forwarder::daemon::run(cfg))
+    rt.block_on(forwarder::daemon::run(cfg, path))
+}
+
+/// The admin listener (and its token) from `--admin` or the configuration file; prints why not.
+fn admin_of(
+    config: &std::path::Path,
+    admin: Option<std::net::SocketAddr>,
+) -> Option<(std::net::SocketAddr, Option<String>)> {
+    let from_config = match Config::load(config) {
+        Ok(cfg) => cfg.admin,
+        Err(e) if admin.is_none() => {
+            eprintln!("error: {e}");
+            return None;
+        }
+        Err(_) => None,
+    };
+    let token = from_config.as_ref().and_then(|a| a.token.clone());
+    match admin.or(from_config.map(|a| a.listen)) {
+        Some(a) => Some((a, token)),
+        None => {
+            eprintln!("error: {} has no [admin] listener", config.display());
+            None
+        }
+    }
 }
 
 fn init_logging(format: LogFormat) {

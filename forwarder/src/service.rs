@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::admission::{Gate, Permit};
@@ -26,8 +27,6 @@ pub struct ServiceRuntime {
     pub global: Arc<GlobalStats>,
     pub datapath: DataPath,
     pub shutdown: CancellationToken,
-    /// Cancelled first on SIGTERM: the listener closes, sessions go on (drain).
-    pub accepting: CancellationToken,
     reject_log: RateLimit,
 }
 
@@ -54,7 +53,6 @@ impl ServiceRuntime {
             global,
             datapath,
             shutdown,
-            accepting: CancellationToken::new(),
             reject_log: RateLimit::default(),
         }
     }
@@ -71,20 +69,24 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::from_std(sock.into())
 }
 
-/// Accepts clients until the service stops accepting (drain) or shuts down; the listener is
-/// closed on return.
-pub async fn serve(listener: TcpListener, svc: Arc<ServiceRuntime>) {
+/// Accepts clients until `accepting` is cancelled (drain, or the service removed by a reload);
+/// the listener is closed on return. Each client goes to the runtime current when it arrives: a
+/// reload swaps the runtime without closing the listener or touching established sessions.
+pub async fn serve(
+    listener: TcpListener,
+    runtimes: watch::Receiver<Arc<ServiceRuntime>>,
+    accepting: CancellationToken,
+) {
     let accept_log = RateLimit::default();
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
-            _ = svc.accepting.cancelled() => return,
-            _ = svc.shutdown.cancelled() => return,
+            _ = accepting.cancelled() => return,
         };
+        let svc = Arc::clone(&runtimes.borrow());
         match accepted {
             Ok((client, peer)) => match svc.gate.admit(peer) {
                 Ok(permit) => {
-                    let svc = Arc::clone(&svc);
                     tokio::spawn(async move { connection(client, peer, permit, svc).await });
                 }
                 Err(why) => {

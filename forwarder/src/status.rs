@@ -8,12 +8,27 @@ use serde_json::Value;
 
 /// Fetches `/status` from the admin listener at `admin`.
 pub fn fetch(admin: SocketAddr, token: Option<&str>) -> Result<Value, String> {
+    let body = request(admin, "GET", "/status", token)?;
+    serde_json::from_str(&body).map_err(|e| format!("/status is not JSON: {e}"))
+}
+
+/// One HTTP/1.0 request to the admin listener: the body of a 200 answer, else an error with the
+/// status line and the body.
+pub fn request(
+    admin: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> Result<String, String> {
     let mut s = TcpStream::connect_timeout(&admin, Duration::from_secs(2))
         .map_err(|e| format!("cannot reach the admin listener at {admin}: {e}"))?;
-    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    write!(s, "GET /status HTTP/1.0\r\nHost: {admin}\r\n{auth}\r\n")
-        .map_err(|e| format!("write: {e}"))?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: {admin}\r\nContent-Length: 0\r\n{auth}\r\n"
+    )
+    .map_err(|e| format!("write: {e}"))?;
     let mut out = String::new();
     s.read_to_string(&mut out)
         .map_err(|e| format!("read: {e}"))?;
@@ -22,11 +37,12 @@ pub fn fetch(admin: SocketAddr, token: Option<&str>) -> Result<Value, String> {
         .ok_or("malformed HTTP response")?;
     if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
         return Err(format!(
-            "admin listener answered: {}",
-            head.lines().next().unwrap_or("")
+            "admin listener answered {}: {}",
+            head.lines().next().unwrap_or(""),
+            body.trim()
         ));
     }
-    serde_json::from_str(body).map_err(|e| format!("/status is not JSON: {e}"))
+    Ok(body.to_string())
 }
 
 /// Renders a `/status` document as aligned text.

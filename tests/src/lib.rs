@@ -314,6 +314,18 @@ pub const WITHOUT_BPF_CAPS: &[&str] = &[
     "exec \"$0\" \"$@\"",
 ];
 
+/// `text` with each `{LISTEN}` replaced by a free loopback address, and those addresses.
+fn with_free_ports(text: &str) -> (String, Vec<SocketAddr>) {
+    let mut text = text.to_string();
+    let mut listen = Vec::new();
+    while text.contains("{LISTEN}") {
+        let a = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+        text = text.replacen("{LISTEN}", &a.to_string(), 1);
+        listen.push(a);
+    }
+    (text, listen)
+}
+
 /// The data path mode the suite runs in.
 pub fn mode() -> String {
     std::env::var("FORWARDER_MODE").unwrap_or_else(|_| "userspace".to_string())
@@ -338,10 +350,26 @@ pub struct Forwarder {
     pub admin: SocketAddr,
     pub listen: Vec<SocketAddr>,
     log: Arc<Mutex<Vec<String>>>,
-    _dir: tempfile::TempDir,
+    /// The `[datapath]` and `[admin]` sections of the configuration file.
+    header: String,
+    dir: tempfile::TempDir,
 }
 
 impl Forwarder {
+    /// Rewrites the configuration file with `services` (same `[datapath]` and `[admin]`);
+    /// `{LISTEN}` becomes a free port each time. Returns those addresses. The daemon picks the
+    /// file up on SIGHUP or `forwarder reload`.
+    pub fn rewrite(&self, services: &str) -> Vec<SocketAddr> {
+        let (text, listen) = with_free_ports(services);
+        self.write_config(&format!("{}{text}", self.header));
+        listen
+    }
+
+    /// Replaces the configuration file with `text` as is.
+    pub fn write_config(&self, text: &str) {
+        std::fs::write(self.dir.path().join("forwarder.toml"), text).expect("write config");
+    }
+
     /// Starts the forwarder with `services` (TOML `[[service]]` blocks in which `{LISTEN}` is
     /// replaced by a free port, once per service). The `[datapath]` and `[admin]` sections are
     /// added here. Waits until every listener accepts.
@@ -386,22 +414,18 @@ impl Forwarder {
         env: &[(&str, &str)],
         expect: Option<&str>,
     ) -> Result<Forwarder, String> {
-        let mut text = services.to_string();
-        let mut listen = Vec::new();
-        while text.contains("{LISTEN}") {
-            let a = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
-            text = text.replacen("{LISTEN}", &a.to_string(), 1);
-            listen.push(a);
-        }
+        let (text, listen) = with_free_ports(services);
         let admin = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
-        let config = format!("[datapath]\n{datapath}\n\n[admin]\nlisten = \"{admin}\"\n\n{text}");
+        let header = format!("[datapath]\n{datapath}\n\n[admin]\nlisten = \"{admin}\"\n\n");
+        let config = format!("{header}{text}");
         let (proc, log, dir) = spawn_forwarder(wrapper, env, &["run"], &config);
         let mut f = Forwarder {
             proc,
             admin,
             listen,
             log,
-            _dir: dir,
+            header,
+            dir,
         };
         // The admin listener starts after every service listener is bound, so an answer from
         // it means the daemon is ready (probing the service ports would count as sessions).

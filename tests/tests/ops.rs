@@ -155,7 +155,6 @@ fn status_page_renders_in_a_real_browser() {
             "--no-sandbox",
             "--disable-gpu",
             "--disable-dev-shm-usage",
-            "--virtual-time-budget=2000",
         ])
         .arg(format!("--user-data-dir={}", dir.path().display()))
         .arg("--dump-dom")
