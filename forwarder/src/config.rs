@@ -63,7 +63,16 @@ struct RawConfig {
     datapath: RawDatapath,
     admin: Option<RawAdmin>,
     #[serde(default)]
+    process: RawProcess,
+    #[serde(default)]
     service: Vec<RawService>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProcess {
+    user: Option<String>,
+    group: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -142,7 +151,17 @@ struct RawSentinel {
 pub struct Config {
     pub datapath: Datapath,
     pub admin: Option<Admin>,
+    pub process: Process,
     pub service: Vec<Service>,
+}
+
+/// Who the daemon runs as once its listeners are bound.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Process {
+    /// Switch to this user after binding (keeping only the capabilities the data path needs).
+    pub user: Option<String>,
+    /// Its group; defaults to the user's primary group.
+    pub group: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -398,7 +417,23 @@ impl Validator {
                 sockmap_sessions,
             },
             admin,
+            process: self.process(raw.process)?,
             service: services,
+        })
+    }
+
+    fn process(&self, p: RawProcess) -> Res<Process> {
+        if p.group.is_some() && p.user.is_none() {
+            return Err(self.err("process.group", "needs process.user"));
+        }
+        for (key, v) in [("process.user", &p.user), ("process.group", &p.group)] {
+            if v.as_deref().is_some_and(|s| s.trim().is_empty()) {
+                return Err(self.err(key, "must not be empty"));
+            }
+        }
+        Ok(Process {
+            user: p.user,
+            group: p.group,
         })
     }
 

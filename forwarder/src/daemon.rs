@@ -248,31 +248,47 @@ impl Daemon {
     }
 }
 
-/// Runs until SIGTERM or SIGINT; SIGHUP reloads `path`. Fails before serving anything if a
-/// listener cannot be bound or the requested data path cannot run here.
-pub async fn run(cfg: Config, path: PathBuf) -> anyhow::Result<()> {
-    let selected = DataPath::select(&cfg.datapath).map_err(anyhow::Error::msg)?;
-    let shutdown = CancellationToken::new();
+/// The listening sockets, bound before the runtime starts and privileges are dropped.
+pub struct Bound {
+    services: Vec<std::net::TcpListener>,
+    admin: Option<std::net::TcpListener>,
+}
 
-    // Bind everything first: a port in use is a startup error, not a half-started daemon.
-    let mut listeners = Vec::with_capacity(cfg.service.len());
+/// Binds every listener: a port in use is a startup error, not a half-started daemon.
+pub fn bind(cfg: &Config) -> anyhow::Result<Bound> {
+    let mut services = Vec::with_capacity(cfg.service.len());
     for (i, svc) in cfg.service.iter().enumerate() {
-        let l = service::bind(svc.listen).with_context(|| {
+        let l = service::bind_std(svc.listen).with_context(|| {
             format!(
                 "service[{i}].listen: cannot listen on {} (service {:?})",
                 svc.listen, svc.name
             )
         })?;
-        listeners.push(l);
+        services.push(l);
     }
-    let admin_listener = match &cfg.admin {
-        Some(a) => Some(
-            TcpListener::bind(a.listen)
-                .await
-                .with_context(|| format!("admin.listen: cannot listen on {}", a.listen))?,
-        ),
+    let admin = match &cfg.admin {
+        Some(a) => {
+            let l = std::net::TcpListener::bind(a.listen)
+                .with_context(|| format!("admin.listen: cannot listen on {}", a.listen))?;
+            l.set_nonblocking(true)?;
+            Some(l)
+        }
         None => None,
     };
+    Ok(Bound { services, admin })
+}
+
+/// Runs until SIGTERM or SIGINT; SIGHUP reloads `path`. Fails before serving anything if the
+/// requested data path cannot run here.
+pub async fn run(cfg: Config, path: PathBuf, bound: Bound) -> anyhow::Result<()> {
+    let selected = DataPath::select(&cfg.datapath).map_err(anyhow::Error::msg)?;
+    let shutdown = CancellationToken::new();
+    let listeners = bound
+        .services
+        .into_iter()
+        .map(TcpListener::from_std)
+        .collect::<Result<Vec<_>, _>>()?;
+    let admin_listener = bound.admin.map(TcpListener::from_std).transpose()?;
 
     let daemon = Arc::new(Daemon {
         path,

@@ -10,6 +10,7 @@ pub mod config;
 pub mod daemon;
 pub mod datapath;
 pub mod metrics;
+pub mod privileges;
 pub mod router;
 pub mod service;
 pub mod status;

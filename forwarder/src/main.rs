@@ -124,11 +124,16 @@ fn main() -> ExitCode {
 }
 
 fn run(cfg: Config, path: PathBuf) -> anyhow::Result<()> {
+    // Still one thread: bind (ports below 1024 need root), then drop privileges, then start the
+    // threads, which inherit exactly what is kept.
+    let bound = forwarder::daemon::bind(&cfg)?;
+    let keep = forwarder::privileges::needed(cfg.datapath.mode);
+    forwarder::privileges::drop_to(&cfg.process, &keep).map_err(anyhow::Error::msg)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cfg.datapath.threads())
         .enable_all()
         .build()?;
-    rt.block_on(forwarder::daemon::run(cfg, path))
+    rt.block_on(forwarder::daemon::run(cfg, path, bound))
 }
 
 /// The admin listener (and its token) from `--admin` or the configuration file; prints why not.

@@ -58,15 +58,21 @@ impl ServiceRuntime {
     }
 }
 
-/// Binds a service's listening socket (SO_REUSEADDR, a deep backlog).
-pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+/// Binds a service's listening socket (SO_REUSEADDR, a deep backlog), non-blocking. Needs no
+/// runtime, so it can run before privileges are dropped.
+pub fn bind_std(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     let domain = socket2::Domain::for_address(addr);
     let sock = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
     sock.set_reuse_address(true)?;
     sock.set_nonblocking(true)?;
     sock.bind(&addr.into())?;
     sock.listen(4096)?;
-    TcpListener::from_std(sock.into())
+    Ok(sock.into())
+}
+
+/// `bind_std`, registered with the tokio runtime.
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    TcpListener::from_std(bind_std(addr)?)
 }
 
 /// Accepts clients until `accepting` is cancelled (drain, or the service removed by a reload);

@@ -105,6 +105,12 @@ fn bad_configs_are_refused_with_key_and_reason() {
             "service[0].sentinel.password",
             "required when user is set",
         ),
+        (
+            "process group without user",
+            format!("[process]\ngroup = \"nogroup\"\n{SERVICE}"),
+            "process.group",
+            "needs process.user",
+        ),
     ];
     assert!(cases.len() >= 12);
     for (what, text, key, reason) in cases {

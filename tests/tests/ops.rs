@@ -229,3 +229,37 @@ fn metrics_parse_and_follow_the_traffic() {
     );
     assert_eq!(metric(&f, "forwarder_master_generation", &svc), Some(1.0));
 }
+
+#[test]
+fn drops_privileges_to_the_configured_user() {
+    let f = Forwarder::start(&format!(
+        "[process]\nuser = \"nobody\"\n\n{}",
+        service(tcp_server(echo), "1s")
+    ));
+    let mut c = session(&f);
+    assert!(ping(&mut c));
+    let mut fw = f;
+    let pid = fw.proc().pid();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.split_whitespace().collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    assert_eq!(field("Uid:"), vec!["65534"; 4], "{status}");
+    // CAP_NET_BIND_SERVICE (10); with the sockmap path also CAP_NET_ADMIN (12) and CAP_BPF (39).
+    let want = if e2e::mode() == "sockmap" {
+        "0000008000001400"
+    } else {
+        "0000000000000400"
+    };
+    assert_eq!(field("CapEff:"), vec![want], "{status}");
+    assert_eq!(field("CapPrm:"), vec![want], "{status}");
+    assert!(
+        fw.log_text().contains("privileges dropped"),
+        "{}",
+        fw.log_text()
+    );
+}
