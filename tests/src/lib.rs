@@ -601,21 +601,30 @@ pub struct Sentinel {
 impl Sentinel {
     /// Starts a Sentinel watching `master` under `name` with `quorum` and `down_after_ms`.
     pub fn start(name: &str, master: SocketAddr, quorum: u32, down_after_ms: u32) -> Sentinel {
+        Sentinel::start_many(&[(name, master)], quorum, down_after_ms)
+    }
+
+    /// Starts a Sentinel watching several masters, each under its name.
+    pub fn start_many(masters: &[(&str, SocketAddr)], quorum: u32, down_after_ms: u32) -> Sentinel {
         let bin = require("redis-sentinel", "redis-sentinel");
         for _ in 0..20 {
             let port = free_port();
             let dir = tempfile::tempdir().expect("tempdir");
             let conf = dir.path().join("sentinel.conf");
-            let text = format!(
-                "port {port}\nbind 127.0.0.1\ndaemonize no\ndir {dir}\n\
-                 sentinel monitor {name} {ip} {mport} {quorum}\n\
-                 sentinel down-after-milliseconds {name} {down_after_ms}\n\
-                 sentinel failover-timeout {name} 10000\n\
-                 sentinel parallel-syncs {name} 1\n",
+            let mut text = format!(
+                "port {port}\nbind 127.0.0.1\ndaemonize no\ndir {dir}\n",
                 dir = dir.path().display(),
-                ip = master.ip(),
-                mport = master.port(),
             );
+            for (name, master) in masters {
+                text.push_str(&format!(
+                    "sentinel monitor {name} {ip} {mport} {quorum}\n\
+                     sentinel down-after-milliseconds {name} {down_after_ms}\n\
+                     sentinel failover-timeout {name} 10000\n\
+                     sentinel parallel-syncs {name} 1\n",
+                    ip = master.ip(),
+                    mport = master.port(),
+                ));
+            }
             std::fs::write(&conf, text).expect("write sentinel.conf");
             let child = Command::new(&bin)
                 .arg(&conf)

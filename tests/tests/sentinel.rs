@@ -74,26 +74,11 @@ master_name = "mymaster"
     // Sentinels discover the replica and each other through the master; wait until they are
     // ready to fail over (each knows the replica and 2 other Sentinels).
     for s in sentinels.iter().flatten() {
-        let ready = wait_until(Duration::from_secs(20), || {
-            let Ok(mut c) = Conn::open(s.addr()) else {
-                return false;
-            };
-            let info = match c.cmd(&["SENTINEL", "master", "mymaster"]) {
-                Ok(Reply::Array(Some(items))) => items,
-                _ => return false,
-            };
-            let field = |name: &str| {
-                info.chunks(2).find_map(|kv| match kv {
-                    [Reply::Bulk(Some(k)), Reply::Bulk(Some(v))] if k == name.as_bytes() => {
-                        String::from_utf8(v.clone()).ok()
-                    }
-                    _ => None,
-                })
-            };
-            field("num-slaves").as_deref() == Some("1")
-                && field("num-other-sentinels").as_deref() == Some("2")
-        });
-        assert!(ready, "Sentinel {} did not discover its peers", s.addr());
+        assert!(
+            wait_until(Duration::from_secs(20), || ready(s, "mymaster")),
+            "Sentinel {} did not discover its peers",
+            s.addr()
+        );
     }
     Lab {
         master,
@@ -101,6 +86,27 @@ master_name = "mymaster"
         sentinels,
         f,
     }
+}
+
+/// Whether a Sentinel knows `name`'s replica and the two other Sentinels (ready to fail over).
+fn ready(s: &Sentinel, name: &str) -> bool {
+    let Ok(mut c) = Conn::open(s.addr()) else {
+        return false;
+    };
+    let info = match c.cmd(&["SENTINEL", "master", name]) {
+        Ok(Reply::Array(Some(items))) => items,
+        _ => return false,
+    };
+    let field = |key: &str| {
+        info.chunks(2).find_map(|kv| match kv {
+            [Reply::Bulk(Some(k)), Reply::Bulk(Some(v))] if k == key.as_bytes() => {
+                String::from_utf8(v.clone()).ok()
+            }
+            _ => None,
+        })
+    };
+    field("num-slaves").as_deref() == Some("1")
+        && field("num-other-sentinels").as_deref() == Some("2")
 }
 
 fn sentinel_status(f: &Forwarder) -> serde_json::Value {
@@ -337,4 +343,75 @@ fn servers_are_discovered_from_sentinel() {
     );
     let mut c = Conn::open(f.listen[0]).unwrap();
     assert_eq!(c.server_port().unwrap(), lab.replica.port);
+}
+
+/// A master and its replica, replication established.
+fn pair() -> (Redis, Redis) {
+    let master = Redis::start();
+    let replica = Redis::start();
+    replica.replicaof(Some(&master));
+    assert!(
+        wait_until(Duration::from_secs(10), || replica
+            .info_field("replication", "master_link_status")
+            .as_deref()
+            == Some("up")),
+        "replication did not come up"
+    );
+    (master, replica)
+}
+
+#[test]
+fn two_services_fail_over_independently() {
+    // The guide's two masters, `mymaster` and `resque`, watched by the same three Sentinels.
+    let (mut m1, r1) = pair();
+    let (m2, r2) = pair();
+    let sentinels: Vec<Sentinel> = (0..3)
+        .map(|_| Sentinel::start_many(&[("mymaster", m1.addr()), ("resque", m2.addr())], 2, 1000))
+        .collect();
+    for s in &sentinels {
+        assert!(wait_until(Duration::from_secs(20), || ready(s, "mymaster")
+            && ready(s, "resque")));
+    }
+    let list: Vec<String> = sentinels
+        .iter()
+        .map(|s| format!("\"{}\"", s.addr()))
+        .collect();
+    let svc = |name: &str| {
+        format!(
+            "[[service]]\nname = \"{name}\"\nlisten = \"{{LISTEN}}\"\n\
+             timeout = {{ queue = \"15s\" }}\n\n[service.check]\nkind = \"redis-master\"\n\
+             interval = \"200ms\"\ntimeout = \"500ms\"\n\n[service.sentinel]\n\
+             addresses = [{}]\nmaster_name = \"{name}\"\n\n",
+            list.join(", ")
+        )
+    };
+    let f = Forwarder::start(&format!("{}{}", svc("mymaster"), svc("resque")));
+    assert!(wait_until(Duration::from_secs(10), || f.master("mymaster")
+        == Some(m1.addr())
+        && f.master("resque") == Some(m2.addr())));
+    let mut held = Conn::open(f.listen[1]).unwrap();
+    assert_eq!(held.server_port().unwrap(), m2.port);
+    let gen_resque = f.service_status("resque").unwrap()["generation"].clone();
+
+    m1.proc().kill();
+    assert!(
+        wait_until(Duration::from_secs(20), || f.master("mymaster")
+            == Some(r1.addr())),
+        "{:?}\n{}",
+        f.status(),
+        f.log_text()
+    );
+    // resque did not move, and its session was not touched.
+    assert_eq!(f.master("resque"), Some(m2.addr()));
+    assert_eq!(
+        f.service_status("resque").unwrap()["generation"],
+        gen_resque
+    );
+    assert_eq!(
+        held.cmd(&["SET", "k", "v"]).unwrap(),
+        Reply::Simple("OK".into())
+    );
+    let mut c = Conn::open(f.listen[0]).unwrap();
+    assert_eq!(c.server_port().unwrap(), r1.port);
+    drop(r2);
 }
