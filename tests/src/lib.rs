@@ -124,6 +124,21 @@ impl Redis {
         panic!("redis-server did not start after 20 attempts");
     }
 
+    /// A master and its replica, replication established.
+    pub fn pair() -> (Redis, Redis) {
+        let master = Redis::start();
+        let replica = Redis::start();
+        replica.replicaof(Some(&master));
+        assert!(
+            wait_until(Duration::from_secs(10), || replica
+                .info_field("replication", "master_link_status")
+                .as_deref()
+                == Some("up")),
+            "replication did not come up"
+        );
+        (master, replica)
+    }
+
     /// Starts a server on `port` (e.g. to restart one that was killed).
     pub fn start_on(port: u16, extra: &[&str]) -> Redis {
         let bin = require("redis-server", "redis-server");
@@ -570,6 +585,26 @@ pub fn http_get(addr: SocketAddr, path: &str) -> io::Result<String> {
     }
 }
 
+/// A `tcp_server` handler: echoes until EOF, then half-closes.
+pub fn echo(mut s: TcpStream) {
+    let mut buf = vec![0u8; 256 * 1024];
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 || s.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = s.shutdown(std::net::Shutdown::Write);
+}
+
+/// A `[[service]]` named `name` on `listen` for a plain TCP `backend` (tcp-check `connect`
+/// every 200 ms, rise 1), with `extra` lines in the service table.
+pub fn plain_service(name: &str, listen: &str, backend: SocketAddr, extra: &str) -> String {
+    format!(
+        "[[service]]\nname = \"{name}\"\nlisten = \"{listen}\"\nservers = [\"{backend}\"]\n{extra}\n\n\
+         [service.check]\nkind = \"tcp-check\"\nsteps = [\"connect\"]\ninterval = \"200ms\"\nrise = 1\n\n"
+    )
+}
+
 /// A TCP server on a free port run by a thread per connection with `handler`; stops with the
 /// test process.
 pub fn tcp_server(handler: fn(TcpStream)) -> SocketAddr {
@@ -654,5 +689,26 @@ impl Sentinel {
 
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+    }
+
+    /// Whether this Sentinel knows `name`'s replica and two other Sentinels, i.e. could take
+    /// part in a failover of it.
+    pub fn ready(&self, name: &str) -> bool {
+        let Ok(mut c) = Conn::open(self.addr()) else {
+            return false;
+        };
+        let Ok(Reply::Array(Some(info))) = c.cmd(&["SENTINEL", "master", name]) else {
+            return false;
+        };
+        let field = |key: &str| {
+            info.chunks(2).find_map(|kv| match kv {
+                [Reply::Bulk(Some(k)), Reply::Bulk(Some(v))] if k == key.as_bytes() => {
+                    String::from_utf8(v.clone()).ok()
+                }
+                _ => None,
+            })
+        };
+        field("num-slaves").as_deref() == Some("1")
+            && field("num-other-sentinels").as_deref() == Some("2")
     }
 }

@@ -5,37 +5,17 @@
 //! and CAP_SYS_ADMIN.
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use e2e::{forwarder_exit_with, tcp_server, wait_until, Forwarder, WITHOUT_BPF_CAPS};
+use e2e::{
+    echo, forwarder_exit_with, plain_service, tcp_server, wait_until, Forwarder, WITHOUT_BPF_CAPS,
+};
 
 const DENY_URING: &str = env!("CARGO_BIN_EXE_deny-io-uring");
 
 fn service(backend: SocketAddr, listen: &str) -> String {
-    format!(
-        r#"[[service]]
-name = "plain"
-listen = "{listen}"
-servers = ["{backend}"]
-
-[service.check]
-kind = "tcp-check"
-steps = ["connect"]
-interval = "200ms"
-rise = 1
-"#
-    )
-}
-
-fn echo(mut s: TcpStream) {
-    let mut buf = [0u8; 4096];
-    while let Ok(n) = s.read(&mut buf) {
-        if n == 0 || s.write_all(&buf[..n]).is_err() {
-            break;
-        }
-    }
-    let _ = s.shutdown(Shutdown::Write);
+    plain_service("plain", listen, backend, "")
 }
 
 fn round_trip(f: &Forwarder) {

@@ -1,38 +1,20 @@
 //! Operating the daemon: systemd readiness, SIGTERM drain, `forwarder status`.
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixDatagram;
 use std::process::Command;
 use std::time::Duration;
 
-use e2e::{tcp_server, wait_until, Forwarder};
+use e2e::{echo, plain_service, tcp_server, wait_until, Forwarder};
 
 fn service(backend: SocketAddr, drain: &str) -> String {
-    format!(
-        r#"[[service]]
-name = "plain"
-listen = "{{LISTEN}}"
-servers = ["{backend}"]
-timeout = {{ drain = "{drain}" }}
-
-[service.check]
-kind = "tcp-check"
-steps = ["connect"]
-interval = "200ms"
-rise = 1
-"#
+    plain_service(
+        "plain",
+        "{LISTEN}",
+        backend,
+        &format!("timeout = {{ drain = \"{drain}\" }}"),
     )
-}
-
-fn echo(mut s: TcpStream) {
-    let mut buf = [0u8; 4096];
-    while let Ok(n) = s.read(&mut buf) {
-        if n == 0 || s.write_all(&buf[..n]).is_err() {
-            break;
-        }
-    }
-    let _ = s.shutdown(Shutdown::Write);
 }
 
 fn ping(c: &mut TcpStream) -> bool {

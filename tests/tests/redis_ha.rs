@@ -28,21 +28,6 @@ timeout = "500ms"
     )
 }
 
-/// A master and its replica, replication established.
-fn pair() -> (Redis, Redis) {
-    let master = Redis::start();
-    let replica = Redis::start();
-    replica.replicaof(Some(&master));
-    assert!(
-        wait_until(Duration::from_secs(10), || replica
-            .info_field("replication", "master_link_status")
-            .as_deref()
-            == Some("up")),
-        "replication did not come up"
-    );
-    (master, replica)
-}
-
 fn wait_master(f: &Forwarder, r: &Redis) {
     assert!(
         wait_until(Duration::from_secs(10), || f.master("mymaster")
@@ -56,7 +41,7 @@ fn wait_master(f: &Forwarder, r: &Redis) {
 
 #[test]
 fn writes_land_on_the_master_and_never_on_the_replica() {
-    let (master, replica) = pair();
+    let (master, replica) = Redis::pair();
     let f = Forwarder::start(&service(&[&replica, &master], "5s"));
     wait_master(&f, &master);
     for i in 0..50 {
@@ -80,7 +65,7 @@ fn writes_land_on_the_master_and_never_on_the_replica() {
 
 #[test]
 fn manual_failover_moves_new_sessions_and_cuts_old_ones() {
-    let (old, new) = pair();
+    let (old, new) = Redis::pair();
     let f = Forwarder::start(&service(&[&old, &new], "5s"));
     wait_master(&f, &old);
     let mut before = Conn::open(f.listen[0]).unwrap();
@@ -111,7 +96,7 @@ fn manual_failover_moves_new_sessions_and_cuts_old_ones() {
 
 #[test]
 fn client_arriving_while_no_master_is_held_then_served() {
-    let (mut master, replica) = pair();
+    let (mut master, replica) = Redis::pair();
     let f = Forwarder::start(&service(&[&master, &replica], "15s"));
     wait_master(&f, &master);
     master.proc().signal(libc::SIGKILL);

@@ -21,16 +21,7 @@ fn lab() -> Lab {
 
 /// The lab; with `list_servers` false the forwarder is told only the Sentinels.
 fn lab_with(list_servers: bool) -> Lab {
-    let master = Redis::start();
-    let replica = Redis::start();
-    replica.replicaof(Some(&master));
-    assert!(
-        wait_until(Duration::from_secs(10), || replica
-            .info_field("replication", "master_link_status")
-            .as_deref()
-            == Some("up")),
-        "replication did not come up"
-    );
+    let (master, replica) = Redis::pair();
     let sentinels: Vec<Option<Sentinel>> = (0..3)
         .map(|_| Some(Sentinel::start("mymaster", master.addr(), 2, 1000)))
         .collect();
@@ -75,7 +66,7 @@ master_name = "mymaster"
     // ready to fail over (each knows the replica and 2 other Sentinels).
     for s in sentinels.iter().flatten() {
         assert!(
-            wait_until(Duration::from_secs(20), || ready(s, "mymaster")),
+            wait_until(Duration::from_secs(20), || s.ready("mymaster")),
             "Sentinel {} did not discover its peers",
             s.addr()
         );
@@ -86,27 +77,6 @@ master_name = "mymaster"
         sentinels,
         f,
     }
-}
-
-/// Whether a Sentinel knows `name`'s replica and the two other Sentinels (ready to fail over).
-fn ready(s: &Sentinel, name: &str) -> bool {
-    let Ok(mut c) = Conn::open(s.addr()) else {
-        return false;
-    };
-    let info = match c.cmd(&["SENTINEL", "master", name]) {
-        Ok(Reply::Array(Some(items))) => items,
-        _ => return false,
-    };
-    let field = |key: &str| {
-        info.chunks(2).find_map(|kv| match kv {
-            [Reply::Bulk(Some(k)), Reply::Bulk(Some(v))] if k == key.as_bytes() => {
-                String::from_utf8(v.clone()).ok()
-            }
-            _ => None,
-        })
-    };
-    field("num-slaves").as_deref() == Some("1")
-        && field("num-other-sentinels").as_deref() == Some("2")
 }
 
 fn sentinel_status(f: &Forwarder) -> serde_json::Value {
@@ -345,32 +315,17 @@ fn servers_are_discovered_from_sentinel() {
     assert_eq!(c.server_port().unwrap(), lab.replica.port);
 }
 
-/// A master and its replica, replication established.
-fn pair() -> (Redis, Redis) {
-    let master = Redis::start();
-    let replica = Redis::start();
-    replica.replicaof(Some(&master));
-    assert!(
-        wait_until(Duration::from_secs(10), || replica
-            .info_field("replication", "master_link_status")
-            .as_deref()
-            == Some("up")),
-        "replication did not come up"
-    );
-    (master, replica)
-}
-
 #[test]
 fn two_services_fail_over_independently() {
     // The guide's two masters, `mymaster` and `resque`, watched by the same three Sentinels.
-    let (mut m1, r1) = pair();
-    let (m2, r2) = pair();
+    let (mut m1, r1) = Redis::pair();
+    let (m2, r2) = Redis::pair();
     let sentinels: Vec<Sentinel> = (0..3)
         .map(|_| Sentinel::start_many(&[("mymaster", m1.addr()), ("resque", m2.addr())], 2, 1000))
         .collect();
     for s in &sentinels {
-        assert!(wait_until(Duration::from_secs(20), || ready(s, "mymaster")
-            && ready(s, "resque")));
+        assert!(wait_until(Duration::from_secs(20), || s.ready("mymaster")
+            && s.ready("resque")));
     }
     let list: Vec<String> = sentinels
         .iter()

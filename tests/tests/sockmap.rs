@@ -6,22 +6,10 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::Duration;
 
-use e2e::{tcp_server, wait_until, Forwarder};
+use e2e::{echo, plain_service, tcp_server, wait_until, Forwarder};
 
 fn service(backend: SocketAddr) -> String {
-    format!(
-        r#"[[service]]
-name = "plain"
-listen = "{{LISTEN}}"
-servers = ["{backend}"]
-
-[service.check]
-kind = "tcp-check"
-steps = ["connect"]
-interval = "200ms"
-rise = 1
-"#
-    )
+    plain_service("plain", "{LISTEN}", backend, "")
 }
 
 fn started(backend: SocketAddr, datapath: &str) -> Forwarder {
@@ -44,16 +32,6 @@ fn pattern(seed: usize, buf: &mut [u8]) {
     for (j, b) in buf.iter_mut().enumerate() {
         *b = ((seed * 7919 + j * 31) % 251) as u8;
     }
-}
-
-fn echo(mut s: TcpStream) {
-    let mut buf = vec![0u8; 64 * 1024];
-    while let Ok(n) = s.read(&mut buf) {
-        if n == 0 || s.write_all(&buf[..n]).is_err() {
-            break;
-        }
-    }
-    let _ = s.shutdown(Shutdown::Write);
 }
 
 /// Reads the whole request until EOF, then answers with its length and FNV-1a hash, and closes.

@@ -5,22 +5,14 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::Duration;
 
-use e2e::{tcp_server, wait_until, Forwarder};
+use e2e::{echo, plain_service, tcp_server, wait_until, Forwarder};
 
 fn service(backend: SocketAddr, timeouts: &str) -> String {
-    format!(
-        r#"[[service]]
-name = "plain"
-listen = "{{LISTEN}}"
-servers = ["{backend}"]
-timeout = {{ {timeouts} }}
-
-[service.check]
-kind = "tcp-check"
-steps = ["connect"]
-interval = "200ms"
-rise = 1
-"#
+    plain_service(
+        "plain",
+        "{LISTEN}",
+        backend,
+        &format!("timeout = {{ {timeouts} }}"),
     )
 }
 
@@ -46,23 +38,6 @@ fn fnv(h: &mut u64, data: &[u8]) {
 fn pattern(i: usize, buf: &mut [u8]) {
     for (j, b) in buf.iter_mut().enumerate() {
         *b = ((i * 7919 + j * 31) % 251) as u8;
-    }
-}
-
-fn echo(mut s: TcpStream) {
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) | Err(_) => {
-                let _ = s.shutdown(Shutdown::Write);
-                return;
-            }
-            Ok(n) => {
-                if s.write_all(&buf[..n]).is_err() {
-                    return;
-                }
-            }
-        }
     }
 }
 

@@ -85,22 +85,15 @@ pub fn run(drills: u32) -> anyhow::Result<()> {
 }
 
 fn drill(target: Target) -> anyhow::Result<Drill> {
-    let mut master = Redis::start();
-    let replica = Redis::start();
-    replica.replicaof(Some(&master));
-    anyhow::ensure!(
-        wait_until(Duration::from_secs(10), || replica
-            .info_field("replication", "master_link_status")
-            .as_deref()
-            == Some("up")),
-        "replication did not come up"
-    );
+    let (mut master, replica) = Redis::pair();
     let sentinels: Vec<Sentinel> = (0..3)
         .map(|_| Sentinel::start("mymaster", master.addr(), 2, 1000))
         .collect();
     // Sentinels must know the replica and each other before a failover can happen.
     anyhow::ensure!(
-        wait_until(Duration::from_secs(20), || sentinels.iter().all(ready)),
+        wait_until(Duration::from_secs(20), || sentinels
+            .iter()
+            .all(|s| s.ready("mymaster"))),
         "Sentinels did not discover each other"
     );
     let (listen, _proxy) = start_proxy(target, &master, &replica, &sentinels)?;
@@ -182,26 +175,6 @@ fn drill(target: Target) -> anyhow::Result<Drill> {
         }
     }
     Ok(d)
-}
-
-/// Whether a Sentinel knows the replica and the two other Sentinels.
-fn ready(s: &Sentinel) -> bool {
-    let Ok(mut c) = Conn::open(s.addr()) else {
-        return false;
-    };
-    let Ok(Reply::Array(Some(items))) = c.cmd(&["SENTINEL", "master", "mymaster"]) else {
-        return false;
-    };
-    let field = |name: &str| {
-        items.chunks(2).find_map(|kv| match kv {
-            [Reply::Bulk(Some(k)), Reply::Bulk(Some(v))] if k == name.as_bytes() => {
-                String::from_utf8(v.clone()).ok()
-            }
-            _ => None,
-        })
-    };
-    field("num-slaves").as_deref() == Some("1")
-        && field("num-other-sentinels").as_deref() == Some("2")
 }
 
 fn sentinel_master(s: &Sentinel) -> anyhow::Result<SocketAddr> {

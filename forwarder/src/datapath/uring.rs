@@ -438,12 +438,20 @@ impl Worker {
                 }
             }
         }
+        let [a, b] = self.splices(slot, dir);
+        self.push(&[a, b]);
+    }
+
+    /// `SPLICE(src -> pipe)` hard-linked to `SPLICE(pipe -> dst)`, both marked in flight: the
+    /// second runs whatever the first returns, so a short or failed read is decided on in
+    /// `after_out`.
+    fn splices(&mut self, slot: usize, dir: usize) -> [squeue::Entry; 2] {
         let flags = (SpliceFlags::NONBLOCK | SpliceFlags::MOVE).bits();
         let (src, dst) = (self.fd(slot, dir), self.fd(slot, 1 - dir));
         let pipe = self.conns[slot].dirs[dir]
             .pipe
             .as_ref()
-            .expect("pipe set above");
+            .expect("a direction that splices holds a pipe");
         let (pr, pw) = (types::Fd(pipe.r.as_raw_fd()), types::Fd(pipe.w.as_raw_fd()));
         let len = pipe.size;
         let a = opcode::Splice::new(src, -1, pw, -1, len)
@@ -455,32 +463,16 @@ impl Worker {
             .flags(flags)
             .build();
         let b = self.start(slot, dir, Op::SpliceOut, b);
-        self.push(&[a, b]);
+        [a, b]
     }
 
     /// A busy direction: waits for bytes and splices them through its pipe in one linked chain.
     fn poll_splice(&mut self, slot: usize, dir: usize) {
-        let flags = (SpliceFlags::NONBLOCK | SpliceFlags::MOVE).bits();
-        let (src, dst) = (self.fd(slot, dir), self.fd(slot, 1 - dir));
-        let pipe = self.conns[slot].dirs[dir]
-            .pipe
-            .as_ref()
-            .expect("a busy direction has a pipe");
-        let (pr, pw) = (types::Fd(pipe.r.as_raw_fd()), types::Fd(pipe.w.as_raw_fd()));
-        let len = pipe.size;
-        let p = opcode::PollAdd::new(src, PollFlags::IN.bits().into())
+        let p = opcode::PollAdd::new(self.fd(slot, dir), PollFlags::IN.bits().into())
             .build()
             .flags(squeue::Flags::IO_LINK);
         let p = self.start(slot, dir, Op::InPoll, p);
-        let a = opcode::Splice::new(src, -1, pw, -1, len)
-            .flags(flags)
-            .build()
-            .flags(squeue::Flags::IO_HARDLINK);
-        let a = self.start(slot, dir, Op::SpliceIn, a);
-        let b = opcode::Splice::new(pr, -1, dst, -1, len)
-            .flags(flags)
-            .build();
-        let b = self.start(slot, dir, Op::SpliceOut, b);
+        let [a, b] = self.splices(slot, dir);
         self.push(&[p, a, b]);
     }
 
