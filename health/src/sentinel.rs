@@ -61,6 +61,20 @@ pub struct SentinelView {
 struct Answer {
     reachable: bool,
     master: Option<SocketAddr>,
+    /// `+switch-master` pushes received from this Sentinel. A query answer is applied only if
+    /// none arrived while it was in flight: the push is newer, and a stale answer naming the old
+    /// master must not outvote it.
+    pushes: u64,
+}
+
+/// Where an answer comes from.
+enum Source {
+    /// A query sent when the slot had seen this many pushes.
+    Query {
+        pushes: u64,
+    },
+    Push,
+    Failure,
 }
 
 struct Shared {
@@ -89,12 +103,24 @@ impl Shared {
         });
     }
 
-    fn set(&self, i: usize, a: Answer) {
+    /// Pushes seen so far from Sentinel `i`.
+    fn pushes(&self, i: usize) -> u64 {
+        lock(&self.answers).get(i).map_or(0, |a| a.pushes)
+    }
+
+    fn set(&self, i: usize, reachable: bool, master: Option<SocketAddr>, source: Source) {
         let view = {
             let mut answers = lock(&self.answers);
-            if let Some(slot) = answers.get_mut(i) {
-                *slot = a;
+            let Some(slot) = answers.get_mut(i) else {
+                return;
+            };
+            match source {
+                Source::Query { pushes } if pushes != slot.pushes => return, // stale
+                Source::Push => slot.pushes += 1,
+                _ => {}
             }
+            slot.reachable = reachable;
+            slot.master = master;
             agree(&answers, self.cfg.quorum(), *self.tx.borrow())
         };
         self.tx.send_if_modified(|v| {
@@ -224,13 +250,7 @@ async fn query_loop(shared: Arc<Shared>, i: usize) {
             Err(e) => {
                 tracing::warn!(service = %shared.service, sentinel = %addr, error = %e,
                     "Sentinel query failed");
-                shared.set(
-                    i,
-                    Answer {
-                        reachable: false,
-                        master: None,
-                    },
-                );
+                shared.set(i, false, None, Source::Failure);
             }
         }
         tokio::time::sleep(backoff(attempt)).await;
@@ -243,6 +263,7 @@ async fn query_session(shared: &Shared, i: usize) -> Result<(), String> {
     let cfg = &shared.cfg;
     let mut conn = Conn::open(cfg.addresses[i], cfg.timeout, cfg.auth.as_ref()).await?;
     loop {
+        let pushes = shared.pushes(i);
         let reply = conn
             .call(&[
                 b"SENTINEL",
@@ -255,13 +276,7 @@ async fn query_session(shared: &Shared, i: usize) -> Result<(), String> {
             tracing::warn!(service = %shared.service, sentinel = %cfg.addresses[i],
                 master_name = %cfg.master_name, "this Sentinel does not know the master name");
         }
-        shared.set(
-            i,
-            Answer {
-                reachable: true,
-                master,
-            },
-        );
+        shared.set(i, true, master, Source::Query { pushes });
         if let Some(m) = master {
             let reply = conn
                 .call(&[b"SENTINEL", b"replicas", cfg.master_name.as_bytes()])
@@ -319,13 +334,7 @@ async fn subscription(shared: &Shared, i: usize, attempt: &mut u32) -> Result<()
             let new = parse_switch_master(&payload, &cfg.master_name)?;
             tracing::warn!(service = %shared.service, %sentinel, new_master = %new,
                 "Sentinel +switch-master");
-            shared.set(
-                i,
-                Answer {
-                    reachable: true,
-                    master: Some(new),
-                },
-            );
+            shared.set(i, true, Some(new), Source::Push);
         } else {
             tracing::info!(service = %shared.service, %sentinel, event = %channel, %payload,
                 "Sentinel event");
@@ -639,6 +648,7 @@ mod tests {
         Answer {
             reachable,
             master: m.map(|s| s.parse().unwrap()),
+            pushes: 0,
         }
     }
 
@@ -688,6 +698,59 @@ mod tests {
             none,
         );
         assert_eq!(v4.master, None);
+    }
+
+    #[test]
+    fn a_stale_query_answer_cannot_outvote_a_push() {
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:2".parse().unwrap();
+        let (tx, rx) = watch::channel(SentinelView {
+            master: None,
+            reachable: 0,
+            configured: 3,
+            degraded: true,
+        });
+        let shared = Shared {
+            cfg: SentinelConfig {
+                addresses: vec![a; 3],
+                master_name: "m".into(),
+                quorum: 0,
+                auth: None,
+                timeout: Duration::from_secs(1),
+                interval: Duration::from_secs(1),
+            },
+            service: "t".into(),
+            answers: Mutex::new(vec![Answer::default(); 3]),
+            tx,
+            discovered: watch::channel(Vec::new()).0,
+        };
+        for i in 0..3 {
+            shared.set(i, true, Some(a), Source::Query { pushes: 0 });
+        }
+        assert_eq!(rx.borrow().master, Some(a));
+        // Queries are in flight to Sentinels 0 and 1 when they push +switch-master...
+        let sent = [shared.pushes(0), shared.pushes(1)];
+        shared.set(0, true, Some(b), Source::Push);
+        shared.set(1, true, Some(b), Source::Push);
+        assert_eq!(rx.borrow().master, Some(b));
+        // ...and their answers, computed before the switch, arrive after it: ignored.
+        shared.set(0, true, Some(a), Source::Query { pushes: sent[0] });
+        shared.set(1, true, Some(a), Source::Query { pushes: sent[1] });
+        assert_eq!(
+            rx.borrow().master,
+            Some(b),
+            "a stale answer moved the master back"
+        );
+        // A fresh query still counts.
+        shared.set(
+            0,
+            true,
+            Some(b),
+            Source::Query {
+                pushes: shared.pushes(0),
+            },
+        );
+        assert_eq!(rx.borrow().master, Some(b));
     }
 
     /// Random bytes through the RESP parser and the Sentinel parsers: errors, never panics.
