@@ -80,12 +80,14 @@ impl Daemon {
             svc.check.schedule(),
             sentinel,
         );
+        let datapath = self.datapath.clone();
         let router = Router::spawn(
             svc.name.clone(),
             monitor.subscribe(),
             svc.on_master_change,
             Arc::clone(&stats),
             self.shutdown.clone(),
+            Arc::new(move || datapath.route_cut()),
         );
         let runtime = Arc::new(ServiceRuntime::new(
             svc,
@@ -348,6 +350,7 @@ pub async fn run(cfg: Config, path: PathBuf, bound: Bound) -> anyhow::Result<()>
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     drain(&daemon).await;
     shutdown.cancel();
+    daemon.datapath.route_cut();
     // Cut sessions end at once; give their tasks a moment to close the sockets.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
     while daemon.total_active() > 0 && tokio::time::Instant::now() < deadline {

@@ -40,6 +40,7 @@ impl Router {
         policy: OnMasterChange,
         stats: Arc<ServiceStats>,
         shutdown: CancellationToken,
+        on_cut: Arc<dyn Fn() + Send + Sync>,
     ) -> Router {
         let (tx, rx) = watch::channel(None::<Route>);
         tokio::spawn(async move {
@@ -63,6 +64,7 @@ impl Router {
                                 tracing::warn!(%service, old = %old.master, new = ?view.master,
                                     "master changed: cutting sessions to the old master");
                                 old.cut.cancel();
+                                on_cut();
                             }
                             OnMasterChange::Keep => {
                                 tracing::warn!(%service, old = %old.master, new = ?view.master,

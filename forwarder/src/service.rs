@@ -170,9 +170,9 @@ async fn connection(client: TcpStream, peer: SocketAddr, permit: Permit, svc: Ar
         shutdown: svc.shutdown.clone(),
         stats: Arc::clone(&svc.stats),
         permit,
+        owner: Arc::clone(&svc) as Arc<dyn std::any::Any + Send + Sync>,
     };
-    let end = svc.datapath.relay(session).await;
-    svc.stats.end(end);
+    svc.datapath.run(session).await;
 }
 
 /// At most one log line a second per site, saying how many were suppressed in between.

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admission::Permit;
 use crate::config::{Datapath, Mode, Timeouts};
-use crate::metrics::{End, ServiceStats};
+use crate::metrics::ServiceStats;
 
 /// An established session: the accepted client and its connection to the master.
 pub struct Session {
@@ -28,6 +28,9 @@ pub struct Session {
     pub stats: Arc<ServiceStats>,
     /// Holds the `maxconn` slot until the session ends.
     pub permit: Permit,
+    /// Keeps the service's runtime (its checks and router, hence the `cut` of this session)
+    /// alive while the session lives, even after a reload replaced it.
+    pub owner: Arc<dyn std::any::Any + Send + Sync>,
 }
 
 /// The data path chosen at startup.
@@ -105,11 +108,13 @@ impl DataPath {
         }
     }
 
-    /// Runs the session to its end.
-    pub async fn relay(&self, session: Session) -> End {
-        match self {
+    /// Runs the session to its end and counts how it ended. The uring path returns at once: its
+    /// worker owns the session from then on (no task per session on tokio) and counts the end.
+    pub async fn run(&self, session: Session) {
+        let stats = Arc::clone(&session.stats);
+        let end = match self {
             DataPath::Userspace => userspace::relay(session).await,
-            DataPath::Uring(u) => u.relay(session).await,
+            DataPath::Uring(u) => return u.hand_off(session),
             DataPath::Sockmap(m, next) => match m.attach(&session) {
                 Ok(a) => m.relay(session, a).await,
                 Err(why) => {
@@ -131,9 +136,20 @@ impl DataPath {
                             tracing::warn!(error = %e, "cannot put the session into the sockmap; using {}", next.name());
                         }
                     }
-                    Box::pin(next.relay(session)).await
+                    return Box::pin(next.run(session)).await;
                 }
             },
+        };
+        stats.end(end);
+    }
+
+    /// Tells the path that some route was cut (a master change, or shutdown). Tasks that watch
+    /// their token need nothing; the uring workers then look at their sessions' tokens at once.
+    pub fn route_cut(&self) {
+        match self {
+            DataPath::Userspace => {}
+            DataPath::Uring(u) => u.sweep(),
+            DataPath::Sockmap(_, next) => next.route_cut(),
         }
     }
 }

@@ -33,10 +33,10 @@ use rustix::event::{EventfdFlags, PollFlags};
 use rustix::pipe::SpliceFlags;
 use slab::Slab;
 use socket2::SockRef;
-use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use super::Session;
+use crate::admission::Permit;
 use crate::metrics::{End, ServiceStats};
 
 /// Bytes a pipe holds (`F_SETPIPE_SZ`): one splice moves at most this much.
@@ -133,7 +133,9 @@ struct Job {
     cut: CancellationToken,
     shutdown: CancellationToken,
     stats: Arc<ServiceStats>,
-    done: oneshot::Sender<End>,
+    /// The `maxconn` slot and the service runtime, held until the session ends.
+    _permit: Permit,
+    _owner: Arc<dyn std::any::Any + Send + Sync>,
 }
 
 enum Msg {
@@ -198,34 +200,35 @@ impl Uring {
         })
     }
 
-    /// Hands the session to a worker and waits for its end.
-    pub async fn relay(&self, s: Session) -> End {
+    /// Hands the session to a worker, which owns it from then on and counts its end. A cut
+    /// reaches the worker through `sweep` (and, as a backstop, its own tick).
+    pub fn hand_off(&self, s: Session) {
         let (Ok(client), Ok(server)) = (s.client.into_std(), s.server.into_std()) else {
-            return End::Reset;
+            s.stats.end(End::Reset);
+            return;
         };
         let worker = &self.workers[self.next.fetch_add(1, Ordering::Relaxed) % self.workers.len()];
-        let (done, mut end) = oneshot::channel();
+        let stats = Arc::clone(&s.stats);
         let job = Job {
             client: client.into(),
             server: server.into(),
             timeouts: [s.timeouts.client, s.timeouts.server],
-            cut: s.cut.clone(),
+            cut: s.cut,
             shutdown: s.shutdown,
             stats: s.stats,
-            done,
+            _permit: s.permit,
+            _owner: s.owner,
         };
         if !worker.send(Msg::Session(Box::new(job))) {
             tracing::error!("uring worker is gone; closing the session");
-            return End::Reset;
+            stats.end(End::Reset);
         }
-        // The permit (maxconn slot) is held by this future until the worker reports the end.
-        let _permit = s.permit;
-        tokio::select! {
-            r = &mut end => r.unwrap_or(End::Reset),
-            _ = s.cut.cancelled() => {
-                worker.send(Msg::Sweep);
-                end.await.unwrap_or(End::Reset)
-            }
+    }
+
+    /// Makes every worker look at its sessions' cut tokens now.
+    pub fn sweep(&self) {
+        for w in &self.workers {
+            w.send(Msg::Sweep);
         }
     }
 }
@@ -263,7 +266,9 @@ struct Conn {
     cut: CancellationToken,
     shutdown: CancellationToken,
     stats: Arc<ServiceStats>,
-    done: Option<oneshot::Sender<End>>,
+    /// The `maxconn` slot and the service runtime, given back when the session is freed.
+    _permit: Permit,
+    _owner: Arc<dyn std::any::Any + Send + Sync>,
     /// Set once the session is being torn down.
     ending: Option<End>,
 }
@@ -403,7 +408,8 @@ impl Worker {
             cut: job.cut,
             shutdown: job.shutdown,
             stats: job.stats,
-            done: Some(job.done),
+            _permit: job._permit,
+            _owner: job._owner,
             ending: None,
         });
         self.poll_in(slot, 0);
@@ -641,9 +647,7 @@ impl Worker {
                 self.held -= 1; // a pipe with bytes left in it is closed with the session
             }
         }
-        if let Some(done) = c.done.take() {
-            let _ = done.send(how);
-        }
+        c.stats.end(how);
     }
 
     /// Ends sessions whose route was cut, or which were idle too long.
