@@ -65,25 +65,31 @@ fn fnv(data: &[u8]) -> u64 {
     h
 }
 
+/// Sends `request` then half-closes (while reading, from another thread), and returns all that
+/// comes back until the peer closes.
+fn exchange(to: SocketAddr, request: &[u8]) -> Vec<u8> {
+    let mut c = TcpStream::connect(to).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut w = c.try_clone().unwrap();
+    let sent = request.to_vec();
+    let writer = std::thread::spawn(move || {
+        w.write_all(&sent).unwrap();
+        w.shutdown(Shutdown::Write).unwrap();
+    });
+    let mut back = Vec::new();
+    c.read_to_end(&mut back).expect("reply");
+    writer.join().unwrap();
+    back
+}
+
 #[test]
 fn payload_bypasses_userspace() {
     let f = started(tcp_server(echo), "mode = \"sockmap\"");
     let size = 8 << 20;
     let mut out = vec![0u8; size];
     pattern(1, &mut out);
-    let mut c = TcpStream::connect(f.listen[0]).expect("connect");
-    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let mut w = c.try_clone().unwrap();
-    let sent = out.clone();
-    let writer = std::thread::spawn(move || {
-        w.write_all(&sent).unwrap();
-        w.shutdown(Shutdown::Write).unwrap();
-    });
-    let mut back = Vec::with_capacity(size);
-    c.read_to_end(&mut back).expect("echo");
-    writer.join().unwrap();
+    let back = exchange(f.listen[0], &out);
     assert!(back == out, "echo differs ({} bytes back)", back.len());
-    drop(c);
     assert!(
         wait_until(Duration::from_secs(5), || f
             .counter("plain", "ended", "closed")
@@ -115,17 +121,7 @@ fn no_byte_is_lost_or_reordered_around_a_half_close() {
     {
         let mut out = vec![0u8; size];
         pattern(i, &mut out);
-        let mut c = TcpStream::connect(f.listen[0]).expect("connect");
-        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        let mut w = c.try_clone().unwrap();
-        let sent = out.clone();
-        let writer = std::thread::spawn(move || {
-            w.write_all(&sent).unwrap();
-            w.shutdown(Shutdown::Write).unwrap();
-        });
-        let mut reply = String::new();
-        c.read_to_string(&mut reply).expect("reply");
-        writer.join().unwrap();
+        let reply = String::from_utf8_lossy(&exchange(f.listen[0], &out)).into_owned();
         assert_eq!(
             reply,
             format!("{size} {:016x}", fnv(&out)),

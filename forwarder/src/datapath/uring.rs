@@ -125,10 +125,11 @@ pub fn probe() -> Result<(), String> {
     Ok(())
 }
 
-/// A session handed to a worker.
+/// A session handed to a worker; kept whole in its `Conn` until the session is freed.
 struct Job {
-    client: OwnedFd,
-    server: OwnedFd,
+    /// 0: client, 1: server. Direction 0 is client -> server, direction 1 server -> client.
+    fds: [OwnedFd; 2],
+    /// `timeout.client`, `timeout.server`.
     timeouts: [Duration; 2],
     cut: CancellationToken,
     shutdown: CancellationToken,
@@ -210,8 +211,7 @@ impl Uring {
         let worker = &self.workers[self.next.fetch_add(1, Ordering::Relaxed) % self.workers.len()];
         let stats = Arc::clone(&s.stats);
         let job = Job {
-            client: client.into(),
-            server: server.into(),
+            fds: [client.into(), server.into()],
             timeouts: [s.timeouts.client, s.timeouts.server],
             cut: s.cut,
             shutdown: s.shutdown,
@@ -255,20 +255,14 @@ struct Dir {
 }
 
 struct Conn {
-    /// 0: client, 1: server. Direction 0 is client -> server, direction 1 server -> client.
-    fds: [OwnedFd; 2],
+    /// The sockets, limits and tokens handed over; dropped (sockets closed, permit given back)
+    /// when the session is freed.
+    job: Job,
     dirs: [Dir; 2],
     /// Operations in flight, one bit per (op, direction).
     ops: u8,
     /// Last activity of the client (0) and of the server (1).
     last: [Instant; 2],
-    timeouts: [Duration; 2],
-    cut: CancellationToken,
-    shutdown: CancellationToken,
-    stats: Arc<ServiceStats>,
-    /// The `maxconn` slot and the service runtime, given back when the session is freed.
-    _permit: Permit,
-    _owner: Arc<dyn std::any::Any + Send + Sync>,
     /// Set once the session is being torn down.
     ending: Option<End>,
 }
@@ -400,16 +394,10 @@ impl Worker {
     fn add(&mut self, job: Job) {
         let now = Instant::now();
         let slot = self.conns.insert(Conn {
-            fds: [job.client, job.server],
+            job,
             dirs: [Dir::default(), Dir::default()],
             ops: 0,
             last: [now, now],
-            timeouts: job.timeouts,
-            cut: job.cut,
-            shutdown: job.shutdown,
-            stats: job.stats,
-            _permit: job._permit,
-            _owner: job._owner,
             ending: None,
         });
         self.poll_in(slot, 0);
@@ -417,7 +405,7 @@ impl Worker {
     }
 
     fn fd(&self, slot: usize, side: usize) -> types::Fd {
-        types::Fd(self.conns[slot].fds[side].as_raw_fd())
+        types::Fd(self.conns[slot].job.fds[side].as_raw_fd())
     }
 
     fn start(&mut self, slot: usize, dir: usize, op: Op, e: squeue::Entry) -> squeue::Entry {
@@ -550,9 +538,9 @@ impl Worker {
             d.pending -= n;
             c.last[1 - dir] = Instant::now();
             let counter = if dir == 0 {
-                &c.stats.bytes_client_to_server
+                &c.job.stats.bytes_client_to_server
             } else {
-                &c.stats.bytes_server_to_client
+                &c.job.stats.bytes_server_to_client
             };
             counter.fetch_add(u64::from(n), Ordering::Relaxed);
         }
@@ -583,7 +571,7 @@ impl Worker {
             let pipe = d.pipe.take();
             self.give_pipe(pipe);
             let c = &self.conns[slot];
-            match rustix::net::shutdown(&c.fds[1 - dir], rustix::net::Shutdown::Write) {
+            match rustix::net::shutdown(&c.job.fds[1 - dir], rustix::net::Shutdown::Write) {
                 Ok(()) | Err(rustix::io::Errno::NOTCONN) => {}
                 Err(_) => return self.end(slot, End::Reset),
             }
@@ -635,7 +623,7 @@ impl Worker {
         if how != End::Closed {
             // A cut, timed out or failed session ends with a reset on both sides, so neither peer
             // mistakes it for a complete exchange.
-            for fd in &c.fds {
+            for fd in &c.job.fds {
                 let _ = SockRef::from(fd).set_linger(Some(Duration::ZERO));
             }
         }
@@ -647,7 +635,7 @@ impl Worker {
                 self.held -= 1; // a pipe with bytes left in it is closed with the session
             }
         }
-        c.stats.end(how);
+        c.job.stats.end(how);
     }
 
     /// Ends sessions whose route was cut, or which were idle too long.
@@ -658,15 +646,15 @@ impl Worker {
             if c.ending.is_some() {
                 continue;
             }
-            let how = if c.cut.is_cancelled() {
-                Some(if c.shutdown.is_cancelled() {
+            let how = if c.job.cut.is_cancelled() {
+                Some(if c.job.shutdown.is_cancelled() {
                     End::Shutdown
                 } else {
                     End::MasterChanged
                 })
-            } else if now.saturating_duration_since(c.last[0]) >= c.timeouts[0] {
+            } else if now.saturating_duration_since(c.last[0]) >= c.job.timeouts[0] {
                 Some(End::ClientTimeout)
-            } else if now.saturating_duration_since(c.last[1]) >= c.timeouts[1] {
+            } else if now.saturating_duration_since(c.last[1]) >= c.job.timeouts[1] {
                 Some(End::ServerTimeout)
             } else {
                 None
