@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin;
-use crate::config::{Config, Service};
+use crate::config::{Config, Mode, Service};
 use crate::datapath::DataPath;
 use crate::metrics::{GlobalStats, ServiceStats};
 use crate::router::Router;
@@ -87,7 +87,7 @@ impl Daemon {
             svc.on_master_change,
             Arc::clone(&stats),
             self.shutdown.clone(),
-            Arc::new(move || datapath.route_cut()),
+            Arc::new(move || datapath.routes_changed()),
         );
         let runtime = Arc::new(ServiceRuntime::new(
             svc,
@@ -104,19 +104,40 @@ impl Daemon {
         }
     }
 
-    /// Starts accepting on `listener` for `handle`.
-    fn start(&self, listener: TcpListener, handle: ServiceHandle) -> Live {
+    /// How many sockets each service listens on: one per uring worker, which accepts on its own.
+    fn sockets_per_service(&self) -> usize {
+        match &self.datapath {
+            DataPath::Uring(u) => u.workers(),
+            _ => 1,
+        }
+    }
+
+    /// Starts accepting on `listeners` (the sockets of one service) for `handle`: on the uring
+    /// workers' rings, or in tokio.
+    fn start(
+        &self,
+        listeners: Vec<std::net::TcpListener>,
+        handle: ServiceHandle,
+    ) -> std::io::Result<Live> {
         let handle = Arc::new(handle);
         let (tx, rx) = watch::channel(Arc::clone(&handle.runtime));
         let accepting = CancellationToken::new();
+        match &self.datapath {
+            DataPath::Uring(u) => u.listen(listeners, rx, accepting.clone()),
+            _ => {
+                for l in listeners {
+                    let l = TcpListener::from_std(l)?;
+                    tokio::spawn(service::serve(l, rx.clone(), accepting.clone()));
+                }
+            }
+        }
         tracing::info!(service = %handle.config.name, listen = %handle.config.listen,
             servers = ?handle.config.servers, datapath = self.datapath.name(), "listening");
-        tokio::spawn(service::serve(listener, rx, accepting.clone()));
-        Live {
+        Ok(Live {
             handle,
             runtime: tx,
             accepting,
-        }
+        })
     }
 
     /// Re-reads the configuration file and applies it; see [`Daemon::apply`].
@@ -145,7 +166,7 @@ impl Daemon {
         enum Step {
             Keep(usize),
             Swap(usize),
-            Add(TcpListener),
+            Add(Vec<std::net::TcpListener>),
         }
         let mut steps = Vec::with_capacity(new.service.len());
         let mut errors = Vec::new();
@@ -171,7 +192,7 @@ impl Daemon {
                         ));
                         continue;
                     }
-                    match service::bind(svc.listen) {
+                    match service::bind_std(svc.listen, self.sockets_per_service()) {
                         Ok(l) => steps.push(Step::Add(l)),
                         Err(e) => errors.push(format!(
                             "service[{i}].listen: cannot listen on {}: {e}",
@@ -212,10 +233,15 @@ impl Daemon {
                     });
                     swapped += 1;
                 }
-                Step::Add(listener) => {
+                Step::Add(listeners) => {
                     let handle = self.build(svc, Arc::new(ServiceStats::default()));
-                    next.push(self.start(listener, handle));
-                    added += 1;
+                    match self.start(listeners, handle) {
+                        Ok(l) => {
+                            next.push(l);
+                            added += 1;
+                        }
+                        Err(e) => notes.push(format!("service {:?} not started: {e}", svc.name)),
+                    }
                 }
             }
         }
@@ -252,15 +278,21 @@ impl Daemon {
 
 /// The listening sockets, bound before the runtime starts and privileges are dropped.
 pub struct Bound {
-    services: Vec<std::net::TcpListener>,
+    /// Per service, its sockets (one per uring worker when uring may run).
+    services: Vec<Vec<std::net::TcpListener>>,
     admin: Option<std::net::TcpListener>,
 }
 
 /// Binds every listener: a port in use is a startup error, not a half-started daemon.
 pub fn bind(cfg: &Config) -> anyhow::Result<Bound> {
     let mut services = Vec::with_capacity(cfg.service.len());
+    // `auto` may fall back to userspace: then tokio accepts on all of them.
+    let count = match cfg.datapath.mode {
+        Mode::Auto | Mode::Uring => cfg.datapath.threads(),
+        Mode::Userspace | Mode::Sockmap => 1,
+    };
     for (i, svc) in cfg.service.iter().enumerate() {
-        let l = service::bind_std(svc.listen).with_context(|| {
+        let l = service::bind_std(svc.listen, count).with_context(|| {
             format!(
                 "service[{i}].listen: cannot listen on {} (service {:?})",
                 svc.listen, svc.name
@@ -285,11 +317,6 @@ pub fn bind(cfg: &Config) -> anyhow::Result<Bound> {
 pub async fn run(cfg: Config, path: PathBuf, bound: Bound) -> anyhow::Result<()> {
     let selected = DataPath::select(&cfg.datapath).map_err(anyhow::Error::msg)?;
     let shutdown = CancellationToken::new();
-    let listeners = bound
-        .services
-        .into_iter()
-        .map(TcpListener::from_std)
-        .collect::<Result<Vec<_>, _>>()?;
     let admin_listener = bound.admin.map(TcpListener::from_std).transpose()?;
 
     let daemon = Arc::new(Daemon {
@@ -302,12 +329,12 @@ pub async fn run(cfg: Config, path: PathBuf, bound: Bound) -> anyhow::Result<()>
         retiring: Mutex::new(Vec::new()),
         reloading: tokio::sync::Mutex::new(()),
     });
-    let live: Vec<Live> = cfg
+    let live = cfg
         .service
         .iter()
-        .zip(listeners)
+        .zip(bound.services)
         .map(|(svc, l)| daemon.start(l, daemon.build(svc, Arc::new(ServiceStats::default()))))
-        .collect();
+        .collect::<Result<Vec<Live>, _>>()?;
     *lock(&daemon.live) = live;
 
     let state = Arc::new(admin::State {
@@ -350,7 +377,7 @@ pub async fn run(cfg: Config, path: PathBuf, bound: Bound) -> anyhow::Result<()>
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     drain(&daemon).await;
     shutdown.cancel();
-    daemon.datapath.route_cut();
+    daemon.datapath.routes_changed();
     // Cut sessions end at once; give their tasks a moment to close the sockets.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
     while daemon.total_active() > 0 && tokio::time::Instant::now() < deadline {

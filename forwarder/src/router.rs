@@ -8,7 +8,6 @@
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -33,14 +32,15 @@ pub struct Router {
 }
 
 impl Router {
-    /// Starts following `views`. `shutdown` is the parent of every route's token.
+    /// Starts following `views`. `shutdown` is the parent of every route's token; `on_change`
+    /// runs after every change of route (a cut included).
     pub fn spawn(
         service: String,
         mut views: watch::Receiver<health::MasterView>,
         policy: OnMasterChange,
         stats: Arc<ServiceStats>,
         shutdown: CancellationToken,
-        on_cut: Arc<dyn Fn() + Send + Sync>,
+        on_change: Arc<dyn Fn() + Send + Sync>,
     ) -> Router {
         let (tx, rx) = watch::channel(None::<Route>);
         tokio::spawn(async move {
@@ -64,7 +64,6 @@ impl Router {
                                 tracing::warn!(%service, old = %old.master, new = ?view.master,
                                     "master changed: cutting sessions to the old master");
                                 old.cut.cancel();
-                                on_cut();
                             }
                             OnMasterChange::Keep => {
                                 tracing::warn!(%service, old = %old.master, new = ?view.master,
@@ -74,6 +73,8 @@ impl Router {
                     } else if let Some(m) = view.master {
                         tracing::info!(%service, master = %m, generation = view.generation, "master selected");
                     }
+                    // Data paths outside tokio look at their cut tokens and queued clients now.
+                    on_change();
                 }
                 tokio::select! {
                     changed = views.changed() => if changed.is_err() { break },
@@ -92,28 +93,13 @@ impl Router {
     /// Waits up to `deadline` for a route whose generation is newer than `after` (any route when
     /// `after` is `None`). Used to hold clients while there is no master, and to retry after a
     /// failed connect once a different master is known.
-    pub async fn wait(&self, after: Option<u64>, deadline: Instant) -> Option<Route> {
+    pub async fn wait(&self, after: Option<u64>, deadline: Instant) {
         let mut rx = self.routes.clone();
         let usable = |r: &Option<Route>| {
             r.as_ref()
                 .is_some_and(|r| after.is_none_or(|g| r.generation > g))
         };
-        let res = tokio::time::timeout_at(deadline, rx.wait_for(usable)).await;
-        match res {
-            Ok(Ok(r)) => r.clone(),
-            _ => None,
-        }
+        // Either way the caller looks at the route again.
+        let _ = tokio::time::timeout_at(deadline, rx.wait_for(usable)).await;
     }
-
-    /// A receiver of route changes, for data paths that run outside tokio.
-    pub fn subscribe(&self) -> watch::Receiver<Option<Route>> {
-        self.routes.clone()
-    }
-}
-
-/// `Instant::now() + d`, saturating instead of panicking on absurd durations.
-pub fn deadline_after(d: Duration) -> Instant {
-    let now = Instant::now();
-    now.checked_add(d)
-        .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365))
 }

@@ -5,7 +5,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -15,7 +15,7 @@ use crate::admission::{Gate, Permit};
 use crate::config::{Service, Timeouts};
 use crate::datapath::{DataPath, Session};
 use crate::metrics::{GlobalStats, Reject, ServiceStats};
-use crate::router::{deadline_after, Router};
+use crate::router::{Route, Router};
 
 /// Everything a connection of one service needs.
 pub struct ServiceRuntime {
@@ -58,21 +58,28 @@ impl ServiceRuntime {
     }
 }
 
-/// Binds a service's listening socket (SO_REUSEADDR, a deep backlog), non-blocking. Needs no
+/// Binds a service's listening sockets, non-blocking, with SO_REUSEADDR and a deep backlog:
+/// `count` of them on the same address (SO_REUSEPORT when more than one, so that each uring
+/// worker accepts on its own socket and the kernel spreads clients across them). Needs no
 /// runtime, so it can run before privileges are dropped.
-pub fn bind_std(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
-    let domain = socket2::Domain::for_address(addr);
-    let sock = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
-    sock.set_reuse_address(true)?;
-    sock.set_nonblocking(true)?;
-    sock.bind(&addr.into())?;
-    sock.listen(4096)?;
-    Ok(sock.into())
-}
-
-/// `bind_std`, registered with the tokio runtime.
-pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    TcpListener::from_std(bind_std(addr)?)
+pub fn bind_std(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListener>> {
+    let mut out: Vec<std::net::TcpListener> = Vec::with_capacity(count);
+    for _ in 0..count.max(1) {
+        // Port 0 picks a port once; the others join it.
+        let at = out.first().map_or(Ok(addr), |l| l.local_addr())?;
+        let domain = socket2::Domain::for_address(at);
+        let sock =
+            socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+        sock.set_reuse_address(true)?;
+        if count > 1 {
+            sock.set_reuse_port(true)?;
+        }
+        sock.set_nonblocking(true)?;
+        sock.bind(&at.into())?;
+        sock.listen(4096)?;
+        out.push(sock.into());
+    }
+    Ok(out)
 }
 
 /// Accepts clients until `accepting` is cancelled (drain, or the service removed by a reload);
@@ -95,53 +102,101 @@ pub async fn serve(
                 Ok(permit) => {
                     tokio::spawn(async move { connection(client, peer, permit, svc).await });
                 }
-                Err(why) => {
-                    // Closing the socket is the whole answer; the rejection is counted.
-                    svc.reject_log.log(|n| {
-                        tracing::warn!(service = %svc.name, %peer, reason = why.as_str(),
-                            suppressed = n, "client rejected");
-                    });
-                }
+                Err(why) => svc.refused(peer, why),
             },
             Err(e) => {
-                // EMFILE and friends: the pending connection stays queued, so retrying at once
-                // would spin. Pause, count, and log at most once a second.
-                svc.global.accept_errors.fetch_add(1, Ordering::Relaxed);
-                accept_log.log(|n| {
-                    tracing::error!(service = %svc.name, error = %e, suppressed = n,
-                        "accept failed; pausing 100ms");
-                });
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                svc.accept_failed(&accept_log, &e);
+                tokio::time::sleep(ACCEPT_PAUSE).await;
             }
         }
     }
 }
 
+/// How long accepting pauses after it failed (EMFILE and friends: the pending connection stays
+/// queued, so retrying at once would spin).
+pub const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+
+/// What an admitted client does next.
+pub enum Next {
+    /// Connect to this master.
+    Connect(Route),
+    /// No usable master yet: wait for one (a failover looks like a pause to the client).
+    Wait,
+    /// The queue time is up: close the client, for this reason.
+    GiveUp(Reject),
+}
+
+impl ServiceRuntime {
+    /// Where an admitted client goes now. `after` is the generation of the last master it failed
+    /// to connect to: then only a newer master will do.
+    pub fn next(&self, after: Option<u64>, deadline: Instant) -> Next {
+        match self.router.current() {
+            Some(r) if after.is_none_or(|g| r.generation > g) => Next::Connect(r),
+            _ if Instant::now() >= deadline => Next::GiveUp(if after.is_some() {
+                Reject::ConnectFailed
+            } else {
+                Reject::NoMaster
+            }),
+            _ => Next::Wait,
+        }
+    }
+
+    /// The deadline of a client admitted now: `timeout.queue` from now.
+    pub fn queue_deadline(&self) -> Instant {
+        let now = Instant::now();
+        now.checked_add(self.timeouts.queue)
+            .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365))
+    }
+
+    /// Closes a client the gate refused (already counted there); logs at most once a second.
+    pub fn refused(&self, peer: SocketAddr, why: Reject) {
+        self.reject_log.log(|n| {
+            tracing::warn!(service = %self.name, %peer, reason = why.as_str(),
+                suppressed = n, "client rejected");
+        });
+    }
+
+    /// Counts and logs a client closed after waiting (`Next::GiveUp`).
+    pub fn give_up(&self, peer: SocketAddr, why: Reject) {
+        self.stats.reject(why);
+        self.reject_log.log(|n| {
+            tracing::warn!(service = %self.name, %peer, reason = why.as_str(),
+                suppressed = n, "client closed");
+        });
+    }
+
+    /// Counts and logs a failed accept.
+    pub fn accept_failed(&self, log: &RateLimit, e: &io::Error) {
+        self.global.accept_errors.fetch_add(1, Ordering::Relaxed);
+        log.log(|n| {
+            tracing::error!(service = %self.name, error = %e, suppressed = n,
+                "accept failed; pausing 100ms");
+        });
+    }
+
+    /// Whether a session just connected to `route` may start: a master change may have raced
+    /// with the connect (then it is counted as a failed connect).
+    pub fn still_routed(&self, route: &Route) -> bool {
+        if route.cut.is_cancelled() {
+            self.stats.reject(Reject::ConnectFailed);
+            return false;
+        }
+        true
+    }
+}
+
 /// Routes, connects, and hands the session to the data path.
 async fn connection(client: TcpStream, peer: SocketAddr, permit: Permit, svc: Arc<ServiceRuntime>) {
-    let deadline = deadline_after(svc.timeouts.queue);
+    let deadline = svc.queue_deadline();
     let mut after = None;
     let (route, server) = loop {
-        // Hold the client while there is no master (a failover looks like a pause), and after a
-        // failed connect wait for a newer master rather than failing at once.
-        let route = match svc.router.current() {
-            Some(r) if after.is_none_or(|g| r.generation > g) => r,
-            _ => match svc.router.wait(after, deadline).await {
-                Some(r) => r,
-                None => {
-                    let why = if after.is_some() {
-                        Reject::ConnectFailed
-                    } else {
-                        Reject::NoMaster
-                    };
-                    svc.stats.reject(why);
-                    svc.reject_log.log(|n| {
-                        tracing::warn!(service = %svc.name, %peer, reason = why.as_str(),
-                            suppressed = n, "client closed");
-                    });
-                    return;
-                }
-            },
+        let route = match svc.next(after, deadline) {
+            Next::Connect(r) => r,
+            Next::Wait => {
+                svc.router.wait(after, deadline.into()).await;
+                continue;
+            }
+            Next::GiveUp(why) => return svc.give_up(peer, why),
         };
         match tokio::time::timeout(svc.timeouts.connect, TcpStream::connect(route.master)).await {
             Ok(Ok(server)) => break (route, server),
@@ -154,9 +209,7 @@ async fn connection(client: TcpStream, peer: SocketAddr, permit: Permit, svc: Ar
         }
         after = Some(route.generation);
     };
-    // A master change may have raced with the connect.
-    if route.cut.is_cancelled() {
-        svc.stats.reject(Reject::ConnectFailed);
+    if !svc.still_routed(&route) {
         return;
     }
     // Redis is request/response: never hold a small reply back for Nagle.
@@ -177,13 +230,13 @@ async fn connection(client: TcpStream, peer: SocketAddr, permit: Permit, svc: Ar
 
 /// At most one log line a second per site, saying how many were suppressed in between.
 #[derive(Default)]
-struct RateLimit {
+pub struct RateLimit {
     last_sec: AtomicU64,
     suppressed: AtomicU64,
 }
 
 impl RateLimit {
-    fn log(&self, emit: impl FnOnce(u64)) {
+    pub fn log(&self, emit: impl FnOnce(u64)) {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());

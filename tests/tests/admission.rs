@@ -119,3 +119,45 @@ fn per_source_limit_rejects_only_the_greedy_source() {
             .is_ok_and(|r| r == Reply::Simple("PONG".into()))
     }));
 }
+
+#[test]
+fn running_out_of_descriptors_is_counted_and_accepting_resumes() {
+    let prlimit = e2e::require("prlimit", "util-linux");
+    let r = Redis::start();
+    let datapath = format!("mode = \"{}\"", e2e::mode());
+    // 64 descriptors: a few dozen sessions (two each) exhaust them.
+    let extra = "[service.timeout]\nqueue = \"1s\"";
+    let wrapper = [prlimit.to_str().unwrap(), "--nofile=64:64", "--"];
+    let f = Forwarder::start_with(&service(&r, extra), &datapath, &wrapper);
+    assert!(wait_until(Duration::from_secs(10), || f
+        .master("mymaster")
+        .is_some()));
+    let accept_errors = || {
+        f.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix("forwarder_accept_errors_total "))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // The kernel completes these handshakes whether or not the forwarder can accept them.
+    let held: Vec<_> = (0..60)
+        .map(|_| std::net::TcpStream::connect(f.listen[0]).unwrap())
+        .collect();
+    assert!(
+        wait_until(Duration::from_secs(10), || accept_errors() >= 1),
+        "EMFILE was not counted; log:\n{}",
+        f.log_text()
+    );
+    assert!(f.log_text().contains("accept failed; pausing 100ms"));
+    drop(held);
+    // Once descriptors are free again, accepting resumes on its own.
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            Conn::open(f.listen[0])
+                .and_then(|mut c| c.cmd(&["PING"]))
+                .is_ok_and(|r| r == Reply::Simple("PONG".into()))
+        }),
+        "no client served after the descriptors came back; log:\n{}",
+        f.log_text()
+    );
+}

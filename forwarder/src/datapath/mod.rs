@@ -143,13 +143,14 @@ impl DataPath {
         stats.end(end);
     }
 
-    /// Tells the path that some route was cut (a master change, or shutdown). Tasks that watch
-    /// their token need nothing; the uring workers then look at their sessions' tokens at once.
-    pub fn route_cut(&self) {
+    /// Tells the path that some route changed (a new master, a cut, shutdown). Tasks that watch
+    /// their router need nothing; the uring workers then look at their sessions' cut tokens and
+    /// their queued clients at once.
+    pub fn routes_changed(&self) {
         match self {
             DataPath::Userspace => {}
             DataPath::Uring(u) => u.sweep(),
-            DataPath::Sockmap(_, next) => next.route_cut(),
+            DataPath::Sockmap(_, next) => next.routes_changed(),
         }
     }
 }

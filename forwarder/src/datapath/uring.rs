@@ -1,9 +1,14 @@
-//! The zero-copy data path: io_uring `SPLICE` through a pipe, on dedicated worker threads.
+//! The zero-copy data path: io_uring on dedicated worker threads, from accept to close.
 //!
-//! Accepting, admission, queueing and connecting stay in `service.rs` (one code path for every
-//! mode); this module takes over an established pair of sockets and moves the bytes without them
-//! ever reaching userspace: per direction `POLL_ADD(src, POLLIN)`, then `SPLICE(src -> pipe)`
-//! hard-linked to `SPLICE(pipe -> dst)`, repeated while the pipe comes back full.
+//! Each worker has its own ring and, per service, its own `SO_REUSEPORT` listener with a
+//! multishot `ACCEPT` on it, so a client is accepted, admitted (the shared [`Gate`]), queued while
+//! there is no master (the shared [`ServiceRuntime::next`]) and connected (`CONNECT` linked to a
+//! `LINK_TIMEOUT` of `timeout.connect`) on one thread, without a lock or a cross-thread hand-off.
+//! Sessions that another path passes on (the sockmap's overflow) arrive through `hand_off`.
+//!
+//! The bytes never reach userspace: per direction `POLL_ADD(src, POLLIN)`, then
+//! `SPLICE(src -> pipe)` hard-linked to `SPLICE(pipe -> dst)`, repeated while the pipe comes
+//! back full.
 //!
 //! Rules that keep it correct:
 //! - Sockets stay non-blocking, so a splice (which io_uring always runs on its io-wq threads) never
@@ -18,12 +23,17 @@
 //!   slab entry, nothing else.
 //! - A session is freed only when none of its operations is in flight (`ops` bit set), after
 //!   cancelling them; then both sockets close, with a reset unless both directions ended cleanly.
+//!   A listener is closed only once its multishot accept has reported its last completion.
 //!
-//! Control from tokio (new session, "look at the cut tokens") travels over a channel plus an
-//! eventfd that each ring keeps a `READ` on, so neither side blocks the other.
+//! Control from tokio (new listener, sessions handed off, "routes changed: look at the cut
+//! tokens and the queued clients") travels over a channel plus an eventfd that each ring keeps a
+//! `READ` on, so neither side blocks the other.
+//!
+//! [`Gate`]: crate::admission::Gate
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
@@ -32,12 +42,15 @@ use io_uring::{opcode, squeue, types, IoUring};
 use rustix::event::{EventfdFlags, PollFlags};
 use rustix::pipe::SpliceFlags;
 use slab::Slab;
-use socket2::SockRef;
+use socket2::{SockAddr, SockRef};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::Session;
 use crate::admission::Permit;
 use crate::metrics::{End, ServiceStats};
+use crate::router::Route;
+use crate::service::{Next, RateLimit, ServiceRuntime, ACCEPT_PAUSE};
 
 /// Bytes a pipe holds (`F_SETPIPE_SZ`): one splice moves at most this much.
 const PIPE_SIZE: usize = 256 * 1024;
@@ -58,7 +71,8 @@ const CQ_ENTRIES: u32 = 65536;
 const UD_WAKE: u64 = u64::MAX;
 const UD_TICK: u64 = u64::MAX - 1;
 
-/// What an operation was, in the low bits of its user_data; the slab index is above them.
+/// What an operation was, in the low bits of its user_data; above them is the index of the
+/// session (`conns`), of the listener (`Accept`) or of the queued client (`Connect*`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Op {
     InPoll = 0,
@@ -66,6 +80,9 @@ enum Op {
     SpliceOut = 2,
     OutPoll = 3,
     Cancel = 4,
+    Accept = 5,
+    Connect = 6,
+    ConnectTimeout = 7,
 }
 
 const OP_BITS: u32 = 4;
@@ -74,20 +91,22 @@ fn user_data(slot: usize, dir: usize, op: Op) -> u64 {
     ((slot as u64) << OP_BITS) | ((op as u64) << 1) | dir as u64
 }
 
-fn decode(ud: u64) -> (usize, usize, Option<Op>) {
+fn decode(ud: u64) -> (usize, usize, Op) {
     let dir = (ud & 1) as usize;
     let op = match (ud >> 1) & 0b111 {
-        0 => Some(Op::InPoll),
-        1 => Some(Op::SpliceIn),
-        2 => Some(Op::SpliceOut),
-        3 => Some(Op::OutPoll),
-        4 => Some(Op::Cancel),
-        _ => None,
+        0 => Op::InPoll,
+        1 => Op::SpliceIn,
+        2 => Op::SpliceOut,
+        3 => Op::OutPoll,
+        4 => Op::Cancel,
+        5 => Op::Accept,
+        6 => Op::Connect,
+        _ => Op::ConnectTimeout,
     };
     ((ud >> OP_BITS) as usize, dir, op)
 }
 
-/// Bit of `Conn::ops` for an operation in flight.
+/// Bit of `Conn::ops` for a session operation in flight.
 fn op_bit(dir: usize, op: Op) -> u8 {
     1 << ((op as u8) * 2 + dir as u8)
 }
@@ -117,6 +136,9 @@ pub fn probe() -> Result<(), String> {
         (opcode::AsyncCancel::CODE, "ASYNC_CANCEL"),
         (opcode::Read::CODE, "READ"),
         (opcode::Timeout::CODE, "TIMEOUT"),
+        (opcode::AcceptMulti::CODE, "ACCEPT"),
+        (opcode::Connect::CODE, "CONNECT"),
+        (opcode::LinkTimeout::CODE, "LINK_TIMEOUT"),
     ] {
         if !probe.is_supported(code) {
             return Err(format!("io_uring has no {name} operation on this kernel"));
@@ -139,9 +161,20 @@ struct Job {
     _owner: Arc<dyn std::any::Any + Send + Sync>,
 }
 
+/// A listening socket of a service, for one worker to accept on.
+struct Listen {
+    fd: OwnedFd,
+    /// The service's current runtime (a reload swaps it).
+    runtimes: watch::Receiver<Arc<ServiceRuntime>>,
+    /// Cancelled when the service stops accepting (drain, or removed by a reload).
+    accepting: CancellationToken,
+}
+
 enum Msg {
+    Listen(Box<Listen>),
     Session(Box<Job>),
-    /// Some cut token was cancelled: look at all of them now rather than at the next tick.
+    /// Routes changed (or a listener stopped): look at the cut tokens, the queued clients and the
+    /// listeners now rather than at the next tick.
     Sweep,
 }
 
@@ -201,6 +234,31 @@ impl Uring {
         })
     }
 
+    /// Gives each worker one of a service's listeners (bound with SO_REUSEPORT, one per worker) to
+    /// accept on until `accepting` is cancelled.
+    pub fn listen(
+        self: &Arc<Self>,
+        listeners: Vec<std::net::TcpListener>,
+        runtimes: watch::Receiver<Arc<ServiceRuntime>>,
+        accepting: CancellationToken,
+    ) {
+        for (i, l) in listeners.into_iter().enumerate() {
+            let listen = Listen {
+                fd: l.into(),
+                runtimes: runtimes.clone(),
+                accepting: accepting.clone(),
+            };
+            if !self.workers[i % self.workers.len()].send(Msg::Listen(Box::new(listen))) {
+                tracing::error!("uring worker is gone; a listener of the service is closed");
+            }
+        }
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            accepting.cancelled().await;
+            me.sweep();
+        });
+    }
+
     /// Hands the session to a worker, which owns it from then on and counts its end. A cut
     /// reaches the worker through `sweep` (and, as a backstop, its own tick).
     pub fn hand_off(&self, s: Session) {
@@ -223,6 +281,10 @@ impl Uring {
             tracing::error!("uring worker is gone; closing the session");
             stats.end(End::Reset);
         }
+    }
+
+    pub fn workers(&self) -> usize {
+        self.workers.len()
     }
 
     /// Makes every worker look at its sessions' cut tokens now.
@@ -267,9 +329,45 @@ struct Conn {
     ending: Option<End>,
 }
 
+/// A listener on this worker's ring.
+struct Listener {
+    listen: Listen,
+    /// Its multishot accept is in flight.
+    armed: bool,
+    /// Accepting failed (EMFILE...): re-armed at the first tick after this.
+    paused_until: Option<Instant>,
+    /// Being closed: once `armed` is false, the listener is dropped.
+    closing: bool,
+}
+
+/// A client accepted and admitted, waiting for a master or connecting to it.
+struct Queued {
+    client: OwnedFd,
+    peer: SocketAddr,
+    permit: Permit,
+    svc: Arc<ServiceRuntime>,
+    deadline: Instant,
+    /// Generation of the last master it failed to reach.
+    after: Option<u64>,
+    dial: Option<Dial>,
+}
+
+/// A connect in flight.
+struct Dial {
+    server: OwnedFd,
+    route: Route,
+    /// Read by the kernel while the `CONNECT` and `LINK_TIMEOUT` are prepared; kept until the
+    /// connect completes all the same.
+    _addr: Box<SockAddr>,
+    _timeout: Box<types::Timespec>,
+}
+
 struct Worker {
     ring: IoUring,
     conns: Slab<Conn>,
+    listeners: Slab<Listener>,
+    queued: Slab<Queued>,
+    accept_log: RateLimit,
     pipes: Vec<Pipe>,
     /// Pipes currently held by directions.
     held: usize,
@@ -277,7 +375,7 @@ struct Worker {
     wake: Arc<OwnedFd>,
     wake_buf: Box<[u8; 8]>,
     tick: Box<types::Timespec>,
-    cqes: Vec<(u64, i32)>,
+    cqes: Vec<(u64, i32, u32)>,
     sweep: bool,
 }
 
@@ -299,6 +397,9 @@ impl Worker {
         let mut w = Worker {
             ring,
             conns: Slab::new(),
+            listeners: Slab::new(),
+            queued: Slab::new(),
+            accept_log: RateLimit::default(),
             pipes: Vec::new(),
             held: 0,
             rx,
@@ -326,17 +427,27 @@ impl Worker {
                 }
             }
             self.cqes.clear();
-            self.cqes
-                .extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
+            self.cqes.extend(
+                self.ring
+                    .completion()
+                    .map(|c| (c.user_data(), c.result(), c.flags())),
+            );
             let cqes = std::mem::take(&mut self.cqes);
-            for &(ud, res) in &cqes {
+            for &(ud, res, flags) in &cqes {
                 match ud {
                     UD_WAKE => self.on_wake(res),
                     UD_TICK => {
                         self.sweep = true;
                         self.arm_tick();
                     }
-                    _ => self.on_op(ud, res),
+                    _ => match decode(ud) {
+                        (slot, _, Op::Accept) => self.on_accept(slot, res, flags),
+                        (slot, _, Op::Connect) => self.on_connect(slot, res),
+                        // The cancelled operation reports on its own; a linked timeout's result
+                        // shows in the connect's (-ECANCELED when it fired).
+                        (_, _, Op::Cancel | Op::ConnectTimeout) => {}
+                        (slot, dir, op) => self.on_op(slot, dir, op, res),
+                    },
                 }
             }
             self.cqes = cqes;
@@ -349,9 +460,11 @@ impl Worker {
     /// Pushes entries as one unit (a linked chain must not be split), submitting to make room.
     fn push(&mut self, entries: &[squeue::Entry]) {
         loop {
-            // SAFETY: every buffer an entry points to (the eventfd buffer, the timespec) lives in
-            // this worker, which outlives the ring's use of them; fds stay open until the ops on
-            // them have completed (a session is freed only when `ops` is empty).
+            // SAFETY: every buffer an entry points to (the eventfd buffer, the timespecs, a
+            // connect's address) is boxed in this worker until its operation completed, and the
+            // kernel copies addresses and timespecs when it prepares the entry anyway; fds stay
+            // open until the ops on them have completed (a session is freed only when `ops` is
+            // empty, a listener only after its accept's last completion, a dial after its connect).
             if unsafe { self.ring.submission().push_multiple(entries) }.is_ok() {
                 return;
             }
@@ -384,6 +497,15 @@ impl Worker {
         }
         while let Ok(msg) = self.rx.try_recv() {
             match msg {
+                Msg::Listen(l) => {
+                    let idx = self.listeners.insert(Listener {
+                        listen: *l,
+                        armed: false,
+                        paused_until: None,
+                        closing: false,
+                    });
+                    self.rearm(idx);
+                }
                 Msg::Session(job) => self.add(*job),
                 Msg::Sweep => self.sweep = true,
             }
@@ -490,14 +612,163 @@ impl Worker {
         self.push(&[e]);
     }
 
-    fn on_op(&mut self, ud: u64, res: i32) {
-        let (slot, dir, op) = decode(ud);
-        let Some(op) = op else { return };
-        if op == Op::Cancel {
-            return; // the cancelled operation reports on its own
+    /// (Re-)arms a listener's multishot accept, unless it is armed, paused or closing (then, once
+    /// its accept has reported for the last time, it is dropped and its socket closed).
+    fn rearm(&mut self, idx: usize) {
+        let l = &mut self.listeners[idx];
+        if l.armed {
+            return;
         }
+        if l.closing {
+            self.listeners.remove(idx);
+            return;
+        }
+        if l.paused_until.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
+        l.paused_until = None;
+        l.armed = true;
+        let flags = libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
+        let e = opcode::AcceptMulti::new(types::Fd(l.listen.fd.as_raw_fd()))
+            .flags(flags)
+            .build()
+            .user_data(user_data(idx, 0, Op::Accept));
+        self.push(&[e]);
+    }
+
+    fn on_accept(&mut self, idx: usize, res: i32, flags: u32) {
+        let Some(l) = self.listeners.get_mut(idx) else {
+            tracing::error!(idx, "accept completion for an unknown listener");
+            return;
+        };
+        if !io_uring::cqueue::more(flags) {
+            l.armed = false;
+        }
+        if res >= 0 {
+            // SAFETY: a successful accept returns a new descriptor that nothing else owns.
+            let client = unsafe { OwnedFd::from_raw_fd(res) };
+            if !l.closing {
+                let svc = Arc::clone(&l.listen.runtimes.borrow());
+                self.admit(svc, client);
+            }
+        } else if !l.closing && res != -rustix::io::Errno::CANCELED.raw_os_error() {
+            // EMFILE and friends: pause rather than spin on a connection that stays queued.
+            let svc = Arc::clone(&l.listen.runtimes.borrow());
+            svc.accept_failed(&self.accept_log, &io::Error::from_raw_os_error(-res));
+            if !l.armed {
+                l.paused_until = Some(Instant::now() + ACCEPT_PAUSE);
+            }
+        }
+        self.rearm(idx);
+    }
+
+    /// Admits a client (the shared gate) and routes it.
+    fn admit(&mut self, svc: Arc<ServiceRuntime>, client: OwnedFd) {
+        // A client that reset before we got here has no peer any more: nothing to do.
+        let Some(peer) = SockRef::from(&client)
+            .peer_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+        else {
+            return;
+        };
+        let permit = match svc.gate.admit(peer) {
+            Ok(p) => p,
+            Err(why) => return svc.refused(peer, why),
+        };
+        let idx = self.queued.insert(Queued {
+            client,
+            peer,
+            permit,
+            deadline: svc.queue_deadline(),
+            svc,
+            after: None,
+            dial: None,
+        });
+        self.route(idx);
+    }
+
+    /// Connects a queued client to its master, leaves it waiting for one (it is looked at again
+    /// when routes change and at every tick), or gives up on it.
+    fn route(&mut self, idx: usize) {
+        let q = &self.queued[idx];
+        match q.svc.next(q.after, q.deadline) {
+            Next::Wait => {}
+            Next::GiveUp(why) => {
+                let q = self.queued.remove(idx);
+                q.svc.give_up(q.peer, why);
+            }
+            Next::Connect(route) => self.dial(idx, route),
+        }
+    }
+
+    /// `CONNECT` to the master, linked to a `LINK_TIMEOUT` of `timeout.connect`.
+    fn dial(&mut self, idx: usize, route: Route) {
+        let q = &mut self.queued[idx];
+        let ty = socket2::Type::STREAM.nonblocking().cloexec();
+        let domain = socket2::Domain::for_address(route.master);
+        let server = match socket2::Socket::new(domain, ty, Some(socket2::Protocol::TCP)) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(service = %q.svc.name, error = %e, "cannot open a socket to the master");
+                q.after = Some(route.generation);
+                return self.route(idx);
+            }
+        };
+        // Redis is request/response: never hold a small reply back for Nagle.
+        let _ = server.set_nodelay(true);
+        let addr = Box::new(SockAddr::from(route.master));
+        let timeout = Box::new(types::Timespec::from(q.svc.timeouts.connect));
+        let c = opcode::Connect::new(types::Fd(server.as_raw_fd()), addr.as_ptr(), addr.len())
+            .build()
+            .flags(squeue::Flags::IO_LINK)
+            .user_data(user_data(idx, 0, Op::Connect));
+        let t = opcode::LinkTimeout::new(&*timeout)
+            .build()
+            .user_data(user_data(idx, 0, Op::ConnectTimeout));
+        q.dial = Some(Dial {
+            server: server.into(),
+            route,
+            _addr: addr,
+            _timeout: timeout,
+        });
+        self.push(&[c, t]);
+    }
+
+    fn on_connect(&mut self, idx: usize, res: i32) {
+        let Some(dial) = self.queued.get_mut(idx).and_then(|q| q.dial.take()) else {
+            tracing::error!(idx, "connect completion for an unknown client");
+            return;
+        };
+        if res < 0 {
+            let q = &mut self.queued[idx];
+            let error = match -res {
+                libc::ECANCELED => "timed out".to_string(),
+                e => io::Error::from_raw_os_error(e).to_string(),
+            };
+            tracing::debug!(service = %q.svc.name, master = %dial.route.master, error, "connect failed");
+            q.after = Some(dial.route.generation);
+            return self.route(idx);
+        }
+        let q = self.queued.remove(idx);
+        if !q.svc.still_routed(&dial.route) {
+            return;
+        }
+        let _ = SockRef::from(&q.client).set_nodelay(true);
+        self.add(Job {
+            fds: [q.client, dial.server],
+            timeouts: [q.svc.timeouts.client, q.svc.timeouts.server],
+            cut: dial.route.cut,
+            shutdown: q.svc.shutdown.clone(),
+            stats: Arc::clone(&q.svc.stats),
+            _permit: q.permit,
+            _owner: q.svc,
+        });
+    }
+
+    fn on_op(&mut self, slot: usize, dir: usize, op: Op, res: i32) {
         let Some(c) = self.conns.get_mut(slot) else {
-            tracing::error!(ud, "completion for an unknown session");
+            tracing::error!(slot, ?op, "completion for an unknown session");
             return;
         };
         c.ops &= !op_bit(dir, op);
@@ -524,7 +795,7 @@ impl Worker {
                 // The hard-linked SpliceOut always follows; decide there.
             }
             Op::SpliceOut => self.after_out(slot, dir, res),
-            Op::Cancel => {}
+            Op::Cancel | Op::Accept | Op::Connect | Op::ConnectTimeout => {}
         }
     }
 
@@ -667,6 +938,48 @@ impl Worker {
             self.end(slot, how);
         }
         self.cool_down(now);
+        self.check_queued();
+        self.check_listeners();
+    }
+
+    /// Routes queued clients whose master appeared, gives up on those whose time is up, and lets
+    /// go of them all at shutdown.
+    fn check_queued(&mut self) {
+        let waiting: Vec<usize> = self
+            .queued
+            .iter()
+            .filter(|(_, q)| q.dial.is_none())
+            .map(|(i, _)| i)
+            .collect();
+        for idx in waiting {
+            if self.queued[idx].svc.shutdown.is_cancelled() {
+                self.queued.remove(idx);
+            } else {
+                self.route(idx);
+            }
+        }
+    }
+
+    /// Closes listeners that stopped accepting, re-arms paused ones.
+    fn check_listeners(&mut self) {
+        let all: Vec<usize> = self.listeners.iter().map(|(i, _)| i).collect();
+        for idx in all {
+            let l = &mut self.listeners[idx];
+            if l.listen.accepting.is_cancelled() && !l.closing {
+                l.closing = true;
+                if l.armed {
+                    let ud = user_data(idx, 0, Op::Accept);
+                    let e = opcode::AsyncCancel::new(ud).build().user_data(user_data(
+                        idx,
+                        0,
+                        Op::Cancel,
+                    ));
+                    self.push(&[e]);
+                    continue;
+                }
+            }
+            self.rearm(idx);
+        }
     }
 
     /// Cancels the linked polls of directions idle for `COOL_AFTER`, so their pipes go back to
