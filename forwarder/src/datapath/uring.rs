@@ -6,21 +6,23 @@
 //! `LINK_TIMEOUT` of `timeout.connect`) on one thread, without a lock or a cross-thread hand-off.
 //! Sessions that another path passes on (the sockmap's overflow) arrive through `hand_off`.
 //!
-//! The bytes never reach userspace: per direction `POLL_ADD(src, POLLIN)`, then
-//! `SPLICE(src -> pipe)` hard-linked to `SPLICE(pipe -> dst)`, repeated while the pipe comes
-//! back full.
+//! The bytes never reach userspace. Per direction a `POLL_ADD(src, POLLIN)` waits; when it
+//! fires, this thread splices `src -> pipe -> dst` at once with two non-blocking `splice(2)`
+//! calls. While the pipe keeps coming back full (bulk), the direction runs on ring operations
+//! instead: `SPLICE(src -> pipe)` hard-linked to `SPLICE(pipe -> dst)`, which the kernel runs on
+//! its io-wq threads, beside this one. The split is measured: the kernel never runs
+//! `IORING_OP_SPLICE` inline (`REQ_F_FORCE_ASYNC`), and the io-wq round trip cost a small Redis
+//! request +44 µs at p50 when every hop took it; splicing inline after the poll costs what a
+//! `read` + `write` costs, with no copy (see bench/README.md).
 //!
 //! Rules that keep it correct:
-//! - Sockets stay non-blocking, so a splice (which io_uring always runs on its io-wq threads) never
-//!   parks a kernel thread on an idle socket; the poll is what waits.
+//! - Sockets stay non-blocking, so a splice never parks a thread (ours or a kernel one) on an
+//!   idle socket; the poll is what waits.
 //! - A direction reads from its source only when its pipe is empty, so bytes are never reordered,
 //!   and EOF is seen only after every earlier byte was written: then `shutdown(dst, SHUT_WR)`.
-//! - While a direction is busy it keeps its pipe (up to `PIPES_KEPT_MAX` per worker, so
-//!   descriptors stay bounded) and its poll is linked to the splices
-//!   (`POLL_ADD -> SPLICE -> SPLICE` in one chain, no trip through this thread between them).
-//!   After `COOL_AFTER` without traffic the poll is cancelled and the pipe goes back to the pool;
-//!   the next bytes are then waited for by a plain poll. An idle session holds two sockets and a
-//!   slab entry, nothing else.
+//! - A direction holds a pipe only while bytes are in it or it runs ring splices; a drained pipe
+//!   goes back to the worker's pool at once. An idle session holds two sockets and a slab
+//!   entry, nothing else.
 //! - A session is freed only when none of its operations is in flight (`ops` bit set), after
 //!   cancelling them; then both sockets close, with a reset unless both directions ended cleanly.
 //!   A listener is closed only once its multishot accept has reported its last completion.
@@ -56,14 +58,8 @@ use crate::service::{Next, RateLimit, ServiceRuntime, ACCEPT_PAUSE};
 const PIPE_SIZE: usize = 256 * 1024;
 /// Empty pipes a worker keeps for reuse.
 const PIPE_POOL_MAX: usize = 64;
-/// Pipes a worker lets busy directions keep between bursts. Each pipe is two descriptors; past
-/// this many, a drained direction gives its pipe back and waits with a plain poll, so thousands
-/// of briefly active sessions cannot exhaust the descriptor limit.
-const PIPES_KEPT_MAX: usize = 256;
 /// How often a worker checks idle timeouts and cut tokens on its own.
 const TICK: Duration = Duration::from_millis(100);
-/// A direction idle this long gives its pipe back to the pool.
-const COOL_AFTER: Duration = Duration::from_secs(1);
 const RING_ENTRIES: u32 = 1024;
 const CQ_ENTRIES: u32 = 65536;
 
@@ -312,8 +308,6 @@ struct Dir {
     in_res: i32,
     /// EOF seen and propagated.
     done: bool,
-    /// Its poll was cancelled to give the idle pipe back (see `cool_down`).
-    cooling: bool,
 }
 
 struct Conn {
@@ -369,8 +363,6 @@ struct Worker {
     queued: Slab<Queued>,
     accept_log: RateLimit,
     pipes: Vec<Pipe>,
-    /// Pipes currently held by directions.
-    held: usize,
     rx: mpsc::Receiver<Msg>,
     wake: Arc<OwnedFd>,
     wake_buf: Box<[u8; 8]>,
@@ -401,7 +393,6 @@ impl Worker {
             queued: Slab::new(),
             accept_log: RateLimit::default(),
             pipes: Vec::new(),
-            held: 0,
             rx,
             wake,
             wake_buf: Box::new([0; 8]),
@@ -542,10 +533,60 @@ impl Worker {
         self.push(&[e]);
     }
 
+    /// Bytes (or EOF, or an error) are waiting on the direction's source: splices them through
+    /// the pipe here and now, non-blocking, then lets `after_out` decide what comes next.
+    fn splice_inline(&mut self, slot: usize, dir: usize) {
+        if self.conns[slot].dirs[dir].pipe.is_none() {
+            match self.new_pipe() {
+                Ok(p) => self.conns[slot].dirs[dir].pipe = Some(p),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot get a pipe; resetting the session");
+                    self.end(slot, End::Reset);
+                    return;
+                }
+            }
+        }
+        let flags = SpliceFlags::NONBLOCK | SpliceFlags::MOVE;
+        let res = |r: rustix::io::Result<usize>| match r {
+            Ok(n) => i32::try_from(n).unwrap_or(i32::MAX),
+            Err(e) => -e.raw_os_error(),
+        };
+        let Conn {
+            job, dirs, last, ..
+        } = &mut self.conns[slot];
+        let d = &mut dirs[dir];
+        let pipe = d
+            .pipe
+            .as_ref()
+            .expect("a direction that splices holds a pipe");
+        d.in_res = res(rustix::pipe::splice(
+            &job.fds[dir],
+            None,
+            &pipe.w,
+            None,
+            pipe.size as usize,
+            flags,
+        ));
+        let mut out = 0;
+        if d.in_res > 0 {
+            d.pending = d.in_res.unsigned_abs();
+            last[dir] = Instant::now();
+            out = res(rustix::pipe::splice(
+                &pipe.r,
+                None,
+                &job.fds[1 - dir],
+                None,
+                d.pending as usize,
+                flags,
+            ));
+        }
+        self.after_out(slot, dir, out);
+    }
+
     /// Splices from the source into the pipe and, hard-linked, from the pipe to the destination.
     fn splice_in_out(&mut self, slot: usize, dir: usize) {
         if self.conns[slot].dirs[dir].pipe.is_none() {
-            match self.take_pipe() {
+            match self.new_pipe() {
                 Ok(p) => self.conns[slot].dirs[dir].pipe = Some(p),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot get a pipe; resetting the session");
@@ -580,16 +621,6 @@ impl Worker {
             .build();
         let b = self.start(slot, dir, Op::SpliceOut, b);
         [a, b]
-    }
-
-    /// A busy direction: waits for bytes and splices them through its pipe in one linked chain.
-    fn poll_splice(&mut self, slot: usize, dir: usize) {
-        let p = opcode::PollAdd::new(self.fd(slot, dir), PollFlags::IN.bits().into())
-            .build()
-            .flags(squeue::Flags::IO_LINK);
-        let p = self.start(slot, dir, Op::InPoll, p);
-        let [a, b] = self.splices(slot, dir);
-        self.push(&[p, a, b]);
     }
 
     /// Writes what is left in the pipe.
@@ -778,12 +809,9 @@ impl Worker {
             }
             return;
         }
-        let linked = c.ops & op_bit(dir, Op::SpliceIn) != 0;
         match op {
-            // A linked poll: the splices behind it report, cancelled or not.
-            Op::InPoll if linked => {}
             Op::InPoll | Op::OutPoll if res < 0 => self.end(slot, End::Reset),
-            Op::InPoll => self.splice_in_out(slot, dir),
+            Op::InPoll => self.splice_inline(slot, dir),
             Op::OutPoll => self.splice_out(slot, dir),
             Op::SpliceIn => {
                 let d = &mut c.dirs[dir];
@@ -799,7 +827,8 @@ impl Worker {
         }
     }
 
-    /// Decides what a direction does next once a splice out of its pipe completed.
+    /// Decides what a direction does next once a splice out of its pipe completed (`res`; 0 when
+    /// nothing was read, and `in_res` says why).
     fn after_out(&mut self, slot: usize, dir: usize, res: i32) {
         let eagain = -rustix::io::Errno::AGAIN.raw_os_error();
         let c = &mut self.conns[slot];
@@ -816,13 +845,6 @@ impl Worker {
             counter.fetch_add(u64::from(n), Ordering::Relaxed);
         }
         let in_res = d.in_res;
-        let cooling = std::mem::take(&mut d.cooling);
-        if cooling && in_res == -rustix::io::Errno::CANCELED.raw_os_error() && d.pending == 0 {
-            // `cool_down` cancelled the chain of an idle direction: back to a plain poll.
-            let pipe = d.pipe.take();
-            self.give_pipe(pipe);
-            return self.poll_in(slot, dir);
-        }
         if d.pending > 0 {
             if res < 0 && res != eagain {
                 return self.end(slot, End::Reset); // the destination failed (reset, EPIPE)
@@ -852,16 +874,14 @@ impl Worker {
             return;
         }
         if d.pipe.as_ref().is_some_and(|p| in_res == p.size as i32) {
-            // The pipe came back full: more is probably waiting, skip the poll.
+            // The pipe came back full: more is probably waiting. Bulk goes on in ring splices,
+            // which io-wq runs beside this thread, without a poll in between.
             return self.splice_in_out(slot, dir);
         }
-        if self.held <= PIPES_KEPT_MAX {
-            self.poll_splice(slot, dir);
-        } else {
-            let pipe = self.conns[slot].dirs[dir].pipe.take();
-            self.give_pipe(pipe);
-            self.poll_in(slot, dir);
-        }
+        // Drained: the pipe goes back to the pool and a poll waits for the next bytes.
+        let pipe = d.pipe.take();
+        self.give_pipe(pipe);
+        self.poll_in(slot, dir);
     }
 
     /// Starts tearing a session down: cancels what is in flight, then `finish` closes it.
@@ -899,11 +919,10 @@ impl Worker {
             }
         }
         for d in &mut c.dirs {
+            // A pipe with bytes left in it is closed with the session.
             if d.pending == 0 {
                 let pipe = d.pipe.take();
                 self.give_pipe(pipe);
-            } else if d.pipe.take().is_some() {
-                self.held -= 1; // a pipe with bytes left in it is closed with the session
             }
         }
         c.job.stats.end(how);
@@ -937,7 +956,6 @@ impl Worker {
         for (slot, how) in ends {
             self.end(slot, how);
         }
-        self.cool_down(now);
         self.check_queued();
         self.check_listeners();
     }
@@ -982,40 +1000,6 @@ impl Worker {
         }
     }
 
-    /// Cancels the linked polls of directions idle for `COOL_AFTER`, so their pipes go back to
-    /// the pool (in `after_out`, when the cancelled chain reports).
-    fn cool_down(&mut self, now: Instant) {
-        let mut cancel = Vec::new();
-        for (slot, c) in &mut self.conns {
-            if c.ending.is_some() {
-                continue;
-            }
-            for (dir, d) in c.dirs.iter_mut().enumerate() {
-                let chained =
-                    c.ops & op_bit(dir, Op::InPoll) != 0 && c.ops & op_bit(dir, Op::SpliceIn) != 0;
-                let idle = now.saturating_duration_since(c.last[dir]) >= COOL_AFTER;
-                if chained && idle && !d.cooling {
-                    d.cooling = true;
-                    cancel.push(user_data(slot, dir, Op::InPoll));
-                }
-            }
-        }
-        for ud in cancel {
-            let (slot, dir, _) = decode(ud);
-            let e =
-                opcode::AsyncCancel::new(ud)
-                    .build()
-                    .user_data(user_data(slot, dir, Op::Cancel));
-            self.push(&[e]);
-        }
-    }
-
-    fn take_pipe(&mut self) -> rustix::io::Result<Pipe> {
-        let p = self.new_pipe()?;
-        self.held += 1;
-        Ok(p)
-    }
-
     fn new_pipe(&mut self) -> rustix::io::Result<Pipe> {
         if let Some(p) = self.pipes.pop() {
             return Ok(p);
@@ -1033,7 +1017,6 @@ impl Worker {
 
     fn give_pipe(&mut self, pipe: Option<Pipe>) {
         if let Some(p) = pipe {
-            self.held -= 1;
             if self.pipes.len() < PIPE_POOL_MAX {
                 self.pipes.push(p);
             }
