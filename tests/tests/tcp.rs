@@ -1,5 +1,5 @@
 //! Plain TCP through the forwarder (tcp-check `connect` only): bulk integrity both ways,
-//! half-close, idle timeouts, reset propagation.
+//! half-close, idle timeouts, reset propagation, connect timeouts.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -231,4 +231,58 @@ fn sessions_keep_working_after_idle_pauses() {
         assert!(back == out, "round {round}: bytes differ");
         std::thread::sleep(Duration::from_millis(1300));
     }
+}
+
+#[test]
+fn unanswered_connect_times_out_and_the_client_is_closed() {
+    // A server whose accept queue is full: the kernel drops further SYNs, so a connect to it
+    // hangs until `timeout.connect`. The check runs once (interval 1h), while the queue has room.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    sock.listen(0).unwrap();
+    let backend = sock.local_addr().unwrap().as_socket().unwrap();
+    let f = Forwarder::start(&format!(
+        "[[service]]\nname = \"plain\"\nlisten = \"{{LISTEN}}\"\nservers = [\"{backend}\"]\n\
+         timeout = {{ connect = \"300ms\", queue = \"1s\" }}\n\n\
+         [service.check]\nkind = \"tcp-check\"\nsteps = [\"connect\"]\ninterval = \"1h\"\nrise = 1\n"
+    ));
+    assert!(
+        wait_until(Duration::from_secs(10), || f.master("plain").is_some()),
+        "backend never became up: {}",
+        f.log_text()
+    );
+    // Fill the accept queue until a connect goes unanswered.
+    let mut fillers = Vec::new();
+    let full =
+        (0..8).any(
+            |_| match TcpStream::connect_timeout(&backend, Duration::from_millis(300)) {
+                Ok(s) => {
+                    fillers.push(s);
+                    false
+                }
+                Err(_) => true,
+            },
+        );
+    assert!(full, "the backend's accept queue never filled");
+
+    let mut s = TcpStream::connect(f.listen[0]).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"hello").unwrap();
+    let mut b = [0u8; 1];
+    // Closed by the forwarder (the connect timed out, no other master turned up in the queue
+    // time), long before our own 10 s read timeout.
+    let r = s.read(&mut b);
+    assert!(
+        matches!(r, Ok(0))
+            || r.as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "{r:?}"
+    );
+    assert!(wait_until(Duration::from_secs(5), || f.counter(
+        "plain",
+        "rejected",
+        "connect_failed"
+    ) == 1));
+    assert_eq!(f.master("plain"), Some(backend), "the check still passes");
 }

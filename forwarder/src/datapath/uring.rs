@@ -58,6 +58,14 @@ use crate::service::{Next, RateLimit, ServiceRuntime, ACCEPT_PAUSE};
 const PIPE_SIZE: usize = 256 * 1024;
 /// Empty pipes a worker keeps for reuse.
 const PIPE_POOL_MAX: usize = 64;
+/// A read at least this large marks a stream: the direction's next poll is linked to its splices.
+const STREAM_READ: i32 = 64 * 1024;
+/// Pipes a worker lets streaming directions keep between bursts. Each pipe is two descriptors;
+/// past this many, a drained direction gives its pipe back and waits with a plain poll, so
+/// thousands of briefly busy sessions cannot exhaust the descriptor limit.
+const PIPES_KEPT_MAX: usize = 256;
+/// A streaming direction idle this long gives its pipe back to the pool.
+const COOL_AFTER: Duration = Duration::from_secs(1);
 /// How often a worker checks idle timeouts and cut tokens on its own.
 const TICK: Duration = Duration::from_millis(100);
 const RING_ENTRIES: u32 = 1024;
@@ -308,6 +316,8 @@ struct Dir {
     in_res: i32,
     /// EOF seen and propagated.
     done: bool,
+    /// Its linked poll was cancelled to give the idle pipe back (see `cool_down`).
+    cooling: bool,
 }
 
 struct Conn {
@@ -363,6 +373,8 @@ struct Worker {
     queued: Slab<Queued>,
     accept_log: RateLimit,
     pipes: Vec<Pipe>,
+    /// Pipes currently held by directions.
+    held: usize,
     rx: mpsc::Receiver<Msg>,
     wake: Arc<OwnedFd>,
     wake_buf: Box<[u8; 8]>,
@@ -393,6 +405,7 @@ impl Worker {
             queued: Slab::new(),
             accept_log: RateLimit::default(),
             pipes: Vec::new(),
+            held: 0,
             rx,
             wake,
             wake_buf: Box::new([0; 8]),
@@ -537,7 +550,7 @@ impl Worker {
     /// the pipe here and now, non-blocking, then lets `after_out` decide what comes next.
     fn splice_inline(&mut self, slot: usize, dir: usize) {
         if self.conns[slot].dirs[dir].pipe.is_none() {
-            match self.new_pipe() {
+            match self.take_pipe() {
                 Ok(p) => self.conns[slot].dirs[dir].pipe = Some(p),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot get a pipe; resetting the session");
@@ -586,7 +599,7 @@ impl Worker {
     /// Splices from the source into the pipe and, hard-linked, from the pipe to the destination.
     fn splice_in_out(&mut self, slot: usize, dir: usize) {
         if self.conns[slot].dirs[dir].pipe.is_none() {
-            match self.new_pipe() {
+            match self.take_pipe() {
                 Ok(p) => self.conns[slot].dirs[dir].pipe = Some(p),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot get a pipe; resetting the session");
@@ -621,6 +634,17 @@ impl Worker {
             .build();
         let b = self.start(slot, dir, Op::SpliceOut, b);
         [a, b]
+    }
+
+    /// A streaming direction: waits for bytes and splices them through its pipe in one linked
+    /// chain, without a trip through this thread between the poll and the splices.
+    fn poll_splice(&mut self, slot: usize, dir: usize) {
+        let p = opcode::PollAdd::new(self.fd(slot, dir), PollFlags::IN.bits().into())
+            .build()
+            .flags(squeue::Flags::IO_LINK);
+        let p = self.start(slot, dir, Op::InPoll, p);
+        let [a, b] = self.splices(slot, dir);
+        self.push(&[p, a, b]);
     }
 
     /// Writes what is left in the pipe.
@@ -809,7 +833,10 @@ impl Worker {
             }
             return;
         }
+        let linked = c.ops & op_bit(dir, Op::SpliceIn) != 0;
         match op {
+            // A linked poll: the splices behind it report, cancelled or not.
+            Op::InPoll if linked => {}
             Op::InPoll | Op::OutPoll if res < 0 => self.end(slot, End::Reset),
             Op::InPoll => self.splice_inline(slot, dir),
             Op::OutPoll => self.splice_out(slot, dir),
@@ -845,6 +872,15 @@ impl Worker {
             counter.fetch_add(u64::from(n), Ordering::Relaxed);
         }
         let in_res = d.in_res;
+        if std::mem::take(&mut d.cooling)
+            && in_res == -rustix::io::Errno::CANCELED.raw_os_error()
+            && d.pending == 0
+        {
+            // `cool_down` cancelled the chain of an idle direction: back to a plain poll.
+            let pipe = d.pipe.take();
+            self.give_pipe(pipe);
+            return self.poll_in(slot, dir);
+        }
         if d.pending > 0 {
             if res < 0 && res != eagain {
                 return self.end(slot, End::Reset); // the destination failed (reset, EPIPE)
@@ -878,7 +914,12 @@ impl Worker {
             // which io-wq runs beside this thread, without a poll in between.
             return self.splice_in_out(slot, dir);
         }
-        // Drained: the pipe goes back to the pool and a poll waits for the next bytes.
+        if in_res >= STREAM_READ && self.held <= PIPES_KEPT_MAX {
+            // A stream: keep the pipe, and link the next poll to its splices.
+            return self.poll_splice(slot, dir);
+        }
+        // Drained: the pipe goes back to the pool and a poll waits for the next bytes, which
+        // are spliced inline.
         let pipe = d.pipe.take();
         self.give_pipe(pipe);
         self.poll_in(slot, dir);
@@ -919,10 +960,11 @@ impl Worker {
             }
         }
         for d in &mut c.dirs {
-            // A pipe with bytes left in it is closed with the session.
             if d.pending == 0 {
                 let pipe = d.pipe.take();
                 self.give_pipe(pipe);
+            } else if d.pipe.take().is_some() {
+                self.held -= 1; // a pipe with bytes left in it is closed with the session
             }
         }
         c.job.stats.end(how);
@@ -956,8 +998,37 @@ impl Worker {
         for (slot, how) in ends {
             self.end(slot, how);
         }
+        self.cool_down(now);
         self.check_queued();
         self.check_listeners();
+    }
+
+    /// Cancels the linked polls of directions idle for `COOL_AFTER`, so their pipes go back to
+    /// the pool (in `after_out`, when the cancelled chain reports).
+    fn cool_down(&mut self, now: Instant) {
+        let mut cancel = Vec::new();
+        for (slot, c) in &mut self.conns {
+            if c.ending.is_some() {
+                continue;
+            }
+            for (dir, d) in c.dirs.iter_mut().enumerate() {
+                let chained =
+                    c.ops & op_bit(dir, Op::InPoll) != 0 && c.ops & op_bit(dir, Op::SpliceIn) != 0;
+                let idle = now.saturating_duration_since(c.last[dir]) >= COOL_AFTER;
+                if chained && idle && !d.cooling {
+                    d.cooling = true;
+                    cancel.push(user_data(slot, dir, Op::InPoll));
+                }
+            }
+        }
+        for ud in cancel {
+            let (slot, dir, _) = decode(ud);
+            let e =
+                opcode::AsyncCancel::new(ud)
+                    .build()
+                    .user_data(user_data(slot, dir, Op::Cancel));
+            self.push(&[e]);
+        }
     }
 
     /// Routes queued clients whose master appeared, gives up on those whose time is up, and lets
@@ -1000,6 +1071,12 @@ impl Worker {
         }
     }
 
+    fn take_pipe(&mut self) -> rustix::io::Result<Pipe> {
+        let p = self.new_pipe()?;
+        self.held += 1;
+        Ok(p)
+    }
+
     fn new_pipe(&mut self) -> rustix::io::Result<Pipe> {
         if let Some(p) = self.pipes.pop() {
             return Ok(p);
@@ -1017,6 +1094,7 @@ impl Worker {
 
     fn give_pipe(&mut self, pipe: Option<Pipe>) {
         if let Some(p) = pipe {
+            self.held -= 1;
             if self.pipes.len() < PIPE_POOL_MAX {
                 self.pipes.push(p);
             }
