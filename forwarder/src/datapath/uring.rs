@@ -8,21 +8,24 @@
 //!
 //! The bytes never reach userspace. Per direction a `POLL_ADD(src, POLLIN)` waits; when it
 //! fires, this thread splices `src -> pipe -> dst` at once with two non-blocking `splice(2)`
-//! calls. While the pipe keeps coming back full (bulk), the direction runs on ring operations
-//! instead: `SPLICE(src -> pipe)` hard-linked to `SPLICE(pipe -> dst)`, which the kernel runs on
-//! its io-wq threads, beside this one. The split is measured: the kernel never runs
-//! `IORING_OP_SPLICE` inline (`REQ_F_FORCE_ASYNC`), and the io-wq round trip cost a small Redis
-//! request +44 µs at p50 when every hop took it; splicing inline after the poll costs what a
-//! `read` + `write` costs, with no copy (see bench/README.md).
+//! calls. A direction whose reads reach `STREAM_READ` is a stream: it moves on ring operations
+//! instead, `POLL_ADD -> SPLICE(src -> pipe) -> SPLICE(pipe -> dst)` in one linked chain (no
+//! poll while the pipe comes back full), which the kernel runs on its io-wq threads, beside this
+//! one. The split is measured (bench/README.md): the kernel never runs `IORING_OP_SPLICE` inline
+//! (`REQ_F_FORCE_ASYNC`), and when every hop took io-wq a small Redis request paid +44 µs at p50;
+//! inline splicing after the poll costs what a `read` + `write` costs, with no copy, while
+//! streams gain from io-wq running beside the worker.
 //!
 //! Rules that keep it correct:
 //! - Sockets stay non-blocking, so a splice never parks a thread (ours or a kernel one) on an
 //!   idle socket; the poll is what waits.
 //! - A direction reads from its source only when its pipe is empty, so bytes are never reordered,
 //!   and EOF is seen only after every earlier byte was written: then `shutdown(dst, SHUT_WR)`.
-//! - A direction holds a pipe only while bytes are in it or it runs ring splices; a drained pipe
-//!   goes back to the worker's pool at once. An idle session holds two sockets and a slab
-//!   entry, nothing else.
+//! - A request/response direction holds a pipe only while bytes are in it; a drained pipe goes
+//!   back to the worker's pool at once. A stream keeps its pipe between bursts (at most
+//!   `PIPES_KEPT_MAX` per worker, so descriptors stay bounded) until `COOL_AFTER` without
+//!   traffic, when its linked poll is cancelled and the pipe goes back. An idle session holds
+//!   two sockets and a slab entry, nothing else.
 //! - A session is freed only when none of its operations is in flight (`ops` bit set), after
 //!   cancelling them; then both sockets close, with a reset unless both directions ended cleanly.
 //!   A listener is closed only once its multishot accept has reported its last completion.
