@@ -130,13 +130,10 @@ fn silent(mut s: TcpStream) {
     while matches!(s.read(&mut b), Ok(n) if n > 0) {}
 }
 
-#[test]
-fn idle_client_is_closed_after_timeout_client() {
-    let f = started(tcp_server(silent), "client = \"500ms\", server = \"30s\"");
-    let mut s = TcpStream::connect(f.listen[0]).unwrap();
+/// Reads until the forwarder closes `s` (reset or EOF), long before our own 10 s read timeout.
+fn assert_closed_by_forwarder(s: &mut TcpStream) {
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut b = [0u8; 1];
-    // Closed by the forwarder (reset or EOF), long before our own 10 s read timeout.
     let r = s.read(&mut b);
     assert!(
         matches!(r, Ok(0))
@@ -144,6 +141,13 @@ fn idle_client_is_closed_after_timeout_client() {
                 .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
         "{r:?}"
     );
+}
+
+#[test]
+fn idle_client_is_closed_after_timeout_client() {
+    let f = started(tcp_server(silent), "client = \"500ms\", server = \"30s\"");
+    let mut s = TcpStream::connect(f.listen[0]).unwrap();
+    assert_closed_by_forwarder(&mut s);
     assert!(wait_until(Duration::from_secs(5), || f.counter(
         "plain",
         "ended",
@@ -267,18 +271,9 @@ fn unanswered_connect_times_out_and_the_client_is_closed() {
     assert!(full, "the backend's accept queue never filled");
 
     let mut s = TcpStream::connect(f.listen[0]).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     s.write_all(b"hello").unwrap();
-    let mut b = [0u8; 1];
-    // Closed by the forwarder (the connect timed out, no other master turned up in the queue
-    // time), long before our own 10 s read timeout.
-    let r = s.read(&mut b);
-    assert!(
-        matches!(r, Ok(0))
-            || r.as_ref()
-                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
-        "{r:?}"
-    );
+    // The connect timed out and no other master turned up in the queue time.
+    assert_closed_by_forwarder(&mut s);
     assert!(wait_until(Duration::from_secs(5), || f.counter(
         "plain",
         "rejected",

@@ -599,18 +599,9 @@ impl Worker {
         self.after_out(slot, dir, out);
     }
 
-    /// Splices from the source into the pipe and, hard-linked, from the pipe to the destination.
+    /// Splices from the source into the (empty, held) pipe and, hard-linked, from the pipe to the
+    /// destination.
     fn splice_in_out(&mut self, slot: usize, dir: usize) {
-        if self.conns[slot].dirs[dir].pipe.is_none() {
-            match self.take_pipe() {
-                Ok(p) => self.conns[slot].dirs[dir].pipe = Some(p),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot get a pipe; resetting the session");
-                    self.end(slot, End::Reset);
-                    return;
-                }
-            }
-        }
         let [a, b] = self.splices(slot, dir);
         self.push(&[a, b]);
     }
