@@ -281,3 +281,97 @@ fn unanswered_connect_times_out_and_the_client_is_closed() {
     ) == 1));
     assert_eq!(f.master("plain"), Some(backend), "the check still passes");
 }
+
+/// `R`: reads about 200 KB, then resets the connection. Anything else: reads 64 bytes and sends
+/// them back.
+fn reset_or_echo(mut s: TcpStream) {
+    let mut mode = [0u8; 1];
+    if s.read_exact(&mut mode).is_err() {
+        return;
+    }
+    if mode[0] == b'R' {
+        let mut b = vec![0u8; 64 * 1024];
+        let mut got = 0;
+        while got < 200_000 {
+            match s.read(&mut b) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+        }
+        let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+    } else {
+        let mut b = [0u8; 64];
+        if s.read_exact(&mut b).is_ok() {
+            let _ = s.write_all(&b);
+        }
+    }
+}
+
+#[test]
+fn bytes_of_a_reset_session_never_reach_another_session() {
+    // Sessions that the server resets while their client is still sending end with bytes in
+    // flight inside the forwarder; those bytes must die with them, not turn up in the pipes
+    // or buffers of the sessions that follow.
+    let f = started(
+        tcp_server(reset_or_echo),
+        "client = \"30s\", server = \"30s\"",
+    );
+    let addr = f.listen[0];
+    let mut wrong = Vec::new();
+    // Bounded: a stalled session costs its 5 s timeout, and the whole test stops after 60 s.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let late = || std::time::Instant::now() > deadline;
+    for round in 0..20 {
+        if late() {
+            break;
+        }
+        let blasters: Vec<_> = (0..16)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    let Ok(mut s) = TcpStream::connect(addr) else {
+                        return;
+                    };
+                    let _ = s.set_write_timeout(Some(Duration::from_secs(5)));
+                    let chunk = vec![b'X'; 64 * 1024];
+                    let _ = s.write_all(b"R");
+                    for _ in 0..200 {
+                        if std::time::Instant::now() > deadline || s.write_all(&chunk).is_err() {
+                            break;
+                        }
+                    }
+                })
+            })
+            .collect();
+        for b in blasters {
+            b.join().unwrap();
+        }
+        for i in 0..40 {
+            if late() {
+                break;
+            }
+            let msg: Vec<u8> = format!("{round:02}-{i:02}-")
+                .bytes()
+                .cycle()
+                .take(64)
+                .collect();
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s.write_all(b"E").unwrap();
+            s.write_all(&msg).unwrap();
+            let mut got = Vec::new();
+            let _ = s.read_to_end(&mut got);
+            if got != msg {
+                wrong.push(String::from_utf8_lossy(&got[..got.len().min(70)]).into_owned());
+            }
+        }
+    }
+    if late() {
+        wrong.push("the test ran out of time: sessions stalled".to_string());
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} sessions did not get exactly their own 64 bytes back, e.g. {:?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(3)]
+    );
+}

@@ -80,19 +80,32 @@ const UD_TICK: u64 = u64::MAX - 1;
 
 /// What an operation was, in the low bits of its user_data; above them is the index of the
 /// session (`conns`), of the listener (`Accept`) or of the queued client (`Connect*`).
+/// The session operations come first: they have a bit each in `Conn::ops`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Op {
+    /// A plain poll: the direction splices inline when it fires.
     InPoll = 0,
     SpliceIn = 1,
     SpliceOut = 2,
     OutPoll = 3,
-    Cancel = 4,
-    Accept = 5,
-    Connect = 6,
-    ConnectTimeout = 7,
+    /// The poll at the head of a `ChainPoll -> SpliceIn -> SpliceOut` chain.
+    ChainPoll = 4,
+    Cancel = 5,
+    Accept = 6,
+    Connect = 7,
+    ConnectTimeout = 8,
 }
 
-const OP_BITS: u32 = 4;
+/// The session operations, in `end`'s cancelling order.
+const SESSION_OPS: [Op; 5] = [
+    Op::InPoll,
+    Op::ChainPoll,
+    Op::SpliceIn,
+    Op::SpliceOut,
+    Op::OutPoll,
+];
+
+const OP_BITS: u32 = 5;
 
 fn user_data(slot: usize, dir: usize, op: Op) -> u64 {
     ((slot as u64) << OP_BITS) | ((op as u64) << 1) | dir as u64
@@ -100,22 +113,23 @@ fn user_data(slot: usize, dir: usize, op: Op) -> u64 {
 
 fn decode(ud: u64) -> (usize, usize, Op) {
     let dir = (ud & 1) as usize;
-    let op = match (ud >> 1) & 0b111 {
+    let op = match (ud >> 1) & 0b1111 {
         0 => Op::InPoll,
         1 => Op::SpliceIn,
         2 => Op::SpliceOut,
         3 => Op::OutPoll,
-        4 => Op::Cancel,
-        5 => Op::Accept,
-        6 => Op::Connect,
+        4 => Op::ChainPoll,
+        5 => Op::Cancel,
+        6 => Op::Accept,
+        7 => Op::Connect,
         _ => Op::ConnectTimeout,
     };
     ((ud >> OP_BITS) as usize, dir, op)
 }
 
 /// Bit of `Conn::ops` for a session operation in flight.
-fn op_bit(dir: usize, op: Op) -> u8 {
-    1 << ((op as u8) * 2 + dir as u8)
+fn op_bit(dir: usize, op: Op) -> u16 {
+    1 << ((op as u16) * 2 + dir as u16)
 }
 
 /// Checks that this kernel (and whatever sandbox we run in) lets us use io_uring with the
@@ -317,6 +331,9 @@ struct Dir {
     pending: u32,
     /// Result of the last splice into the pipe.
     in_res: i32,
+    /// Result of a chained splice out of the pipe that reported before the splice into it (the
+    /// completions of a chain are not relied on to arrive in order).
+    out_res: Option<i32>,
     /// EOF seen and propagated.
     done: bool,
     /// Its linked poll was cancelled to give the idle pipe back (see `cool_down`).
@@ -329,7 +346,7 @@ struct Conn {
     job: Job,
     dirs: [Dir; 2],
     /// Operations in flight, one bit per (op, direction).
-    ops: u8,
+    ops: u16,
     /// Last activity of the client (0) and of the server (1).
     last: [Instant; 2],
     /// Set once the session is being torn down.
@@ -636,7 +653,7 @@ impl Worker {
         let p = opcode::PollAdd::new(self.fd(slot, dir), PollFlags::IN.bits().into())
             .build()
             .flags(squeue::Flags::IO_LINK);
-        let p = self.start(slot, dir, Op::InPoll, p);
+        let p = self.start(slot, dir, Op::ChainPoll, p);
         let [a, b] = self.splices(slot, dir);
         self.push(&[p, a, b]);
     }
@@ -822,15 +839,23 @@ impl Worker {
         };
         c.ops &= !op_bit(dir, op);
         if c.ending.is_some() {
+            // A splice that completed anyway moved bytes: keep the pipe's count right, so that
+            // `finish` never puts a pipe with bytes in it back into the pool (the next session
+            // to take it would receive them).
+            let d = &mut c.dirs[dir];
+            match op {
+                Op::SpliceIn if res > 0 => d.pending += res.unsigned_abs(),
+                Op::SpliceOut if res > 0 => d.pending -= res.unsigned_abs().min(d.pending),
+                _ => {}
+            }
             if c.ops == 0 {
                 self.finish(slot);
             }
             return;
         }
-        let linked = c.ops & op_bit(dir, Op::SpliceIn) != 0;
         match op {
-            // A linked poll: the splices behind it report, cancelled or not.
-            Op::InPoll if linked => {}
+            // The splices linked behind it report, cancelled or not.
+            Op::ChainPoll => {}
             Op::InPoll | Op::OutPoll if res < 0 => self.end(slot, End::Reset),
             Op::InPoll => self.splice_inline(slot, dir),
             Op::OutPoll => self.splice_out(slot, dir),
@@ -841,7 +866,13 @@ impl Worker {
                     d.pending = res.unsigned_abs();
                     c.last[dir] = Instant::now();
                 }
-                // The hard-linked SpliceOut always follows; decide there.
+                // Decide once both splices of the chain reported.
+                if let Some(out) = d.out_res.take() {
+                    self.after_out(slot, dir, out);
+                }
+            }
+            Op::SpliceOut if c.ops & op_bit(dir, Op::SpliceIn) != 0 => {
+                c.dirs[dir].out_res = Some(res);
             }
             Op::SpliceOut => self.after_out(slot, dir, res),
             Op::Cancel | Op::Accept | Op::Connect | Op::ConnectTimeout => {}
@@ -931,7 +962,7 @@ impl Worker {
             return self.finish(slot);
         }
         for dir in 0..2 {
-            for op in [Op::InPoll, Op::SpliceIn, Op::SpliceOut, Op::OutPoll] {
+            for op in SESSION_OPS {
                 if ops & op_bit(dir, op) != 0 {
                     let e = opcode::AsyncCancel::new(user_data(slot, dir, op))
                         .build()
@@ -1006,12 +1037,11 @@ impl Worker {
                 continue;
             }
             for (dir, d) in c.dirs.iter_mut().enumerate() {
-                let chained =
-                    c.ops & op_bit(dir, Op::InPoll) != 0 && c.ops & op_bit(dir, Op::SpliceIn) != 0;
+                let chained = c.ops & op_bit(dir, Op::ChainPoll) != 0;
                 let idle = now.saturating_duration_since(c.last[dir]) >= COOL_AFTER;
                 if chained && idle && !d.cooling {
                     d.cooling = true;
-                    cancel.push(user_data(slot, dir, Op::InPoll));
+                    cancel.push(user_data(slot, dir, Op::ChainPoll));
                 }
             }
         }
@@ -1086,11 +1116,15 @@ impl Worker {
         Ok(Pipe { r, w, size })
     }
 
+    /// Returns a drained pipe to the pool. A pipe that still holds bytes is closed instead
+    /// (and logged as the bug it would be): pooled, its bytes would reach another session.
     fn give_pipe(&mut self, pipe: Option<Pipe>) {
         if let Some(p) = pipe {
             self.held -= 1;
-            if self.pipes.len() < PIPE_POOL_MAX {
-                self.pipes.push(p);
+            match rustix::io::ioctl_fionread(&p.r) {
+                Ok(0) if self.pipes.len() < PIPE_POOL_MAX => self.pipes.push(p),
+                Ok(0) => {}
+                left => tracing::error!(?left, "a pipe given back was not empty; closed"),
             }
         }
     }
