@@ -1129,3 +1129,38 @@ impl Worker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_data_round_trips_and_session_ops_have_distinct_bits() {
+        let all = [
+            Op::InPoll,
+            Op::SpliceIn,
+            Op::SpliceOut,
+            Op::OutPoll,
+            Op::ChainPoll,
+            Op::Cancel,
+            Op::Accept,
+            Op::Connect,
+            Op::ConnectTimeout,
+        ];
+        for slot in [0, 1, 4095, 1 << 40] {
+            for dir in 0..2 {
+                for op in all {
+                    assert_eq!(decode(user_data(slot, dir, op)), (slot, dir, op));
+                    assert!(user_data(slot, dir, op) < UD_TICK);
+                }
+            }
+        }
+        let mut bits = 0u16;
+        for dir in 0..2 {
+            for op in SESSION_OPS {
+                assert_eq!(bits & op_bit(dir, op), 0, "{op:?} shares a bit");
+                bits |= op_bit(dir, op);
+            }
+        }
+    }
+}
