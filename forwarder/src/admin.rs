@@ -3,6 +3,7 @@
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::State as AxState;
 use axum::http::header;
@@ -10,11 +11,14 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use serde::Serialize;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::budget;
 use crate::daemon::Daemon;
 use crate::datapath::DataPath;
-use crate::metrics::{GlobalStats, StatsSnapshot};
+use crate::metrics::{AdminReject, GlobalStats, StatsSnapshot};
+use crate::service::RateLimit;
 
 /// What the admin endpoints read.
 pub struct State {
@@ -25,12 +29,24 @@ pub struct State {
     pub fallback: Option<String>,
 }
 
+/// Longest wait for a request's headers, on a new or a kept-alive connection.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest life of one admin connection, however busy: a slow client cannot hold a slot.
+const CONNECTION_MAX: Duration = Duration::from_secs(30);
+/// Request-buffer bound per connection (hyper's minimum is 8 KiB).
+const MAX_BUF: usize = 16 * 1024;
+
+/// Serves the admin endpoints until `shutdown`. At most `budget::ADMIN_CONNECTIONS` connections
+/// at once (more are closed at once, counted); headers must arrive within `HEADER_TIMEOUT`, and
+/// no connection lives longer than `CONNECTION_MAX`, so idle or half-sent requests cost a
+/// bounded number of descriptors and bytes, never the data plane's.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<State>,
     token: Option<String>,
     shutdown: CancellationToken,
 ) {
+    let global = Arc::clone(&state.global);
     let app = axum::Router::new()
         .route("/", get(page))
         .route("/metrics", get(metrics))
@@ -40,11 +56,55 @@ pub async fn serve(
         .layer(axum::middleware::from_fn(move |req, next| {
             bearer(token.clone(), req, next)
         }));
-    let res = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await;
-    if let Err(e) = res {
-        tracing::error!(error = %e, "admin listener failed");
+    let slots = Arc::new(Semaphore::new(budget::ADMIN_CONNECTIONS as usize));
+    let (busy_log, accept_log) = (RateLimit::default(), RateLimit::default());
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = shutdown.cancelled() => return,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                global.admin_rejected[AdminReject::AcceptFailed as usize]
+                    .fetch_add(1, Ordering::Relaxed);
+                accept_log.log(|suppressed| {
+                    tracing::warn!(error = %e, suppressed, "admin accept failed; pausing 100ms");
+                });
+                tokio::time::sleep(crate::service::ACCEPT_PAUSE).await;
+                continue;
+            }
+        };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            global.admin_rejected[AdminReject::Busy as usize].fetch_add(1, Ordering::Relaxed);
+            busy_log.log(|suppressed| {
+                tracing::warn!(
+                    max = budget::ADMIN_CONNECTIONS,
+                    suppressed,
+                    "admin connection refused: too many open"
+                );
+            });
+            continue; // dropping the stream closes it
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let global = Arc::clone(&global);
+        tokio::spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(MAX_BUF)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let why = match tokio::time::timeout(CONNECTION_MAX, conn).await {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) if e.is_timeout() => Some(AdminReject::Timeout),
+                Ok(Err(_)) => None, // the client went away or sent garbage: closed
+                Err(_) => Some(AdminReject::Timeout),
+            };
+            if let Some(why) = why {
+                global.admin_rejected[why as usize].fetch_add(1, Ordering::Relaxed);
+            }
+            drop(slot);
+        });
     }
 }
 
@@ -79,6 +139,8 @@ struct Status {
     /// Kernel-side byte totals of the sockmap program (sockmap mode only).
     bpf: Option<crate::datapath::sockmap::Totals>,
     accept_errors: u64,
+    /// Admin connections closed by the listener's limits, by reason.
+    admin_rejected: std::collections::BTreeMap<&'static str, u64>,
     services: Vec<ServiceStatus>,
 }
 
@@ -90,6 +152,12 @@ struct ServiceStatus {
     generation: u64,
     master_conflicts: u64,
     no_master_for_ms: Option<u128>,
+    /// Why the master the Sentinels name is not routed to, while that is so.
+    note: Option<String>,
+    /// Servers a Sentinel quorum reported that are not checked (past `max_servers`).
+    discovered_over_cap: u64,
+    /// `maxconn` in force (resolved from the descriptor budget for `"auto"`).
+    maxconn: u32,
     /// What the Sentinels agree on, when configured; `degraded` when fewer than a quorum answer
     /// or agree (the last agreed master is kept).
     sentinel: Option<SentinelStatus>,
@@ -116,6 +184,8 @@ struct ServerStatus {
     last_check_ms: Option<u128>,
     checks_ok: u64,
     checks_failed: u64,
+    /// Checks that could not run because of this host (EMFILE, ...): they leave the state alone.
+    checks_unknown: u64,
 }
 
 fn status_of(state: &State) -> Status {
@@ -124,6 +194,13 @@ fn status_of(state: &State) -> Status {
         datapath_fallback: state.fallback.clone(),
         bpf: state.datapath.bpf_totals(),
         accept_errors: state.global.accept_errors.load(Ordering::Relaxed),
+        admin_rejected: AdminReject::ALL
+            .iter()
+            .map(|r| {
+                let n = state.global.admin_rejected[*r as usize].load(Ordering::Relaxed);
+                (r.as_str(), n)
+            })
+            .collect(),
         services: state
             .daemon
             .services()
@@ -138,6 +215,9 @@ fn status_of(state: &State) -> Status {
                     generation: view.generation,
                     master_conflicts: stats.conflicts,
                     no_master_for_ms: stats.no_master_since.map(|t| t.elapsed().as_millis()),
+                    note: h.monitor.note(),
+                    discovered_over_cap: stats.discovered_over_cap,
+                    maxconn: h.config.maxconn,
                     sentinel: h.monitor.sentinel_view().map(|v| SentinelStatus {
                         master: v.master.map(|m| m.to_string()),
                         reachable: v.reachable,
@@ -159,6 +239,7 @@ fn status_of(state: &State) -> Status {
                             last_check_ms: s.last_elapsed.map(|d| d.as_millis()),
                             checks_ok: s.checks_ok,
                             checks_failed: s.checks_failed,
+                            checks_unknown: s.checks_unknown,
                         })
                         .collect(),
                 }
@@ -232,6 +313,9 @@ fn render_page(st: &Status) -> String {
             changes = svc.stats.master_changes,
             conflicts = svc.master_conflicts,
         );
+        if let Some(note) = &svc.note {
+            let _ = write!(h, "<p class=\"warn\">{}</p>", esc(note));
+        }
         h.push_str(
             "<table><tr><th>server</th><th>check</th><th>role</th><th>last check</th>\
              <th>ok</th><th>failed</th><th>took</th></tr>",
@@ -321,6 +405,16 @@ fn render_metrics(state: &State) -> String {
         "counter",
         "accept(2) failures (e.g. EMFILE).",
         vec![(String::new(), st.accept_errors.to_string())],
+    );
+    family(
+        "forwarder_admin_rejected_total",
+        "counter",
+        "Admin connections closed by the listener's limits (busy: too many open; timeout: \
+         headers too slow or connection too old; accept_failed).",
+        st.admin_rejected
+            .iter()
+            .map(|(r, n)| (format!("{{reason=\"{r}\"}}"), n.to_string()))
+            .collect(),
     );
     family(
         "forwarder_connections_accepted_total",
@@ -432,6 +526,18 @@ fn render_metrics(state: &State) -> String {
         with_sentinel(&|v| u8::from(v.degraded).to_string()),
     );
     family(
+        "forwarder_sentinel_discovered_over_cap",
+        "gauge",
+        "Servers a Sentinel quorum reported that are not checked (past max_servers).",
+        per_service(&|s| s.discovered_over_cap.to_string()),
+    );
+    family(
+        "forwarder_maxconn",
+        "gauge",
+        "maxconn in force (from the descriptor budget for \"auto\").",
+        per_service(&|s| s.maxconn.to_string()),
+    );
+    family(
         "forwarder_no_master_seconds",
         "gauge",
         "Seconds the service has been without a master (0 when it has one).",
@@ -454,6 +560,10 @@ fn render_metrics(state: &State) -> String {
             checks.push((
                 format!("{{{l},result=\"failed\"}}"),
                 srv.checks_failed.to_string(),
+            ));
+            checks.push((
+                format!("{{{l},result=\"unknown\"}}"),
+                srv.checks_unknown.to_string(),
             ));
         }
     }

@@ -5,7 +5,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -95,10 +95,11 @@ struct RawAdmin {
 struct RawService {
     name: String,
     listen: String,
+    share_listen: Option<bool>,
     #[serde(default)]
     servers: Vec<String>,
     allow: Option<Vec<String>>,
-    maxconn: Option<u32>,
+    maxconn: Option<RawMaxconn>,
     maxconn_per_source: Option<u32>,
     on_master_change: Option<OnMasterChange>,
     #[serde(default)]
@@ -106,6 +107,14 @@ struct RawService {
     #[serde(default)]
     check: RawCheck,
     sentinel: Option<RawSentinel>,
+}
+
+/// `maxconn = 4000` or `maxconn = "auto"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawMaxconn {
+    Number(i64),
+    Word(String),
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -139,6 +148,7 @@ struct RawSentinel {
     addresses: Vec<String>,
     master_name: String,
     quorum: Option<usize>,
+    max_servers: Option<usize>,
     user: Option<String>,
     password: Option<String>,
 }
@@ -170,8 +180,8 @@ pub struct Datapath {
     /// Data path threads; 0 in the file means one per core.
     pub workers: usize,
     /// Sessions the sockmap holds at once; more fall back to the next data path, counted.
-    /// Defaults to the sum of the services' `maxconn`.
-    pub sockmap_sessions: u32,
+    /// `None` in the file: the sum of the services' `maxconn` (see [`Config::sockmap_sessions`]).
+    pub sockmap_sessions: Option<u32>,
 }
 
 impl Datapath {
@@ -196,11 +206,18 @@ pub struct Admin {
 pub struct Service {
     pub name: String,
     pub listen: SocketAddr,
+    /// Let other processes listen on the same address (SO_REUSEPORT); by default a listen
+    /// address another process serves is a startup (or reload) error.
+    pub share_listen: bool,
     /// Known servers; with Sentinel, more are discovered (`SENTINEL replicas`).
     pub servers: Vec<SocketAddr>,
     /// Source networks allowed to connect; empty means everyone.
     pub allow: Vec<IpNet>,
+    /// Sessions (queued included); for `maxconn = "auto"`, set from the descriptor budget at
+    /// start (see `budget`) and 0 until then.
     pub maxconn: u32,
+    /// `maxconn = "auto"` (the default): derived from the open-file limit.
+    pub maxconn_auto: bool,
     /// Sessions one source address may hold at once (the guide's per-source iptables limit).
     pub maxconn_per_source: Option<u32>,
     pub on_master_change: OnMasterChange,
@@ -261,6 +278,9 @@ pub struct Sentinel {
     pub master_name: String,
     /// Sentinels that must agree; defaults to a majority of `addresses`.
     pub quorum: usize,
+    /// Servers learnt from the Sentinels that are checked at most (more are counted, not
+    /// checked).
+    pub max_servers: usize,
     pub user: Option<String>,
     #[serde(skip)]
     pub password: Option<String>,
@@ -286,11 +306,22 @@ impl Check {
 impl Config {
     /// Reads, parses and validates a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        use std::io::Read;
+        let err = |reason: String| ConfigError {
             file: path.display().to_string(),
             key: "-".into(),
-            reason: format!("cannot read: {e}"),
-        })?;
+            reason,
+        };
+        let mut bytes = Vec::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(MAX_FILE + 1).read_to_end(&mut bytes))
+            .map_err(|e| err(format!("cannot read: {e}")))?;
+        if bytes.len() as u64 > MAX_FILE {
+            return Err(err(format!(
+                "larger than {MAX_FILE} bytes: not a configuration file"
+            )));
+        }
+        let text = String::from_utf8(bytes).map_err(|_| err("not UTF-8 text".into()))?;
         Config::parse(&text, path)
     }
 
@@ -338,7 +369,17 @@ const DEFAULT_CONNECT: Duration = Duration::from_secs(4);
 const DEFAULT_IDLE: Duration = Duration::from_secs(30);
 const DEFAULT_QUEUE: Duration = Duration::from_secs(5);
 const DEFAULT_DRAIN: Duration = Duration::from_secs(10);
-const DEFAULT_MAXCONN: u32 = 10_000;
+/// The most sessions one service may be given, explicitly or by `"auto"`.
+pub const MAX_MAXCONN: u32 = 1_000_000;
+/// The longest duration any key accepts (HAProxy's limit too: 2^31 ms, about 24.8 days), so that
+/// no deadline computed from one can overflow.
+const MAX_DURATION: Duration = Duration::from_secs(24 * 24 * 3600);
+/// The longest check interval (and check timeout): a server checked less often is not checked.
+const MAX_CHECK_INTERVAL: Duration = Duration::from_secs(3600);
+/// The default cap on servers learnt from Sentinels.
+const DEFAULT_MAX_DISCOVERED: usize = 32;
+/// A configuration file larger than this is refused (it is read no further).
+pub const MAX_FILE: u64 = 1 << 20;
 
 impl Validator {
     fn err(&self, key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
@@ -356,10 +397,16 @@ impl Validator {
         }
         let admin = match raw.admin {
             Some(a) => Some(Admin {
-                listen: self.addr("admin.listen", &a.listen)?,
+                listen: self.listen_addr("admin.listen", &a.listen)?,
                 token: match a.token {
-                    Some(t) if t.len() < 16 => {
+                    Some(t) if t.chars().count() < 16 => {
                         return Err(self.err("admin.token", "at least 16 characters"))
+                    }
+                    Some(t) if t.chars().any(|c| c.is_whitespace() || c.is_control()) => {
+                        return Err(self.err(
+                            "admin.token",
+                            "no spaces or control characters (it is sent as `Authorization: Bearer <token>`)",
+                        ))
                     }
                     t => t,
                 },
@@ -403,13 +450,9 @@ impl Validator {
             Some(n) if n > 1 << 20 => {
                 return Err(self.err("datapath.sockmap_sessions", "at most 1048576"))
             }
-            Some(n) => n,
-            None => services
-                .iter()
-                .map(|s| s.maxconn)
-                .fold(0u32, u32::saturating_add)
-                .min(1 << 20),
+            n => n,
         };
+        self.no_loops(&admin, &services)?;
         Ok(Config {
             datapath: Datapath {
                 mode: raw.datapath.mode.unwrap_or(Mode::Auto),
@@ -452,7 +495,7 @@ impl Validator {
                 ),
             ));
         }
-        let listen = self.addr(&format!("{key}.listen"), &s.listen)?;
+        let listen = self.listen_addr(&format!("{key}.listen"), &s.listen)?;
         if s.servers.is_empty() && s.sentinel.is_none() {
             return Err(self.err(
                 format!("{key}.servers"),
@@ -461,7 +504,7 @@ impl Validator {
         }
         let mut servers = Vec::with_capacity(s.servers.len());
         for (j, srv) in s.servers.iter().enumerate() {
-            let addr = self.addr(&format!("{key}.servers[{j}]"), srv)?;
+            let addr = self.peer_addr(&format!("{key}.servers[{j}]"), srv)?;
             if servers.contains(&addr) {
                 return Err(self.err(
                     format!("{key}.servers[{j}]"),
@@ -480,10 +523,22 @@ impl Validator {
         for (j, cidr) in s.allow.unwrap_or_default().iter().enumerate() {
             allow.push(self.cidr(&format!("{key}.allow[{j}]"), cidr)?);
         }
-        let maxconn = s.maxconn.unwrap_or(DEFAULT_MAXCONN);
-        if maxconn == 0 {
-            return Err(self.err(format!("{key}.maxconn"), "must be at least 1"));
-        }
+        let (maxconn, maxconn_auto) = match s.maxconn {
+            None => (0, true),
+            Some(RawMaxconn::Word(w)) if w == "auto" => (0, true),
+            Some(RawMaxconn::Number(n)) if (1..=i64::from(MAX_MAXCONN)).contains(&n) => {
+                (n as u32, false)
+            }
+            Some(_) => {
+                return Err(self.err(
+                    format!("{key}.maxconn"),
+                    format!(
+                        "must be at least 1 (and at most {MAX_MAXCONN}), or \"auto\" (from the \
+                         open-file limit)"
+                    ),
+                ))
+            }
+        };
         let t = &s.timeout;
         let timeout = Timeouts {
             connect: self.dur(
@@ -500,7 +555,7 @@ impl Validator {
             Some(0) => {
                 return Err(self.err(format!("{key}.maxconn_per_source"), "must be at least 1"))
             }
-            Some(n) if n > maxconn => {
+            Some(n) if !maxconn_auto && n > maxconn => {
                 return Err(self.err(
                     format!("{key}.maxconn_per_source"),
                     format!("{n} is more than maxconn ({maxconn})"),
@@ -516,9 +571,11 @@ impl Validator {
         Ok(Service {
             name,
             listen,
+            share_listen: s.share_listen.unwrap_or(false),
             servers,
             allow,
             maxconn,
+            maxconn_auto,
             maxconn_per_source,
             on_master_change: s
                 .on_master_change
@@ -540,6 +597,16 @@ impl Validator {
         let downinter = self.dur(&format!("{key}.downinter"), &c.downinter, interval)?;
         // HAProxy: `timeout check` defaults to the interval.
         let timeout = self.dur(&format!("{key}.timeout"), &c.timeout, interval)?;
+        for (k, v) in [
+            ("interval", interval),
+            ("fastinter", fastinter),
+            ("downinter", downinter),
+            ("timeout", timeout),
+        ] {
+            if v > MAX_CHECK_INTERVAL {
+                return Err(self.err(format!("{key}.{k}"), "at most 1h"));
+            }
+        }
         // HAProxy's defaults: rise 2, fall 3.
         let rise = c.rise.unwrap_or(2);
         let fall = c.fall.unwrap_or(3);
@@ -564,23 +631,15 @@ impl Validator {
                     (None, None) => None,
                 };
                 let program = health::Program::redis_master(auth.as_ref());
-                let mut steps = Vec::new();
-                if auth.is_some() {
-                    steps.push("send AUTH ***".to_string());
-                    steps.push("expect string +OK".to_string());
-                }
-                steps.extend(
-                    [
-                        "send PING\\r\\n",
-                        "expect string +PONG",
-                        "send INFO replication\\r\\n",
-                        "expect string role:master",
-                        "send QUIT\\r\\n",
-                        "expect string +OK",
-                    ]
-                    .map(String::from),
-                );
-                steps.insert(0, "connect".into());
+                // As the program runs them, with the AUTH password masked.
+                let steps = program
+                    .steps()
+                    .iter()
+                    .map(|step| match step {
+                        health::Step::Send(d) if d.starts_with(b"*") => "send AUTH ***".into(),
+                        other => other.to_string(),
+                    })
+                    .collect();
                 (steps, program)
             }
             CheckKind::TcpCheck => {
@@ -625,7 +684,19 @@ impl Validator {
         }
         let mut addresses = Vec::new();
         for (j, a) in s.addresses.iter().enumerate() {
-            addresses.push(self.addr(&format!("{key}.addresses[{j}]"), a)?);
+            let addr = self.peer_addr(&format!("{key}.addresses[{j}]"), a)?;
+            // One Sentinel listed twice would count twice toward the quorum.
+            if addresses.contains(&addr) {
+                return Err(self.err(
+                    format!("{key}.addresses[{j}]"),
+                    format!("{addr} is listed twice (each Sentinel is one vote)"),
+                ));
+            }
+            addresses.push(addr);
+        }
+        let max_servers = s.max_servers.unwrap_or(DEFAULT_MAX_DISCOVERED);
+        if !(1..=1024).contains(&max_servers) {
+            return Err(self.err(format!("{key}.max_servers"), "between 1 and 1024"));
         }
         if s.master_name.trim().is_empty() {
             return Err(self.err(format!("{key}.master_name"), "must not be empty"));
@@ -652,20 +723,93 @@ impl Validator {
             addresses,
             master_name: s.master_name,
             quorum,
+            max_servers,
             user: s.user,
             password: s.password,
         })
     }
 
+    /// An `IP:port`, normalised (`[::ffff:10.0.0.1]:1` is `10.0.0.1:1`), port not 0.
     fn addr(&self, key: &str, s: &str) -> Res<SocketAddr> {
-        s.trim().parse().map_err(|_| {
+        let a: SocketAddr = s.trim().parse().map_err(|_| {
             self.err(
                 key,
                 format!(
                     "{s:?} is not an IP:port address (e.g. \"127.0.0.1:6379\" or \"[::1]:6379\")"
                 ),
             )
-        })
+        })?;
+        if a.port() == 0 {
+            return Err(self.err(key, "port 0 is not a port to use"));
+        }
+        Ok(SocketAddr::new(a.ip().to_canonical(), a.port()))
+    }
+
+    /// An address to listen on: unicast (or unspecified, for every address).
+    fn listen_addr(&self, key: &str, s: &str) -> Res<SocketAddr> {
+        let a = self.addr(key, s)?;
+        if a.ip().is_multicast() || a.ip() == Ipv4Addr::BROADCAST {
+            return Err(self.err(key, format!("{} is not a unicast address", a.ip())));
+        }
+        Ok(a)
+    }
+
+    /// An address to connect to: a unicast address of one host.
+    fn peer_addr(&self, key: &str, s: &str) -> Res<SocketAddr> {
+        let a = self.listen_addr(key, s)?;
+        if a.ip().is_unspecified() {
+            return Err(self.err(key, format!("{} is no host to connect to", a.ip())));
+        }
+        Ok(a)
+    }
+
+    /// No server or Sentinel is one of our own listeners (written differently, e.g. a service on
+    /// `0.0.0.0:P` and a server `127.0.0.1:P`): the forwarder would connect to itself, and every
+    /// connection would open another.
+    fn no_loops(&self, admin: &Option<Admin>, services: &[Service]) -> Res<()> {
+        let local = local_ips();
+        let ours = services
+            .iter()
+            .map(|s| {
+                (
+                    s.listen,
+                    format!("the listen address of service {:?}", s.name),
+                )
+            })
+            .chain(
+                admin
+                    .iter()
+                    .map(|a| (a.listen, "the admin listen address".to_string())),
+            );
+        let ours: Vec<(SocketAddr, String)> = ours.collect();
+        let reaches = |listen: &SocketAddr, peer: &SocketAddr| {
+            listen.port() == peer.port()
+                && (listen.ip() == peer.ip()
+                    || (listen.ip().is_unspecified()
+                        && (peer.ip().is_loopback() || local.contains(&peer.ip()))))
+        };
+        for (i, s) in services.iter().enumerate() {
+            let peers = s
+                .servers
+                .iter()
+                .enumerate()
+                .map(|(j, a)| (format!("service[{i}].servers[{j}]"), a));
+            let sentinels = s.sentinel.iter().flat_map(|st| {
+                st.addresses
+                    .iter()
+                    .enumerate()
+                    .map(move |(j, a)| (format!("service[{i}].sentinel.addresses[{j}]"), a))
+            });
+            for (key, peer) in peers.chain(sentinels) {
+                if let Some((l, what)) = ours.iter().find(|(l, _)| reaches(l, peer)) {
+                    return Err(self.err(
+                        key,
+                        format!("{peer} is {what} ({l}): the forwarder would connect to itself"),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn cidr(&self, key: &str, s: &str) -> Res<IpNet> {
@@ -685,12 +829,16 @@ impl Validator {
     }
 
     fn parse_dur(&self, key: &str, s: &str) -> Res<Duration> {
-        humantime::parse_duration(s.trim()).map_err(|e| {
+        let d = humantime::parse_duration(s.trim()).map_err(|e| {
             self.err(
                 key,
                 format!("{s:?} is not a duration ({e}); write e.g. \"250ms\", \"4s\", \"1m\""),
             )
-        })
+        })?;
+        if d > MAX_DURATION {
+            return Err(self.err(key, "at most 24 days"));
+        }
+        Ok(d)
     }
 
     /// A duration that must be positive.
@@ -713,6 +861,34 @@ impl Validator {
             None => Ok(default),
             Some(s) => self.parse_dur(key, s),
         }
+    }
+}
+
+/// This host's own addresses (for the loop check); empty when they cannot be listed.
+fn local_ips() -> Vec<IpAddr> {
+    nix::ifaddrs::getifaddrs()
+        .map(|ifs| {
+            ifs.filter_map(|i| {
+                let a = i.address?;
+                a.as_sockaddr_in()
+                    .map(|v4| IpAddr::V4(v4.ip()))
+                    .or_else(|| a.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip())))
+            })
+            .collect()
+        })
+        .unwrap_or_default()
+}
+
+impl Config {
+    /// Sessions the sockmap holds: as configured, or the sum of the services' `maxconn`.
+    pub fn sockmap_sessions(&self) -> u32 {
+        self.datapath.sockmap_sessions.unwrap_or_else(|| {
+            self.service
+                .iter()
+                .map(|s| s.maxconn)
+                .fold(0u32, u32::saturating_add)
+                .clamp(1, 1 << 20)
+        })
     }
 }
 

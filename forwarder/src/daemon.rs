@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin;
+use crate::budget::{self, Budget};
 use crate::config::{Config, Mode, Service};
 use crate::datapath::DataPath;
 use crate::metrics::{GlobalStats, ServiceStats};
@@ -36,6 +37,8 @@ struct Live {
 /// Everything that runs, and what a reload changes.
 pub struct Daemon {
     path: PathBuf,
+    /// The descriptor plan; a reloaded configuration must fit the same limit.
+    budget: Budget,
     config: Mutex<Config>,
     datapath: DataPath,
     global: Arc<GlobalStats>,
@@ -72,6 +75,7 @@ impl Daemon {
             }),
             timeout: svc.check.timeout,
             interval: svc.check.interval,
+            max_servers: s.max_servers,
         });
         let monitor = health::Monitor::spawn_with(
             svc.name.clone(),
@@ -143,7 +147,8 @@ impl Daemon {
     /// Re-reads the configuration file and applies it; see [`Daemon::apply`].
     pub async fn reload(&self) -> Result<String, String> {
         let _one = self.reloading.lock().await;
-        let cfg = Config::load(&self.path).map_err(|e| e.to_string())?;
+        let mut cfg = Config::load(&self.path).map_err(|e| e.to_string())?;
+        budget::plan(&mut cfg, self.budget.limit).map_err(|e| e.to_string())?;
         self.apply(cfg)
     }
 
@@ -192,7 +197,11 @@ impl Daemon {
                         ));
                         continue;
                     }
-                    match service::bind_std(svc.listen, self.sockets_per_service()) {
+                    match service::bind_std(
+                        svc.listen,
+                        self.sockets_per_service(),
+                        svc.share_listen,
+                    ) {
                         Ok(l) => steps.push(Step::Add(l)),
                         Err(e) => errors.push(format!(
                             "service[{i}].listen: cannot listen on {}: {e}",
@@ -292,7 +301,7 @@ pub fn bind(cfg: &Config) -> anyhow::Result<Bound> {
         Mode::Userspace | Mode::Sockmap => 1,
     };
     for (i, svc) in cfg.service.iter().enumerate() {
-        let l = service::bind_std(svc.listen, count).with_context(|| {
+        let l = service::bind_std(svc.listen, count, svc.share_listen).with_context(|| {
             format!(
                 "service[{i}].listen: cannot listen on {} (service {:?})",
                 svc.listen, svc.name
@@ -314,13 +323,15 @@ pub fn bind(cfg: &Config) -> anyhow::Result<Bound> {
 
 /// Runs until SIGTERM or SIGINT; SIGHUP reloads `path`. Fails before serving anything if the
 /// requested data path cannot run here.
-pub async fn run(cfg: Config, path: PathBuf, bound: Bound) -> anyhow::Result<()> {
-    let selected = DataPath::select(&cfg.datapath).map_err(anyhow::Error::msg)?;
+pub async fn run(cfg: Config, budget: Budget, path: PathBuf, bound: Bound) -> anyhow::Result<()> {
+    let selected = DataPath::select(&cfg.datapath, cfg.sockmap_sessions(), &budget)
+        .map_err(anyhow::Error::msg)?;
     let shutdown = CancellationToken::new();
     let admin_listener = bound.admin.map(TcpListener::from_std).transpose()?;
 
     let daemon = Arc::new(Daemon {
         path,
+        budget,
         config: Mutex::new(cfg.clone()),
         datapath: selected.path.clone(),
         global: Arc::new(GlobalStats::default()),

@@ -62,8 +62,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match cli.command {
-        Command::Check { config } => match Config::load(&config) {
-            Ok(cfg) => {
+        Command::Check { config } => match checked(&config) {
+            Ok((cfg, budget)) => {
+                println!(
+                    "# descriptor budget: open-file limit {}, {} reserved, {} sessions in all",
+                    budget.limit, budget.reserved, budget.sessions
+                );
                 print!("{}", cfg.to_toml());
                 ExitCode::SUCCESS
             }
@@ -103,15 +107,25 @@ fn main() -> ExitCode {
             }
         }
         Command::Run { config } => {
-            let cfg = match Config::load(&config) {
-                Ok(cfg) => cfg,
+            if let Err(e) = forwarder::budget::raise_nofile_limit() {
+                tracing::warn!(error = %e, "cannot raise the open-file soft limit");
+            }
+            let (cfg, budget) = match checked(&config) {
+                Ok(c) => c,
                 Err(e) => {
                     tracing::error!("invalid configuration: {e}");
                     eprintln!("error: {e}");
                     return ExitCode::from(2);
                 }
             };
-            match run(cfg, config) {
+            tracing::info!(
+                limit = budget.limit,
+                reserved = budget.reserved,
+                sessions = budget.sessions,
+                pipes_per_worker = budget.pipes_per_worker,
+                "descriptor budget"
+            );
+            match run(cfg, budget, config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -123,7 +137,16 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cfg: Config, path: PathBuf) -> anyhow::Result<()> {
+/// Loads the configuration and plans it for this process's open-file limit.
+fn checked(path: &std::path::Path) -> anyhow::Result<(Config, forwarder::budget::Budget)> {
+    let mut cfg = Config::load(path)?;
+    let limit = forwarder::budget::hard_nofile_limit()?;
+    let budget = forwarder::budget::plan(&mut cfg, limit)
+        .map_err(|e| anyhow::anyhow!("{}:{}: {}", path.display(), e.key, e.reason))?;
+    Ok((cfg, budget))
+}
+
+fn run(cfg: Config, budget: forwarder::budget::Budget, path: PathBuf) -> anyhow::Result<()> {
     // Still one thread: bind (ports below 1024 need root), then drop privileges, then start the
     // threads, which inherit exactly what is kept.
     let bound = forwarder::daemon::bind(&cfg)?;
@@ -133,7 +156,7 @@ fn run(cfg: Config, path: PathBuf) -> anyhow::Result<()> {
         .worker_threads(cfg.datapath.threads())
         .enable_all()
         .build()?;
-    rt.block_on(forwarder::daemon::run(cfg, path, bound))
+    rt.block_on(forwarder::daemon::run(cfg, budget, path, bound))
 }
 
 /// The admin listener (and its token) from `--admin` or the configuration file; prints why not.

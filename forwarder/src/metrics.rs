@@ -55,16 +55,19 @@ pub enum End {
     MasterChanged,
     /// The daemon is shutting down.
     Shutdown,
+    /// The session needed a pipe (uring) past the worker's share of the descriptor budget.
+    NoPipe,
 }
 
 impl End {
-    pub const ALL: [End; 6] = [
+    pub const ALL: [End; 7] = [
         End::Closed,
         End::Reset,
         End::ClientTimeout,
         End::ServerTimeout,
         End::MasterChanged,
         End::Shutdown,
+        End::NoPipe,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -75,6 +78,7 @@ impl End {
             End::ServerTimeout => "server_timeout",
             End::MasterChanged => "master_changed",
             End::Shutdown => "shutdown",
+            End::NoPipe => "no_pipe",
         }
     }
 }
@@ -150,9 +154,38 @@ pub struct StatsSnapshot {
     pub master_changes: u64,
 }
 
+/// Why the admin listener closed a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminReject {
+    /// As many admin connections open as allowed.
+    Busy,
+    /// Headers too slow, or the connection older than its limit.
+    Timeout,
+    /// accept(2) failed.
+    AcceptFailed,
+}
+
+impl AdminReject {
+    pub const ALL: [AdminReject; 3] = [
+        AdminReject::Busy,
+        AdminReject::Timeout,
+        AdminReject::AcceptFailed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminReject::Busy => "busy",
+            AdminReject::Timeout => "timeout",
+            AdminReject::AcceptFailed => "accept_failed",
+        }
+    }
+}
+
 /// Counters that belong to no service.
 #[derive(Debug, Default)]
 pub struct GlobalStats {
     /// accept(2) failures (EMFILE, ENFILE, ENOBUFS, ...), each followed by a short pause.
     pub accept_errors: AtomicU64,
+    /// Admin connections closed by its limits, indexed by [`AdminReject`].
+    pub admin_rejected: [AtomicU64; AdminReject::ALL.len()],
 }

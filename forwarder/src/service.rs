@@ -3,7 +3,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,6 +16,7 @@ use crate::config::{Service, Timeouts};
 use crate::datapath::{DataPath, Session};
 use crate::metrics::{GlobalStats, Reject, ServiceStats};
 use crate::router::{Route, Router};
+pub use health::RateLimit;
 
 /// Everything a connection of one service needs.
 pub struct ServiceRuntime {
@@ -62,20 +63,48 @@ impl ServiceRuntime {
 /// `count` of them on the same address (SO_REUSEPORT when more than one, so that each uring
 /// worker accepts on its own socket and the kernel spreads clients across them). Needs no
 /// runtime, so it can run before privileges are dropped.
-pub fn bind_std(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListener>> {
+///
+/// Unless `shared`, the address must be free: SO_REUSEPORT would otherwise let a second
+/// forwarder (or anything of the same user) join a running one silently and take half its
+/// clients to its own idea of the master. A probe socket without SO_REUSEPORT binds first; any
+/// listener on the address (or on the wildcard address of its port) makes that fail.
+pub fn bind_std(
+    addr: SocketAddr,
+    count: usize,
+    shared: bool,
+) -> io::Result<Vec<std::net::TcpListener>> {
+    let socket = |at: SocketAddr| {
+        let sock = socket2::Socket::new(
+            socket2::Domain::for_address(at),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        sock.set_reuse_address(true)?;
+        io::Result::Ok(sock)
+    };
+    if !shared {
+        let probe = socket(addr)?;
+        if let Err(e) = probe.bind(&addr.into()) {
+            if e.kind() == io::ErrorKind::AddrInUse {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!(
+                        "{addr} is already in use by another process (another forwarder?); \
+                         set share_listen = true to share it on purpose"
+                    ),
+                ));
+            }
+            return Err(e);
+        }
+    }
     let mut out: Vec<std::net::TcpListener> = Vec::with_capacity(count);
     for _ in 0..count.max(1) {
-        // Port 0 picks a port once; the others join it.
-        let at = out.first().map_or(Ok(addr), |l| l.local_addr())?;
-        let domain = socket2::Domain::for_address(at);
-        let sock =
-            socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
-        sock.set_reuse_address(true)?;
-        if count > 1 {
+        let sock = socket(addr)?;
+        if count > 1 || shared {
             sock.set_reuse_port(true)?;
         }
         sock.set_nonblocking(true)?;
-        sock.bind(&at.into())?;
+        sock.bind(&addr.into())?;
         sock.listen(4096)?;
         out.push(sock.into());
     }
@@ -226,30 +255,4 @@ async fn connection(client: TcpStream, peer: SocketAddr, permit: Permit, svc: Ar
         owner: Arc::clone(&svc) as Arc<dyn std::any::Any + Send + Sync>,
     };
     svc.datapath.run(session).await;
-}
-
-/// At most one log line a second per site, saying how many were suppressed in between.
-#[derive(Default)]
-pub struct RateLimit {
-    last_sec: AtomicU64,
-    suppressed: AtomicU64,
-}
-
-impl RateLimit {
-    pub fn log(&self, emit: impl FnOnce(u64)) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let last = self.last_sec.load(Ordering::Relaxed);
-        if now != last
-            && self
-                .last_sec
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            emit(self.suppressed.swap(0, Ordering::Relaxed));
-        } else {
-            self.suppressed.fetch_add(1, Ordering::Relaxed);
-        }
-    }
 }

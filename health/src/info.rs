@@ -149,6 +149,48 @@ pub fn parse_replication(text: &str) -> Result<Replication, InfoError> {
     Ok(r)
 }
 
+/// The role in the text of `INFO replication`: the one `role:` field of its `# Replication`
+/// section. Only that field is read, so a replica's own INFO that quotes `role:master` elsewhere
+/// (a sub-replica announcing the IP "role:master") is still a replica, and a malformed line
+/// elsewhere cannot fail a master's check.
+pub fn replication_role(text: &str) -> Result<Role, InfoError> {
+    let mut section = None;
+    let mut role = None;
+    for line in text.lines().map(|l| l.trim_end_matches('\r')) {
+        if let Some(name) = line.strip_prefix('#') {
+            section = Some(name.trim());
+            continue;
+        }
+        if section != Some("Replication") {
+            continue;
+        }
+        if let Some(v) = line.strip_prefix("role:") {
+            if role.is_some() {
+                return Err(InfoError::BadField {
+                    field: "role".into(),
+                    value: "given twice".into(),
+                });
+            }
+            role = Some(match v {
+                "master" => Role::Master,
+                "slave" | "replica" => Role::Replica,
+                other => return Err(InfoError::BadRole(other.to_string())),
+            });
+        }
+    }
+    role.ok_or(InfoError::NoRole)
+}
+
+/// The role in a raw RESP reply to `INFO replication`: a complete bulk string (see
+/// [`replication_role`]).
+pub fn reply_role(bytes: &[u8]) -> Result<Role, InfoError> {
+    match resp::parse(bytes)? {
+        Some((Reply::Bulk(Some(body)), _)) => replication_role(&String::from_utf8_lossy(&body)),
+        Some((other, _)) => Err(InfoError::NotBulk(format!("{other:?}"))),
+        None => Err(InfoError::Incomplete),
+    }
+}
+
 /// Parses the raw RESP reply to `INFO replication` (`$N\r\n...\r\n`), as captured by a check;
 /// bytes after the reply are ignored.
 pub fn parse_info_reply(bytes: &[u8]) -> Result<Replication, InfoError> {
@@ -166,6 +208,35 @@ mod tests {
     // Verbatim from redis-server 7.0.15 (`redis-cli info replication`), CRLF as sent.
     const MASTER: &str = "# Replication\r\nrole:master\r\nconnected_slaves:1\r\nslave0:ip=127.0.0.1,port=7778,state=wait_bgsave,offset=0,lag=0\r\nmaster_failover_state:no-failover\r\nmaster_replid:cec974fc23c64605626d26e270d1536b7607c83d\r\nmaster_replid2:0000000000000000000000000000000000000000\r\nmaster_repl_offset:0\r\nsecond_repl_offset:-1\r\nrepl_backlog_active:1\r\nrepl_backlog_size:1048576\r\nrepl_backlog_first_byte_offset:1\r\nrepl_backlog_histlen:0\r\n";
     const REPLICA: &str = "# Replication\r\nrole:slave\r\nmaster_host:127.0.0.1\r\nmaster_port:7777\r\nmaster_link_status:down\r\nmaster_last_io_seconds_ago:-1\r\nmaster_sync_in_progress:0\r\nslave_read_repl_offset:1\r\nslave_repl_offset:1\r\nmaster_link_down_since_seconds:-1\r\nslave_priority:100\r\nslave_read_only:1\r\nreplica_announced:1\r\nconnected_slaves:0\r\nmaster_failover_state:no-failover\r\nmaster_replid:2c59e703ddce1ec7a526487f562e4ca77617c186\r\nmaster_replid2:0000000000000000000000000000000000000000\r\nmaster_repl_offset:0\r\nsecond_repl_offset:-1\r\nrepl_backlog_active:0\r\nrepl_backlog_size:1048576\r\nrepl_backlog_first_byte_offset:0\r\nrepl_backlog_histlen:0\r\n";
+
+    #[test]
+    fn the_role_is_the_replication_sections_own_field() {
+        let bulk = |t: &str| format!("${}\r\n{t}\r\n", t.len()).into_bytes();
+        assert_eq!(reply_role(&bulk(MASTER)), Ok(Role::Master));
+        assert_eq!(reply_role(&bulk(REPLICA)), Ok(Role::Replica));
+        // A replica whose sub-replica announces the IP "role:master".
+        let quoted = REPLICA.replace(
+            "connected_slaves:0\r\n",
+            "connected_slaves:1\r\nslave0:ip=role:master,port=1,state=online,offset=0,lag=0\r\n",
+        );
+        assert!(quoted.contains("role:master"));
+        assert_eq!(reply_role(&bulk(&quoted)), Ok(Role::Replica));
+        // A master with a sub-replica line that does not parse is still a master.
+        let odd = MASTER.replace("slave0:ip=127.0.0.1,", "slave0:ip=a,b,");
+        assert_eq!(reply_role(&bulk(&odd)), Ok(Role::Master));
+        // Outside the Replication section, or twice, or cut short: no role.
+        let other = "# Server\r\nrole:master\r\n";
+        assert_eq!(reply_role(&bulk(other)), Err(InfoError::NoRole));
+        let twice = format!("{MASTER}role:master\r\n");
+        assert!(reply_role(&bulk(&twice)).is_err());
+        let full = bulk(MASTER);
+        assert_eq!(
+            reply_role(&full[..full.len() - 3]),
+            Err(InfoError::Incomplete)
+        );
+        // Not a bulk string at all (a server that just says the words).
+        assert!(reply_role(b"+role:master\r\n").is_err());
+    }
 
     #[test]
     fn real_master() {

@@ -8,6 +8,7 @@
 
 pub mod info;
 pub mod monitor;
+pub mod ratelimit;
 pub mod resp;
 pub mod schedule;
 pub mod selector;
@@ -17,6 +18,7 @@ pub mod tcpcheck;
 mod testutil;
 
 pub use monitor::{Monitor, MonitorStats, ServerStatus};
+pub use ratelimit::RateLimit;
 pub use schedule::{Schedule, ServerState};
 pub use selector::MasterView;
 pub use sentinel::{SentinelConfig, SentinelView};

@@ -9,6 +9,7 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 use crate::info::{self, Role};
+use crate::ratelimit::RateLimit;
 use crate::schedule::{Schedule, ServerHealth, ServerState, Transition};
 use crate::selector::{MasterView, Selector};
 use crate::sentinel::{SentinelConfig, SentinelView, Sentinels};
@@ -27,6 +28,9 @@ pub struct ServerStatus {
     pub role: Option<Role>,
     pub checks_ok: u64,
     pub checks_failed: u64,
+    /// Checks that could not run because of this host (see [`CheckReport::local`]): they leave
+    /// the state as it was.
+    pub checks_unknown: u64,
 }
 
 /// Selector counters.
@@ -35,6 +39,8 @@ pub struct MonitorStats {
     pub master_changes: u64,
     pub conflicts: u64,
     pub no_master_since: Option<Instant>,
+    /// Addresses a Sentinel quorum reported that are not checked: past `max_servers`.
+    pub discovered_over_cap: u64,
 }
 
 struct Shared {
@@ -56,6 +62,10 @@ struct Shared {
 struct SentinelMode {
     view: watch::Receiver<SentinelView>,
     decision: Mutex<Decision>,
+    /// `servers` was configured: only those are checked and routed to, whatever the Sentinels
+    /// say; nothing is discovered.
+    fenced: bool,
+    max_servers: usize,
 }
 
 #[derive(Default)]
@@ -66,6 +76,10 @@ struct Decision {
     /// Per server: passes the master check while the Sentinels name another.
     disagreeing: Vec<bool>,
     disagreements: u64,
+    /// Why the Sentinels' master is not routed to, while that is so.
+    note: Option<String>,
+    /// Reported addresses not checked because `max_servers` is reached.
+    over_cap: std::collections::HashSet<SocketAddr>,
 }
 
 /// Health checks of one service's servers. Dropping it stops them.
@@ -100,6 +114,8 @@ impl Monitor {
         schedule: Schedule,
         sentinel: Option<SentinelConfig>,
     ) -> Monitor {
+        let max_servers = sentinel.as_ref().map_or(0, |c| c.max_servers);
+        let fenced = !servers.is_empty();
         let sentinels = sentinel.map(|cfg| Sentinels::spawn(service.clone(), cfg));
         let (tx, _) = watch::channel(MasterView {
             generation: 0,
@@ -120,6 +136,8 @@ impl Monitor {
                     no_master_since: Some(Instant::now()),
                     ..Decision::default()
                 }),
+                fenced,
+                max_servers,
             }),
         });
         for addr in servers {
@@ -161,13 +179,22 @@ impl Monitor {
                 master_changes: d.changes,
                 conflicts: d.disagreements,
                 no_master_since: d.no_master_since,
+                discovered_over_cap: d.over_cap.len() as u64,
             };
         }
         MonitorStats {
             master_changes: s.changes(),
             conflicts: s.conflicts(),
             no_master_since: s.no_master_since(),
+            discovered_over_cap: 0,
         }
+    }
+
+    /// Why the master the Sentinels name is not routed to, while that is so (e.g. "the Sentinel
+    /// quorum names 10.0.0.9:6379, which is not in servers: no master").
+    pub fn note(&self) -> Option<String> {
+        let sm = self.shared.sentinel.as_ref()?;
+        lock(&sm.decision).note.clone()
     }
 }
 
@@ -196,6 +223,7 @@ fn add_server(shared: &Arc<Shared>, addr: SocketAddr) {
             role: None,
             checks_ok: 0,
             checks_failed: 0,
+            checks_unknown: 0,
         });
         lock(&shared.wake).push(Arc::new(Notify::new()));
         servers.len() - 1
@@ -219,22 +247,14 @@ fn jitter(d: Duration) -> Duration {
     Duration::from_micros(rand::random_range(0..max))
 }
 
-/// The role named in a check's replies (the INFO reply; for a replica, the failed step's data).
+/// The role named in a check's replies: a whole `INFO replication` reply (the redis-master
+/// check waits for one); for a replica, the failed step's data.
 fn role_of(report: &CheckReport) -> Option<Role> {
     report
         .replies
         .iter()
         .chain(std::iter::once(&report.partial))
-        .find_map(|bytes| {
-            // The reply may be cut short (the match can come before the end): parse the complete
-            // lines after the `$N` header.
-            let text = String::from_utf8_lossy(bytes);
-            let complete = &text[..text.rfind('\n')? + 1];
-            let body = complete.strip_prefix('$').map_or(complete, |t| {
-                t.split_once('\n').map_or("", |(_, rest)| rest)
-            });
-            info::parse_replication(body).ok().map(|r| r.role)
-        })
+        .find_map(|bytes| info::reply_role(bytes).ok())
 }
 
 async fn check_loop(
@@ -245,8 +265,24 @@ async fn check_loop(
     addr: SocketAddr,
 ) {
     let mut health = ServerHealth::new(&schedule);
+    let (local_log, flap_log) = (RateLimit::default(), RateLimit::default());
     loop {
         let report = program.run(addr, schedule.timeout).await;
+        if report.local {
+            // Our own shortage (EMFILE under a client flood, say) says nothing about the
+            // server: its state, rise/fall and the route stay as they are.
+            if let Some(s) = lock(&shared.servers).get_mut(index) {
+                s.checks_unknown += 1;
+                s.last_check = Some(SystemTime::now());
+            }
+            local_log.log(|suppressed| {
+                tracing::warn!(service = %shared.service, server = %addr, suppressed,
+                    reason = report.reason.as_deref().unwrap_or("-"),
+                    "check could not run here; the server keeps its state");
+            });
+            sleep_or_wake(&shared, index, health.next_delay(&schedule)).await;
+            continue;
+        }
         let transition = health.observe(report.ok);
         {
             let mut servers = lock(&shared.servers);
@@ -270,11 +306,13 @@ async fn check_loop(
         }
         if let Some(t) = transition {
             let service = &shared.service;
-            match t {
-                Transition::WentUp => tracing::info!(%service, server = %addr, "server is UP"),
-                Transition::WentDown => tracing::warn!(%service, server = %addr,
+            flap_log.log(|suppressed| match t {
+                Transition::WentUp => {
+                    tracing::info!(%service, server = %addr, suppressed, "server is UP")
+                }
+                Transition::WentDown => tracing::warn!(%service, server = %addr, suppressed,
                     reason = report.reason.as_deref().unwrap_or("-"), "server is DOWN"),
-            }
+            });
         }
         if let Some(sm) = &shared.sentinel {
             decide_with_sentinel(&shared, sm);
@@ -290,12 +328,16 @@ async fn check_loop(
                 shared.tx.send_replace(view);
             }
         }
-        let delay = health.next_delay(&schedule);
-        let wake = lock(&shared.wake).get(index).cloned().unwrap_or_default();
-        tokio::select! {
-            _ = tokio::time::sleep(delay + jitter(delay)) => {}
-            _ = wake.notified() => {}
-        }
+        sleep_or_wake(&shared, index, health.next_delay(&schedule)).await;
+    }
+}
+
+/// Waits `delay` (plus jitter) or until server `index` is woken for an immediate check.
+async fn sleep_or_wake(shared: &Shared, index: usize, delay: Duration) {
+    let wake = lock(&shared.wake).get(index).cloned().unwrap_or_default();
+    tokio::select! {
+        _ = tokio::time::sleep(delay.saturating_add(jitter(delay))) => {}
+        _ = wake.notified() => {}
     }
 }
 
@@ -312,9 +354,25 @@ async fn follow_sentinels(
             r = discovered.changed() => if r.is_err() { return },
         }
         let found = discovered.borrow_and_update().clone();
-        for addr in found {
-            if !lock(&shared.servers).iter().any(|s| s.addr == addr) {
-                tracing::info!(service = %shared.service, server = %addr, "server discovered through Sentinel");
+        if let Some(sm) = shared.sentinel.as_ref().filter(|sm| !sm.fenced) {
+            for addr in found {
+                let (known, count) = {
+                    let servers = lock(&shared.servers);
+                    (servers.iter().any(|s| s.addr == addr), servers.len())
+                };
+                if known {
+                    continue;
+                }
+                if count >= sm.max_servers {
+                    if lock(&sm.decision).over_cap.insert(addr) {
+                        tracing::warn!(service = %shared.service, server = %addr,
+                            max_servers = sm.max_servers,
+                            "a Sentinel quorum reports more servers than max_servers; not checking this one");
+                    }
+                    continue;
+                }
+                tracing::info!(service = %shared.service, server = %addr,
+                    "server discovered through Sentinel (reported by a quorum)");
                 add_server(&shared, addr);
             }
         }
@@ -335,8 +393,8 @@ async fn follow_sentinels(
 /// is the master: up by rise/fall, or, for a server just named, as soon as one check passes (for
 /// a Redis service: it says `role:master`), so a failover is not delayed by `rise`. A server that passes while
 /// the Sentinels name another (an old master restarted, not yet demoted) is never routed to;
-/// that is logged and counted once per episode. A named server missing from `servers` is not
-/// routed to either (the forwarder only talks to the servers it is configured with).
+/// that is logged and counted once per episode. A named server that is not checked is not routed
+/// to either: with `servers` configured, traffic never leaves that list.
 fn decide_with_sentinel(shared: &Shared, sm: &SentinelMode) {
     let named = sm.view.borrow().master;
     let servers = lock(&shared.servers);
@@ -346,6 +404,24 @@ fn decide_with_sentinel(shared: &Shared, sm: &SentinelMode) {
             .any(|s| s.addr == *m && (s.state.is_up() || s.last_ok == Some(true)))
     });
     let mut d = lock(&sm.decision);
+    let unchecked = named.filter(|m| !servers.iter().any(|s| s.addr == *m));
+    let note = unchecked.and_then(|m| {
+        if sm.fenced {
+            Some(format!(
+                "the Sentinel quorum names {m}, which is not in servers: no master"
+            ))
+        } else if d.over_cap.contains(&m) {
+            Some(format!(
+                "the Sentinel quorum names {m}, which is not checked (past max_servers): no master"
+            ))
+        } else {
+            None // reported a moment before it is discovered: it will be checked
+        }
+    });
+    if note.is_some() && note != d.note {
+        tracing::error!(service = %shared.service, "{}", note.as_deref().unwrap_or_default());
+    }
+    d.note = note;
     d.disagreeing.resize(servers.len(), false);
     for (i, s) in servers.iter().enumerate() {
         let disagrees = s.last_ok == Some(true) && Some(s.addr) != named;

@@ -18,6 +18,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::ratelimit::RateLimit;
 use crate::resp::{self, Reply};
 use crate::tcpcheck::Auth;
 
@@ -29,8 +30,11 @@ pub struct SentinelConfig {
     /// Sentinels that must name the same master; 0 means a majority of `addresses`.
     pub quorum: usize,
     pub auth: Option<Auth>,
-    /// Per request (connect, AUTH, query).
+    /// Per request (connect, AUTH, query), for the whole reply: a Sentinel that trickles its
+    /// answer is unreachable, not slow.
     pub timeout: Duration,
+    /// Servers learnt from the Sentinels that are checked at most.
+    pub max_servers: usize,
     /// Between two queries of one Sentinel.
     pub interval: Duration,
 }
@@ -57,7 +61,7 @@ pub struct SentinelView {
 }
 
 /// One Sentinel's last word.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 struct Answer {
     reachable: bool,
     master: Option<SocketAddr>,
@@ -65,7 +69,12 @@ struct Answer {
     /// none arrived while it was in flight: the push is newer, and a stale answer naming the old
     /// master must not outvote it.
     pushes: u64,
+    /// The master and replicas this Sentinel named in its last query (at most `MAX_KNOWN`).
+    known: Vec<SocketAddr>,
 }
+
+/// Addresses kept from one Sentinel's `SENTINEL replicas` answer: a liar's flood stops here.
+const MAX_KNOWN: usize = 1024;
 
 /// Where an answer comes from.
 enum Source {
@@ -82,8 +91,19 @@ struct Shared {
     service: String,
     answers: Mutex<Vec<Answer>>,
     tx: watch::Sender<SentinelView>,
-    /// Every master and replica address any Sentinel reported, in order of discovery.
+    /// The master and replica addresses that a quorum of reachable Sentinels report now, in
+    /// order of first report. What one Sentinel alone says is never here.
     discovered: watch::Sender<Vec<SocketAddr>>,
+    /// Log sites a Sentinel can flood, one per Sentinel each.
+    logs: Vec<SentinelLogs>,
+}
+
+#[derive(Default)]
+struct SentinelLogs {
+    failed: RateLimit,
+    push: RateLimit,
+    event: RateLimit,
+    unknown_name: RateLimit,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -91,15 +111,24 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
-    fn discover(&self, addrs: &[SocketAddr]) {
+    /// Records what Sentinel `i` reported (its master and replicas) and republishes the
+    /// addresses a quorum of reachable Sentinels report.
+    fn discover(&self, i: usize, mut addrs: Vec<SocketAddr>) {
+        addrs.truncate(MAX_KNOWN);
+        let confirmed = {
+            let mut answers = lock(&self.answers);
+            let Some(slot) = answers.get_mut(i) else {
+                return;
+            };
+            slot.known = addrs;
+            confirmed(&answers, self.cfg.quorum())
+        };
         self.discovered.send_if_modified(|known| {
-            let before = known.len();
-            for a in addrs {
-                if !known.contains(a) {
-                    known.push(*a);
-                }
+            if *known == confirmed {
+                return false;
             }
-            known.len() != before
+            *known = confirmed;
+            true
         });
     }
 
@@ -121,6 +150,9 @@ impl Shared {
             }
             slot.reachable = reachable;
             slot.master = master;
+            if !reachable {
+                slot.known.clear();
+            }
             agree(&answers, self.cfg.quorum(), *self.tx.borrow())
         };
         self.tx.send_if_modified(|v| {
@@ -145,6 +177,25 @@ impl Shared {
             true
         });
     }
+}
+
+/// The addresses that at least `quorum` reachable Sentinels report, in the order they are first
+/// reported.
+fn confirmed(answers: &[Answer], quorum: usize) -> Vec<SocketAddr> {
+    let mut votes: std::collections::HashMap<SocketAddr, usize> = Default::default();
+    let mut order = Vec::new();
+    for a in answers.iter().filter(|a| a.reachable) {
+        let mut seen = std::collections::HashSet::new();
+        for addr in a.known.iter().filter(|x| seen.insert(**x)) {
+            let n = votes.entry(*addr).or_insert(0);
+            if *n == 0 {
+                order.push(*addr);
+            }
+            *n += 1;
+        }
+    }
+    order.retain(|a| votes[a] >= quorum);
+    order
 }
 
 /// The view from the Sentinels' answers: the address a quorum names, else the previous master,
@@ -201,6 +252,7 @@ impl Sentinels {
             answers: Mutex::new(vec![Answer::default(); n]),
             tx,
             discovered: watch::channel(Vec::new()).0,
+            logs: (0..n).map(|_| SentinelLogs::default()).collect(),
         });
         let mut tasks = Vec::with_capacity(2 * n);
         for i in 0..n {
@@ -218,7 +270,7 @@ impl Sentinels {
         *self.shared.tx.borrow()
     }
 
-    /// Master and replica addresses reported by the Sentinels (`SENTINEL replicas`), growing.
+    /// Master and replica addresses a quorum of the Sentinels reports (`SENTINEL replicas`).
     pub fn discovered(&self) -> watch::Receiver<Vec<SocketAddr>> {
         self.shared.discovered.subscribe()
     }
@@ -248,8 +300,10 @@ async fn query_loop(shared: Arc<Shared>, i: usize) {
         match query_session(&shared, i).await {
             Ok(()) => attempt = 0,
             Err(e) => {
-                tracing::warn!(service = %shared.service, sentinel = %addr, error = %e,
-                    "Sentinel query failed");
+                shared.logs[i].failed.log(|suppressed| {
+                    tracing::warn!(service = %shared.service, sentinel = %addr, error = %e,
+                        suppressed, "Sentinel query failed");
+                });
                 shared.set(i, false, None, Source::Failure);
             }
         }
@@ -273,8 +327,11 @@ async fn query_session(shared: &Shared, i: usize) -> Result<(), String> {
             .await?;
         let master = parse_master_addr(&reply)?;
         if master.is_none() {
-            tracing::warn!(service = %shared.service, sentinel = %cfg.addresses[i],
-                master_name = %cfg.master_name, "this Sentinel does not know the master name");
+            shared.logs[i].unknown_name.log(|suppressed| {
+                tracing::warn!(service = %shared.service, sentinel = %cfg.addresses[i],
+                    master_name = %cfg.master_name, suppressed,
+                    "this Sentinel does not know the master name");
+            });
         }
         shared.set(i, true, master, Source::Query { pushes });
         if let Some(m) = master {
@@ -283,7 +340,7 @@ async fn query_session(shared: &Shared, i: usize) -> Result<(), String> {
                 .await?;
             let mut found = vec![m];
             found.extend(parse_replicas(&reply)?);
-            shared.discover(&found);
+            shared.discover(i, found);
         }
         tokio::time::sleep(cfg.interval).await;
     }
@@ -294,8 +351,10 @@ async fn subscribe_loop(shared: Arc<Shared>, i: usize) {
     let mut attempt = 0;
     loop {
         if let Err(e) = subscription(&shared, i, &mut attempt).await {
-            tracing::warn!(service = %shared.service, sentinel = %addr, error = %e,
-                "Sentinel subscription lost");
+            shared.logs[i].failed.log(|suppressed| {
+                tracing::warn!(service = %shared.service, sentinel = %addr, error = %e,
+                    suppressed, "Sentinel subscription lost");
+            });
         }
         tokio::time::sleep(backoff(attempt)).await;
         attempt = attempt.saturating_add(1);
@@ -332,12 +391,17 @@ async fn subscription(shared: &Shared, i: usize, attempt: &mut u32) -> Result<()
         }
         if channel == "+switch-master" {
             let new = parse_switch_master(&payload, &cfg.master_name)?;
-            tracing::warn!(service = %shared.service, %sentinel, new_master = %new,
-                "Sentinel +switch-master");
+            shared.logs[i].push.log(|suppressed| {
+                tracing::warn!(service = %shared.service, %sentinel, new_master = %new,
+                    suppressed, "Sentinel +switch-master");
+            });
             shared.set(i, true, Some(new), Source::Push);
         } else {
-            tracing::info!(service = %shared.service, %sentinel, event = %channel, %payload,
-                "Sentinel event");
+            shared.logs[i].event.log(|suppressed| {
+                tracing::info!(service = %shared.service, %sentinel, event = %channel,
+                    payload = %payload.chars().take(200).collect::<String>(), suppressed,
+                    "Sentinel event");
+            });
         }
     }
 }
@@ -507,8 +571,11 @@ impl Conn {
         self.read(Some(self.timeout)).await
     }
 
-    /// Reads one reply, waiting at most `timeout` for it when given.
+    /// Reads one whole reply. With `timeout`, all of it must arrive within that time; without,
+    /// the wait for its first byte is unbounded (a subscription is silent until something
+    /// happens), but the rest must follow within `self.timeout`: a trickling Sentinel is cut.
     async fn read(&mut self, timeout: Option<Duration>) -> Result<Reply, String> {
+        let mut deadline = timeout.map(|t| (tokio::time::Instant::now() + t, t));
         loop {
             match resp::parse(&self.buf) {
                 Ok(Some((reply, used))) => {
@@ -521,12 +588,15 @@ impl Conn {
             if self.buf.len() > MAX_REPLY {
                 return Err(format!("reply over {MAX_REPLY} bytes"));
             }
+            if deadline.is_none() && !self.buf.is_empty() {
+                deadline = Some((tokio::time::Instant::now() + self.timeout, self.timeout));
+            }
             let mut chunk = [0u8; 4096];
             let read = self.stream.read(&mut chunk);
-            let n = match timeout {
-                Some(t) => tokio::time::timeout(t, read)
+            let n = match deadline {
+                Some((at, t)) => tokio::time::timeout_at(at, read)
                     .await
-                    .map_err(|_| format!("no reply within {t:?}"))?,
+                    .map_err(|_| format!("no whole reply within {t:?}"))?,
                 None => read.await,
             }
             .map_err(|e| format!("read: {e}"))?;
@@ -649,7 +719,44 @@ mod tests {
             reachable,
             master: m.map(|s| s.parse().unwrap()),
             pushes: 0,
+            known: Vec::new(),
         }
+    }
+
+    #[test]
+    fn only_what_a_quorum_reports_is_discovered() {
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:2".parse().unwrap();
+        let liar: Vec<SocketAddr> = (10..5000u16)
+            .map(|p| SocketAddr::from(([127, 0, 0, 9], p)))
+            .collect();
+        let with = |reachable, known: Vec<SocketAddr>| Answer {
+            known,
+            ..ans(reachable, Some("127.0.0.1:1"))
+        };
+        // Two honest Sentinels and one that floods: only the honest pair's addresses.
+        let mut flood = liar.clone();
+        flood.push(a);
+        let answers = [
+            with(true, vec![a, b]),
+            with(true, vec![a, b]),
+            with(true, flood),
+        ];
+        assert_eq!(confirmed(&answers, 2), vec![a, b]);
+        // One Sentinel listing an address twice is still one vote.
+        let answers = [
+            with(true, vec![a, b, b]),
+            with(true, vec![a]),
+            with(false, vec![b]),
+        ];
+        assert_eq!(confirmed(&answers, 2), vec![a]);
+        // An unreachable Sentinel's old list does not count.
+        let answers = [
+            with(true, vec![a, b]),
+            with(false, vec![a, b]),
+            with(true, vec![]),
+        ];
+        assert_eq!(confirmed(&answers, 2), Vec::<SocketAddr>::new());
     }
 
     #[test]
@@ -718,11 +825,13 @@ mod tests {
                 auth: None,
                 timeout: Duration::from_secs(1),
                 interval: Duration::from_secs(1),
+                max_servers: 8,
             },
             service: "t".into(),
             answers: Mutex::new(vec![Answer::default(); 3]),
             tx,
             discovered: watch::channel(Vec::new()).0,
+            logs: (0..3).map(|_| SentinelLogs::default()).collect(),
         };
         for i in 0..3 {
             shared.set(i, true, Some(a), Source::Query { pushes: 0 });

@@ -10,6 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::info::{self, Role};
 use crate::resp;
 
 /// Most bytes an `expect` step buffers before it gives up ("reply too large").
@@ -26,13 +27,16 @@ pub enum Step {
     ExpectRegex(regex::bytes::Regex),
     /// ... contain these bytes.
     ExpectBinary(Vec<u8>),
+    /// ... are a whole RESP reply to `INFO replication` whose `# Replication` section has this
+    /// `role:` field (not merely the text anywhere, as `expect string role:master` would).
+    ExpectRole(Role),
 }
 
 /// A step that does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StepError {
     #[error(
-        "unknown step {0:?}: expected connect, send <data>, expect string|rstring|binary <pattern>"
+        "unknown step {0:?}: expected connect, send <data>, expect string|rstring|binary <pattern>, expect role master|replica"
     )]
     Unknown(String),
     #[error("{0:?} needs an argument")]
@@ -82,6 +86,11 @@ impl FromStr for Step {
                         .map(Step::ExpectRegex)
                         .map_err(|e| StepError::BadRegex(pat.into(), e.to_string())),
                     "binary" => hex(pat).map(Step::ExpectBinary),
+                    "role" => match pat {
+                        "master" => Ok(Step::ExpectRole(Role::Master)),
+                        "replica" | "slave" => Ok(Step::ExpectRole(Role::Replica)),
+                        _ => Err(StepError::Unknown(s.into())),
+                    },
                     _ => Err(StepError::Unknown(s.into())),
                 }
             }
@@ -101,6 +110,8 @@ impl fmt::Display for Step {
                 write!(f, "expect binary ")?;
                 b.iter().try_for_each(|x| write!(f, "{x:02x}"))
             }
+            Step::ExpectRole(Role::Master) => write!(f, "expect role master"),
+            Step::ExpectRole(Role::Replica) => write!(f, "expect role replica"),
         }
     }
 }
@@ -170,6 +181,10 @@ pub struct Program {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckReport {
     pub ok: bool,
+    /// The run failed because of this host, not the server (out of descriptors, buffers or
+    /// ports: EMFILE, ENFILE, ENOBUFS, ENOMEM, EADDRNOTAVAIL). Such a result says nothing about
+    /// the server and must not move its rise/fall.
+    pub local: bool,
     /// Index of the step that failed.
     pub failed_step: Option<usize>,
     pub reason: Option<String>,
@@ -217,7 +232,7 @@ impl Program {
             Step::Send(b"PING\r\n".to_vec()),
             Step::ExpectString("+PONG".into()),
             Step::Send(b"INFO replication\r\n".to_vec()),
-            Step::ExpectString("role:master".into()),
+            Step::ExpectRole(Role::Master),
             Step::Send(b"QUIT\r\n".to_vec()),
             Step::ExpectString("+OK".into()),
         ]);
@@ -237,10 +252,11 @@ impl Program {
             replies: Vec::new(),
         };
         let res = tokio::time::timeout(timeout, run.exec(self, addr)).await;
-        let (ok, reason) = match res {
-            Ok(Ok(())) => (true, None),
-            Ok(Err(reason)) => (false, Some(reason)),
+        let (ok, local, reason) = match res {
+            Ok(Ok(())) => (true, false, None),
+            Ok(Err(f)) => (false, f.local, Some(f.reason)),
             Err(_) => (
+                false,
                 false,
                 Some(format!(
                     "timeout after {timeout:?} ({} bytes received)",
@@ -250,6 +266,7 @@ impl Program {
         };
         CheckReport {
             ok,
+            local,
             failed_step: (!ok).then_some(run.at),
             reason: reason.map(|r| match self.steps.get(run.at) {
                 Some(step) => format!("step {} ({step}): {r}", run.at + 1),
@@ -262,6 +279,49 @@ impl Program {
     }
 }
 
+/// Why a step failed.
+struct Fail {
+    reason: String,
+    /// This host's fault (see [`CheckReport::local`]).
+    local: bool,
+}
+
+impl From<String> for Fail {
+    fn from(reason: String) -> Fail {
+        Fail {
+            reason,
+            local: false,
+        }
+    }
+}
+
+impl From<&str> for Fail {
+    fn from(reason: &str) -> Fail {
+        Fail::from(reason.to_string())
+    }
+}
+
+impl From<std::io::Error> for Fail {
+    fn from(e: std::io::Error) -> Fail {
+        let local = matches!(
+            e.raw_os_error(),
+            Some(libc::EMFILE)
+                | Some(libc::ENFILE)
+                | Some(libc::ENOBUFS)
+                | Some(libc::ENOMEM)
+                | Some(libc::EADDRNOTAVAIL)
+        );
+        Fail {
+            reason: if local {
+                format!("{e} (a local error: the server is not judged)")
+            } else {
+                e.to_string()
+            },
+            local,
+        }
+    }
+}
+
 /// The state of a run, kept outside the future so a timeout still knows where it stopped.
 struct Run {
     at: usize,
@@ -270,21 +330,21 @@ struct Run {
 }
 
 impl Run {
-    async fn exec(&mut self, program: &Program, addr: SocketAddr) -> Result<(), String> {
+    async fn exec(&mut self, program: &Program, addr: SocketAddr) -> Result<(), Fail> {
         let steps = &program.steps;
         let mut conn: Option<TcpStream> = None;
         for (i, step) in steps.iter().enumerate() {
             self.at = i;
             match step {
                 Step::Connect => {
-                    let s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+                    let s = TcpStream::connect(addr).await?;
                     let _ = s.set_nodelay(true);
                     conn = Some(s);
                 }
                 Step::Send(data) => {
                     let s = conn.as_mut().ok_or("not connected")?;
                     self.buf.clear();
-                    s.write_all(data).await.map_err(|e| e.to_string())?;
+                    s.write_all(data).await?;
                 }
                 expect => {
                     let s = conn.as_mut().ok_or("not connected")?;
@@ -293,23 +353,27 @@ impl Run {
                             self.replies.push(self.buf.clone());
                             break;
                         }
-                        if program.resp_framed
+                        if (program.resp_framed || matches!(expect, Step::ExpectRole(_)))
                             && matches!(resp::parse(&self.buf), Ok(Some(_)) | Err(_))
                         {
-                            return Err(format!("not found in the {}-byte reply", self.buf.len()));
+                            return Err(
+                                format!("not found in the {}-byte reply", self.buf.len()).into()
+                            );
                         }
                         if self.buf.len() >= MAX_REPLY {
                             return Err(format!(
                                 "reply too large (over {MAX_REPLY} bytes) without a match"
-                            ));
+                            )
+                            .into());
                         }
                         let mut chunk = [0u8; 4096];
-                        let n = s.read(&mut chunk).await.map_err(|e| e.to_string())?;
+                        let n = s.read(&mut chunk).await?;
                         if n == 0 {
                             return Err(format!(
                                 "not found in {} bytes received before EOF",
                                 self.buf.len()
-                            ));
+                            )
+                            .into());
                         }
                         let room = MAX_REPLY - self.buf.len();
                         self.buf.extend_from_slice(&chunk[..n.min(room)]);
@@ -331,6 +395,7 @@ fn matches(step: &Step, buf: &[u8]) -> bool {
         Step::ExpectString(s) => contains(buf, s.as_bytes()),
         Step::ExpectRegex(r) => r.is_match(buf),
         Step::ExpectBinary(b) => contains(buf, b),
+        Step::ExpectRole(role) => info::reply_role(buf).is_ok_and(|r| r == *role),
         Step::Connect | Step::Send(_) => true,
     }
 }

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 pub use health::resp::Reply;
 
+pub mod hostile;
+
 /// A port that was free a moment ago. Callers retry if it is taken by the time they bind.
 pub fn free_port() -> u16 {
     let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
@@ -346,7 +348,8 @@ pub fn mode() -> String {
     std::env::var("FORWARDER_MODE").unwrap_or_else(|_| "userspace".to_string())
 }
 
-fn forwarder_bin() -> PathBuf {
+/// The forwarder binary under test.
+pub fn forwarder_bin() -> PathBuf {
     if let Ok(p) = std::env::var("FORWARDER_BIN") {
         return PathBuf::from(p);
     }
@@ -488,6 +491,19 @@ impl Forwarder {
             .unwrap_or(0)
     }
 
+    /// The servers `service` checks, per `/status`.
+    pub fn servers(&self, service: &str) -> Vec<String> {
+        self.service_status(service)
+            .and_then(|s| {
+                s["servers"].as_array().map(|a| {
+                    a.iter()
+                        .filter_map(|v| v["addr"].as_str().map(String::from))
+                        .collect()
+                })
+            })
+            .unwrap_or_default()
+    }
+
     pub fn service_status(&self, service: &str) -> Option<serde_json::Value> {
         let st = self.status()?;
         st["services"]
@@ -602,6 +618,41 @@ pub fn plain_service(name: &str, listen: &str, backend: SocketAddr, extra: &str)
     format!(
         "[[service]]\nname = \"{name}\"\nlisten = \"{listen}\"\nservers = [\"{backend}\"]\n{extra}\n\n\
          [service.check]\nkind = \"tcp-check\"\nsteps = [\"connect\"]\ninterval = \"200ms\"\nrise = 1\n\n"
+    )
+}
+
+/// A Redis service named "mymaster" that follows `sentinels` (checks every 200 ms, rise and fall
+/// 2), listing `servers` (none: discovered from the Sentinels), holding clients up to `queue`.
+pub fn sentinel_service(servers: &[SocketAddr], sentinels: &[SocketAddr], queue: &str) -> String {
+    let quoted = |a: &[SocketAddr]| {
+        a.iter()
+            .map(|a| format!("\"{a}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let servers = match servers {
+        [] => String::new(),
+        s => format!("servers = [{}]", quoted(s)),
+    };
+    format!(
+        r#"[[service]]
+name = "mymaster"
+listen = "{{LISTEN}}"
+{servers}
+timeout = {{ connect = "1s", client = "30s", server = "30s", queue = "{queue}" }}
+
+[service.check]
+kind = "redis-master"
+interval = "200ms"
+rise = 2
+fall = 2
+timeout = "500ms"
+
+[service.sentinel]
+addresses = [{}]
+master_name = "mymaster"
+"#,
+        quoted(sentinels)
     )
 }
 

@@ -120,44 +120,105 @@ fn per_source_limit_rejects_only_the_greedy_source() {
     }));
 }
 
+/// Under a small open-file limit (`prlimit --nofile=400`), `maxconn = "auto"` is derived from
+/// the descriptor budget: clients past it are turned away by admission (counted `maxconn`),
+/// accept never hits EMFILE, the health check keeps running, the master stays routed, and no
+/// established session is cut. (Before the budget, EMFILE failed the check's own connect, the
+/// master went DOWN and every session was reset.)
 #[test]
-fn running_out_of_descriptors_is_counted_and_accepting_resumes() {
+fn descriptor_exhaustion_is_refused_at_admission_and_never_fails_the_master() {
     let prlimit = e2e::require("prlimit", "util-linux");
     let r = Redis::start();
     let datapath = format!("mode = \"{}\"", e2e::mode());
-    // 64 descriptors: a few dozen sessions (two each) exhaust them.
-    let extra = "[service.timeout]\nqueue = \"1s\"";
-    let wrapper = [prlimit.to_str().unwrap(), "--nofile=64:64", "--"];
-    let f = Forwarder::start_with(&service(&r, extra), &datapath, &wrapper);
+    let wrapper = [prlimit.to_str().unwrap(), "--nofile=400:400", "--"];
+    let f = Forwarder::start_with(&service(&r, ""), &datapath, &wrapper);
     assert!(wait_until(Duration::from_secs(10), || f
         .master("mymaster")
         .is_some()));
-    let accept_errors = || {
-        f.metrics()
-            .lines()
-            .find_map(|l| l.strip_prefix("forwarder_accept_errors_total "))
-            .and_then(|n| n.trim().parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    // The kernel completes these handshakes whether or not the forwarder can accept them.
-    let held: Vec<_> = (0..60)
-        .map(|_| std::net::TcpStream::connect(f.listen[0]).unwrap())
+    let st = f.service_status("mymaster").expect("status");
+    let maxconn = st["maxconn"].as_u64().expect("maxconn in /status") as usize;
+    assert!(
+        (50..200).contains(&maxconn),
+        "maxconn \"auto\" under 400 descriptors is {maxconn}"
+    );
+    // Every slot taken by a working session...
+    let mut held: Vec<Conn> = (0..maxconn)
+        .map(|i| {
+            let mut c = Conn::open(f.listen[0]).expect("connect");
+            assert_eq!(
+                c.cmd(&["PING"]).map_err(|e| format!("{e}")),
+                Ok(Reply::Simple("PONG".into())),
+                "session {i} of {maxconn} not served; log:\n{}",
+                f.log_text()
+            );
+            c
+        })
+        .collect();
+    // ...then a flood past them: each is refused by admission, not by the kernel.
+    let extra: Vec<_> = (0..100)
+        .map(|_| std::net::TcpStream::connect(f.listen[0]).expect("connect"))
         .collect();
     assert!(
-        wait_until(Duration::from_secs(10), || accept_errors() >= 1),
-        "EMFILE was not counted; log:\n{}",
+        wait_until(Duration::from_secs(10), || f
+            .counter("mymaster", "rejected", "maxconn")
+            >= 100),
+        "the clients past maxconn were not refused by admission: {:?}",
+        f.service_status("mymaster")
+    );
+    // The check still runs and passes: the master is not mistaken for failed.
+    let ok_before = f.service_status("mymaster").expect("status")["servers"][0]["checks_ok"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        wait_until(Duration::from_secs(10), || f
+            .service_status("mymaster")
+            .and_then(|s| s["servers"][0]["checks_ok"].as_u64())
+            .unwrap_or(0)
+            >= ok_before + 3),
+        "the health check stopped passing: {:?}\n{}",
+        f.service_status("mymaster"),
         f.log_text()
     );
-    assert!(f.log_text().contains("accept failed; pausing 100ms"));
-    drop(held);
-    // Once descriptors are free again, accepting resumes on its own.
+    let st = f.service_status("mymaster").expect("status");
+    assert_eq!(st["master"].as_str(), Some(r.addr().to_string().as_str()));
+    assert_eq!(st["servers"][0]["state"], "Up", "{st}");
+    assert_eq!(
+        st["stats"]["ended"]["master_changed"].as_u64(),
+        Some(0),
+        "{st}"
+    );
+    assert_eq!(st["stats"]["ended"]["reset"].as_u64(), Some(0), "{st}");
+    let status = f.status().expect("status");
+    assert_eq!(
+        status["accept_errors"].as_u64(),
+        Some(0),
+        "EMFILE was reached: {status}"
+    );
+    // Every held session still works.
+    for (i, c) in held.iter_mut().enumerate() {
+        assert_eq!(
+            c.cmd(&["PING"]).map_err(|e| format!("{e}")),
+            Ok(Reply::Simple("PONG".into())),
+            "held session {i} was cut"
+        );
+    }
+    drop(extra);
+}
+
+/// A limit too small for the reserve is a startup error that names the limit.
+#[test]
+fn a_limit_too_small_for_the_reserve_is_a_startup_error() {
+    let prlimit = e2e::require("prlimit", "util-linux");
+    let r = Redis::start();
+    let text = service(&r, "").replace("{LISTEN}", "127.0.0.1:1");
+    let (code, out) = e2e::forwarder_exit_with(
+        &[prlimit.to_str().unwrap(), "--nofile=64:64", "--"],
+        "run",
+        &format!("[datapath]\nmode = \"{}\"\n{text}", e2e::mode()),
+    );
+    assert_eq!(code, 2, "{out}");
     assert!(
-        wait_until(Duration::from_secs(10), || {
-            Conn::open(f.listen[0])
-                .and_then(|mut c| c.cmd(&["PING"]))
-                .is_ok_and(|r| r == Reply::Simple("PONG".into()))
-        }),
-        "no client served after the descriptors came back; log:\n{}",
-        f.log_text()
+        out.contains("the open-file limit is 64 descriptors") && out.contains("LimitNOFILE="),
+        "{out}"
     );
 }

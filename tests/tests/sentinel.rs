@@ -25,36 +25,12 @@ fn lab_with(list_servers: bool) -> Lab {
     let sentinels: Vec<Option<Sentinel>> = (0..3)
         .map(|_| Some(Sentinel::start("mymaster", master.addr(), 2, 1000)))
         .collect();
-    let list: Vec<String> = sentinels
-        .iter()
-        .flatten()
-        .map(|s| format!("\"{}\"", s.addr()))
-        .collect();
-    let servers = if list_servers {
-        format!("servers = [\"{}\", \"{}\"]", master.addr(), replica.addr())
-    } else {
-        String::new()
+    let addrs: Vec<SocketAddr> = sentinels.iter().flatten().map(Sentinel::addr).collect();
+    let servers = match list_servers {
+        true => vec![master.addr(), replica.addr()],
+        false => Vec::new(),
     };
-    let f = Forwarder::start(&format!(
-        r#"[[service]]
-name = "mymaster"
-listen = "{{LISTEN}}"
-{servers}
-timeout = {{ connect = "1s", client = "30s", server = "30s", queue = "15s" }}
-
-[service.check]
-kind = "redis-master"
-interval = "200ms"
-rise = 2
-fall = 2
-timeout = "500ms"
-
-[service.sentinel]
-addresses = [{}]
-master_name = "mymaster"
-"#,
-        list.join(", ")
-    ));
+    let f = Forwarder::start(&e2e::sentinel_service(&servers, &addrs, "15s"));
     assert!(
         wait_until(Duration::from_secs(10), || f.master("mymaster")
             == Some(master.addr())),
@@ -286,17 +262,7 @@ fn losing_sentinels_keeps_the_master_and_reports_degraded() {
 fn servers_are_discovered_from_sentinel() {
     let mut lab = lab_with(false);
     let f = &lab.f;
-    let listed = || -> Vec<String> {
-        f.service_status("mymaster")
-            .and_then(|s| {
-                s["servers"].as_array().map(|a| {
-                    a.iter()
-                        .filter_map(|v| v["addr"].as_str().map(String::from))
-                        .collect()
-                })
-            })
-            .unwrap_or_default()
-    };
+    let listed = || f.servers("mymaster");
     assert!(
         wait_until(Duration::from_secs(10), || listed()
             .contains(&lab.replica.addr().to_string())),

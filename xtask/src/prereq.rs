@@ -41,6 +41,20 @@ pub const CHROMIUM: Tool = Tool {
     program: "chromium",
     package: "chromium",
 };
+/// `iptables` and `ip netns`, for the partition drill (`tests/tests/chaos.rs`).
+pub const IPTABLES: Tool = Tool {
+    program: "iptables",
+    package: "iptables",
+};
+pub const IPROUTE: Tool = Tool {
+    program: "ip",
+    package: "iproute2",
+};
+/// `prlimit`, to run the forwarder under a small open-file limit in a test.
+pub const PRLIMIT: Tool = Tool {
+    program: "prlimit",
+    package: "util-linux",
+};
 /// `capsh`, to run the forwarder without CAP_BPF in a test.
 pub const CAPSH: Tool = Tool {
     program: "capsh",

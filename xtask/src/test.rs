@@ -6,7 +6,9 @@ use std::process::{Command, Stdio};
 use anyhow::{bail, Context};
 use clap::Args;
 
-use crate::prereq::{self, CAPSH, CHROMIUM, REDIS, REDIS_CLI, SENTINEL};
+use crate::prereq::{
+    self, CAPSH, CHROMIUM, IPROUTE, IPTABLES, PRLIMIT, REDIS, REDIS_CLI, SENTINEL,
+};
 
 /// The data path modes this build has; the end-to-end suite runs in each.
 pub const MODES: &[&str] = &["userspace", "uring", "sockmap"];
@@ -75,7 +77,9 @@ fn cargo_test(cmd: &mut Command, tally: &mut Tally) -> anyhow::Result<()> {
 }
 
 pub fn run(args: TestArgs) -> anyhow::Result<()> {
-    prereq::ensure(&[REDIS, SENTINEL, REDIS_CLI, CAPSH, CHROMIUM])?;
+    prereq::ensure(&[
+        REDIS, SENTINEL, REDIS_CLI, CAPSH, CHROMIUM, IPTABLES, IPROUTE, PRLIMIT,
+    ])?;
     // The forwarder embeds the BPF object when it is built, so build it first.
     crate::ebpf::build()?;
     let modes: Vec<String> = if args.modes.is_empty() {

@@ -13,6 +13,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::admission::Permit;
+use crate::budget::Budget;
 use crate::config::{Datapath, Mode, Timeouts};
 use crate::metrics::ServiceStats;
 
@@ -50,14 +51,20 @@ pub struct Selected {
 
 impl DataPath {
     /// Chooses the data path for the configured mode, or says why the requested one cannot run
-    /// here. `auto` takes uring where it works, else userspace, and logs why.
-    pub fn select(cfg: &Datapath) -> Result<Selected, String> {
+    /// here. `auto` takes uring where it works, else userspace, and logs why. `budget` says how
+    /// many sessions the sockmap holds and how many pipes a uring worker may open.
+    pub fn select(
+        cfg: &Datapath,
+        sockmap_sessions: u32,
+        budget: &Budget,
+    ) -> Result<Selected, String> {
         let threads = cfg.threads();
-        let uring = || uring::Uring::start(threads).map(|u| DataPath::Uring(Arc::new(u)));
+        let pipes = budget.pipes_per_worker;
+        let uring = || uring::Uring::start(threads, pipes).map(|u| DataPath::Uring(Arc::new(u)));
         // The path for sessions that do not fit the sockmap: uring where it runs.
         let second = || uring().unwrap_or(DataPath::Userspace);
         let sockmap = || {
-            sockmap::Sockmap::load(cfg.sockmap_sessions)
+            sockmap::Sockmap::load(sockmap_sessions)
                 .map(|m| DataPath::Sockmap(Arc::new(m), Box::new(second())))
         };
         let path = |p| Selected {

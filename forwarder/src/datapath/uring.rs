@@ -59,8 +59,11 @@ use crate::service::{Next, RateLimit, ServiceRuntime, ACCEPT_PAUSE};
 
 /// Bytes a pipe holds (`F_SETPIPE_SZ`): one splice moves at most this much.
 const PIPE_SIZE: usize = 256 * 1024;
-/// Empty pipes a worker keeps for reuse.
+/// Empty pipes a worker keeps for reuse (at most; never more than its pipe budget).
 const PIPE_POOL_MAX: usize = 64;
+/// Pipes one worker may have open at most, pooled and held (two descriptors each); the
+/// descriptor budget may give it fewer (see `budget`).
+pub const PIPES_PER_WORKER_MAX: usize = 384;
 /// A read at least this large marks a stream: the direction's next poll is linked to its splices.
 const STREAM_READ: i32 = 64 * 1024;
 /// Pipes a worker lets streaming directions keep between bursts. Each pipe is two descriptors;
@@ -221,8 +224,9 @@ pub struct Uring {
 }
 
 impl Uring {
-    /// Probes, then starts `n` worker threads, each with its own ring.
-    pub fn start(n: usize) -> Result<Uring, String> {
+    /// Probes, then starts `n` worker threads, each with its own ring and at most `pipes` pipes
+    /// open (its share of the descriptor budget).
+    pub fn start(n: usize, pipes: usize) -> Result<Uring, String> {
         probe()?;
         let mut workers = Vec::with_capacity(n);
         for i in 0..n {
@@ -234,7 +238,7 @@ impl Uring {
             let w = Arc::clone(&wake);
             std::thread::Builder::new()
                 .name(format!("uring-{i}"))
-                .spawn(move || match Worker::new(rx, w) {
+                .spawn(move || match Worker::new(rx, w, pipes) {
                     Ok(mut worker) => {
                         let _ = ready_tx.send(Ok(()));
                         worker.run();
@@ -395,6 +399,9 @@ struct Worker {
     pipes: Vec<Pipe>,
     /// Pipes currently held by directions.
     held: usize,
+    /// Pipes this worker may have open, pooled and held together.
+    pipes_max: usize,
+    pipe_log: RateLimit,
     rx: mpsc::Receiver<Msg>,
     wake: Arc<OwnedFd>,
     wake_buf: Box<[u8; 8]>,
@@ -404,7 +411,11 @@ struct Worker {
 }
 
 impl Worker {
-    fn new(rx: mpsc::Receiver<Msg>, wake: Arc<OwnedFd>) -> Result<Worker, String> {
+    fn new(
+        rx: mpsc::Receiver<Msg>,
+        wake: Arc<OwnedFd>,
+        pipes_max: usize,
+    ) -> Result<Worker, String> {
         // The ring is created on its own thread: with SINGLE_ISSUER and DEFER_TASKRUN, completions
         // are processed only when this thread asks for them, without cross-CPU task work.
         let ring = IoUring::builder()
@@ -426,6 +437,8 @@ impl Worker {
             accept_log: RateLimit::default(),
             pipes: Vec::new(),
             held: 0,
+            pipes_max: pipes_max.max(1),
+            pipe_log: RateLimit::default(),
             rx,
             wake,
             wake_buf: Box::new([0; 8]),
@@ -573,8 +586,12 @@ impl Worker {
             match self.take_pipe() {
                 Ok(p) => self.conns[slot].dirs[dir].pipe = Some(p),
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot get a pipe; resetting the session");
-                    self.end(slot, End::Reset);
+                    let (held, max) = (self.held, self.pipes_max);
+                    self.pipe_log.log(|suppressed| {
+                        tracing::warn!(error = %e, held, max, suppressed,
+                            "cannot get a pipe; resetting the session (counted as ended no_pipe)");
+                    });
+                    self.end(slot, End::NoPipe);
                     return;
                 }
             }
@@ -1095,7 +1112,12 @@ impl Worker {
         }
     }
 
+    /// A pipe for a direction: from the pool, or a new one while the worker is under its pipe
+    /// budget (past it: EMFILE, without asking the kernel).
     fn take_pipe(&mut self) -> rustix::io::Result<Pipe> {
+        if self.pipes.is_empty() && self.held >= self.pipes_max {
+            return Err(rustix::io::Errno::MFILE);
+        }
         let p = self.new_pipe()?;
         self.held += 1;
         Ok(p)
@@ -1122,7 +1144,12 @@ impl Worker {
         if let Some(p) = pipe {
             self.held -= 1;
             match rustix::io::ioctl_fionread(&p.r) {
-                Ok(0) if self.pipes.len() < PIPE_POOL_MAX => self.pipes.push(p),
+                Ok(0)
+                    if self.pipes.len()
+                        < PIPE_POOL_MAX.min(self.pipes_max.saturating_sub(self.held)) =>
+                {
+                    self.pipes.push(p)
+                }
                 Ok(0) => {}
                 left => tracing::error!(?left, "a pipe given back was not empty; closed"),
             }
