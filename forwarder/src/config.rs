@@ -332,7 +332,10 @@ impl Config {
         let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
             let inner = e.into_inner();
-            let mut reason = inner.message().to_string();
+            let mut reason = match inner.message().trim() {
+                "" => "invalid TOML".to_string(),
+                m => m.replace('\n', "; "),
+            };
             if let Some(span) = inner.span() {
                 let (line, col) = line_col(text, span.start);
                 reason = format!("{reason} (line {line}, column {col})");

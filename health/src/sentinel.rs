@@ -433,7 +433,9 @@ fn addr(ip: &str, port: &str) -> Result<SocketAddr, String> {
     })?;
     let port: u16 = port
         .parse()
-        .map_err(|_| format!("{port:?} is not a port"))?;
+        .ok()
+        .filter(|_| port.bytes().all(|b| b.is_ascii_digit()))
+        .ok_or_else(|| format!("{port:?} is not a port"))?;
     if port == 0 {
         return Err("port 0".into());
     }

@@ -41,7 +41,7 @@ pub enum StepError {
     Unknown(String),
     #[error("{0:?} needs an argument")]
     MissingArgument(String),
-    #[error("bad escape in {0:?}: use \\r \\n \\t \\\\ \\\" or \\xHH")]
+    #[error("bad escape in {0:?}: use \\r \\n \\t \\\\ \\\" \\<space> or \\xHH")]
     BadEscape(String),
     #[error("bad regex {0:?}: {1}")]
     BadRegex(String, String),
@@ -61,7 +61,7 @@ impl FromStr for Step {
     /// Parses `connect`, `send PING\r\n`, `expect string +PONG`, `expect rstring ^role:master`,
     /// `expect binary 2b504f4e47`.
     fn from_str(s: &str) -> Result<Step, StepError> {
-        let s = s.trim();
+        let s = trim_unescaped(s);
         let (word, rest) = s.split_once(' ').unwrap_or((s, ""));
         let rest = rest.trim_start();
         match word {
@@ -116,6 +116,19 @@ impl fmt::Display for Step {
     }
 }
 
+/// `s` without surrounding white space, except an escaped space at the end (`send A\ `).
+fn trim_unescaped(s: &str) -> &str {
+    let s = s.trim_start();
+    let t = s.trim_end();
+    let backslashes = t.bytes().rev().take_while(|b| *b == b'\\').count();
+    if backslashes % 2 == 1 && t.len() < s.len() {
+        let escaped = s[t.len()..].chars().next().map_or(0, char::len_utf8);
+        &s[..t.len() + escaped]
+    } else {
+        t
+    }
+}
+
 fn unescape(s: &str) -> Result<Vec<u8>, StepError> {
     let bad = || StepError::BadEscape(s.into());
     let mut out = Vec::with_capacity(s.len());
@@ -154,6 +167,7 @@ fn hex(s: &str) -> Result<Vec<u8>, StepError> {
         .step_by(2)
         .map(|i| {
             s.get(i..i + 2)
+                .filter(|p| p.bytes().all(|b| b.is_ascii_hexdigit()))
                 .and_then(|p| u8::from_str_radix(p, 16).ok())
                 .ok_or_else(bad)
         })
