@@ -149,36 +149,35 @@ pub fn parse_replication(text: &str) -> Result<Replication, InfoError> {
     Ok(r)
 }
 
-/// The role in the text of `INFO replication`: the one `role:` field of its `# Replication`
-/// section. Only that field is read, so a replica's own INFO that quotes `role:master` elsewhere
-/// (a sub-replica announcing the IP "role:master") is still a replica, and a malformed line
-/// elsewhere cannot fail a master's check.
+/// The role in the text of `INFO replication`: the first `role:` field of its first
+/// `# Replication` section. Redis writes `role:` first in that section, before anything a peer
+/// can influence; what follows can quote the words: a sub-replica announcing the IP
+/// "role:master", or any client that says `REPLCONF ip-address "x\r\nrole:slave"` to the master
+/// (Redis prints that value verbatim in its `slaveN:` line). So only the first one counts: a
+/// replica quoting `role:master` is still a replica, a master quoting `role:slave` is still a
+/// master, and a malformed line elsewhere cannot fail a master's check.
 pub fn replication_role(text: &str) -> Result<Role, InfoError> {
-    let mut section = None;
-    let mut role = None;
+    let mut in_section = false;
     for line in text.lines().map(|l| l.trim_end_matches('\r')) {
         if let Some(name) = line.strip_prefix('#') {
-            section = Some(name.trim());
+            if in_section {
+                break; // the next section: no role in the first Replication section
+            }
+            in_section = name.trim() == "Replication";
             continue;
         }
-        if section != Some("Replication") {
+        if !in_section {
             continue;
         }
         if let Some(v) = line.strip_prefix("role:") {
-            if role.is_some() {
-                return Err(InfoError::BadField {
-                    field: "role".into(),
-                    value: "given twice".into(),
-                });
-            }
-            role = Some(match v {
-                "master" => Role::Master,
-                "slave" | "replica" => Role::Replica,
-                other => return Err(InfoError::BadRole(other.to_string())),
-            });
+            return match v {
+                "master" => Ok(Role::Master),
+                "slave" | "replica" => Ok(Role::Replica),
+                other => Err(InfoError::BadRole(other.to_string())),
+            };
         }
     }
-    role.ok_or(InfoError::NoRole)
+    Err(InfoError::NoRole)
 }
 
 /// The role in a raw RESP reply to `INFO replication`: a complete bulk string (see
@@ -224,11 +223,17 @@ mod tests {
         // A master with a sub-replica line that does not parse is still a master.
         let odd = MASTER.replace("slave0:ip=127.0.0.1,", "slave0:ip=a,b,");
         assert_eq!(reply_role(&bulk(&odd)), Ok(Role::Master));
-        // Outside the Replication section, or twice, or cut short: no role.
+        // A client's `REPLCONF ip-address "x\r\nrole:slave"` printed in the master's INFO.
+        let injected = MASTER.replace(
+            "slave0:ip=127.0.0.1,",
+            "slave0:ip=x\r\nrole:slave\r\n# Replication\r\nrole:slave,",
+        );
+        assert_eq!(reply_role(&bulk(&injected)), Ok(Role::Master));
+        // Outside the Replication section, or cut short: no role.
         let other = "# Server\r\nrole:master\r\n";
         assert_eq!(reply_role(&bulk(other)), Err(InfoError::NoRole));
-        let twice = format!("{MASTER}role:master\r\n");
-        assert!(reply_role(&bulk(&twice)).is_err());
+        let later = "# Replication\r\nconnected_slaves:0\r\n# Server\r\nrole:master\r\n";
+        assert_eq!(reply_role(&bulk(later)), Err(InfoError::NoRole));
         let full = bulk(MASTER);
         assert_eq!(
             reply_role(&full[..full.len() - 3]),

@@ -66,6 +66,9 @@ struct SentinelMode {
     /// say; nothing is discovered.
     fenced: bool,
     max_servers: usize,
+    /// The decision's log lines: a flapping quorum must not fill the disk.
+    log: RateLimit,
+    changed_log: RateLimit,
 }
 
 #[derive(Default)]
@@ -78,9 +81,14 @@ struct Decision {
     disagreements: u64,
     /// Why the Sentinels' master is not routed to, while that is so.
     note: Option<String>,
-    /// Reported addresses not checked because `max_servers` is reached.
+    /// Reported addresses not checked because `max_servers` is reached (the first
+    /// `OVER_CAP_KEPT` of them, to count each once), and how many in all.
     over_cap: std::collections::HashSet<SocketAddr>,
+    over_cap_count: u64,
 }
+
+/// Over-cap addresses remembered one by one; past this many, each report is counted again.
+const OVER_CAP_KEPT: usize = 4096;
 
 /// Health checks of one service's servers. Dropping it stops them.
 pub struct Monitor {
@@ -138,6 +146,8 @@ impl Monitor {
                 }),
                 fenced,
                 max_servers,
+                log: RateLimit::default(),
+                changed_log: RateLimit::default(),
             }),
         });
         for addr in servers {
@@ -179,7 +189,7 @@ impl Monitor {
                 master_changes: d.changes,
                 conflicts: d.disagreements,
                 no_master_since: d.no_master_since,
-                discovered_over_cap: d.over_cap.len() as u64,
+                discovered_over_cap: d.over_cap_count,
             };
         }
         MonitorStats {
@@ -364,10 +374,15 @@ async fn follow_sentinels(
                     continue;
                 }
                 if count >= sm.max_servers {
-                    if lock(&sm.decision).over_cap.insert(addr) {
-                        tracing::warn!(service = %shared.service, server = %addr,
-                            max_servers = sm.max_servers,
-                            "a Sentinel quorum reports more servers than max_servers; not checking this one");
+                    let mut d = lock(&sm.decision);
+                    let full = d.over_cap.len() >= OVER_CAP_KEPT;
+                    if full || d.over_cap.insert(addr) {
+                        d.over_cap_count += 1;
+                        sm.log.log(|suppressed| {
+                            tracing::warn!(service = %shared.service, server = %addr,
+                                max_servers = sm.max_servers, suppressed,
+                                "a Sentinel quorum reports more servers than max_servers; not checking this one");
+                        });
                     }
                     continue;
                 }
@@ -419,7 +434,9 @@ fn decide_with_sentinel(shared: &Shared, sm: &SentinelMode) {
         }
     });
     if note.is_some() && note != d.note {
-        tracing::error!(service = %shared.service, "{}", note.as_deref().unwrap_or_default());
+        sm.log.log(|suppressed| {
+            tracing::error!(service = %shared.service, suppressed, "{}", note.as_deref().unwrap_or_default());
+        });
     }
     d.note = note;
     d.disagreeing.resize(servers.len(), false);
@@ -427,8 +444,10 @@ fn decide_with_sentinel(shared: &Shared, sm: &SentinelMode) {
         let disagrees = s.last_ok == Some(true) && Some(s.addr) != named;
         if disagrees && !d.disagreeing[i] {
             d.disagreements += 1;
-            tracing::warn!(service = %shared.service, server = %s.addr, sentinel_master = ?named,
-                "server passes the master check but the Sentinels name another; not routing to it");
+            sm.log.log(|suppressed| {
+                tracing::warn!(service = %shared.service, server = %s.addr, sentinel_master = ?named,
+                    suppressed, "server passes the master check but the Sentinels name another; not routing to it");
+            });
         }
         d.disagreeing[i] = disagrees;
     }
@@ -444,8 +463,10 @@ fn decide_with_sentinel(shared: &Shared, sm: &SentinelMode) {
             generation: d.generation,
             master,
         };
-        tracing::warn!(service = %shared.service, master = ?view.master,
-            generation = view.generation, sentinel_master = ?named, "master changed");
+        sm.changed_log.log(|suppressed| {
+            tracing::warn!(service = %shared.service, master = ?view.master,
+                generation = view.generation, sentinel_master = ?named, suppressed, "master changed");
+        });
         shared.tx.send_replace(view);
     }
 }

@@ -43,6 +43,91 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Reply, usize)>, RespError> {
     parse_at(buf, 0, 0)
 }
 
+/// Tells when the first reply in a growing buffer is whole, in time linear in its size however
+/// it arrives (it keeps its place between calls), so that a reader parses a large reply once
+/// rather than at every read. It only frames: what it calls ready may still be malformed, which
+/// [`parse`] then says.
+#[derive(Debug, Default)]
+pub struct Framer {
+    /// Where the next value's type byte is.
+    pos: usize,
+    /// Where the search for the CRLF of the line at `pos` goes on.
+    scan: usize,
+    /// Elements still to come in each open array, innermost last.
+    open: Vec<i64>,
+    /// The end (past its CRLF) of the bulk string being received.
+    bulk_end: Option<usize>,
+}
+
+impl Framer {
+    /// Whether `buf` (the same bytes as at the last call, and perhaps more) holds a whole reply
+    /// at its start, or bytes that cannot be one.
+    pub fn ready(&mut self, buf: &[u8]) -> bool {
+        loop {
+            if let Some(end) = self.bulk_end {
+                if buf.len() < end {
+                    return false;
+                }
+                self.bulk_end = None;
+                self.pos = end;
+                if self.element_done() {
+                    return true;
+                }
+                continue;
+            }
+            let Some(&kind) = buf.get(self.pos) else {
+                return false;
+            };
+            if !b"+-:$*".contains(&kind) {
+                return true; // malformed: let `parse` say so
+            }
+            let from = self.scan.max(self.pos + 1);
+            let Some(i) = buf[from..].windows(2).position(|w| w == b"\r\n") else {
+                self.scan = buf.len().saturating_sub(1).max(self.pos + 1);
+                return false;
+            };
+            let (body, next) = (&buf[self.pos + 1..from + i], from + i + 2);
+            self.scan = 0;
+            self.pos = next;
+            match kind {
+                b'$' => match len(body) {
+                    Ok(-1) => {}
+                    Ok(n) if n <= MAX_BULK => {
+                        self.bulk_end = Some(next + n as usize + 2);
+                        continue;
+                    }
+                    _ => return true,
+                },
+                b'*' => match len(body) {
+                    Ok(-1 | 0) => {}
+                    Ok(n) if n <= MAX_ARRAY && self.open.len() < MAX_DEPTH => {
+                        self.open.push(n);
+                        continue;
+                    }
+                    _ => return true,
+                },
+                _ => {}
+            }
+            if self.element_done() {
+                return true;
+            }
+        }
+    }
+
+    /// One value ended: counts it in its array (closing arrays that are full); true when the
+    /// whole reply ended.
+    fn element_done(&mut self) -> bool {
+        while let Some(left) = self.open.last_mut() {
+            *left -= 1;
+            if *left > 0 {
+                return false;
+            }
+            self.open.pop();
+        }
+        true
+    }
+}
+
 fn line(buf: &[u8], pos: usize) -> Option<(&[u8], usize)> {
     let rest = buf.get(pos..)?;
     let i = rest.windows(2).position(|w| w == b"\r\n")?;
@@ -144,6 +229,33 @@ pub fn encode_command(args: &[&[u8]]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_framer_agrees_with_the_parser_byte_by_byte() {
+        let replies: [&[u8]; 6] = [
+            b"+OK\r\n",
+            b"$5\r\nhello\r\n",
+            b"*2\r\n$9\r\n127.0.0.1\r\n$4\r\n6380\r\n",
+            b"*3\r\n*1\r\n:1\r\n*0\r\n$-1\r\n",
+            b"*-1\r\n",
+            b"*2\r\n*2\r\n+a\r\n+b\r\n:7\r\n",
+        ];
+        for r in replies {
+            let mut f = Framer::default();
+            for n in 0..=r.len() {
+                let whole = matches!(parse(&r[..n]), Ok(Some(_)));
+                assert_eq!(
+                    f.ready(&r[..n]),
+                    whole,
+                    "{:?} at {n}",
+                    String::from_utf8_lossy(r)
+                );
+            }
+        }
+        // Malformed input is "ready", for the parser to refuse.
+        assert!(Framer::default().ready(b"?x"));
+        assert!(Framer::default().ready(b"$abc\r\n"));
+    }
 
     #[test]
     fn parses_each_type() {

@@ -91,6 +91,9 @@ struct Shared {
     service: String,
     answers: Mutex<Vec<Answer>>,
     tx: watch::Sender<SentinelView>,
+    /// The view's log lines ("agree on a new master", "degraded", "restored"): a flapping
+    /// Sentinel must not fill the disk.
+    view_log: RateLimit,
     /// The master and replica addresses that a quorum of reachable Sentinels report now, in
     /// order of first report. What one Sentinel alone says is never here.
     discovered: watch::Sender<Vec<SocketAddr>>,
@@ -105,6 +108,13 @@ struct SentinelLogs {
     event: RateLimit,
     unknown_name: RateLimit,
 }
+
+/// Most `+switch-master` pushes for our master one Sentinel may send in `PUSH_WINDOW`; more is a
+/// flood (a real failover sends one), and the subscription is dropped and retried with backoff.
+const PUSH_BURST: u32 = 5;
+const PUSH_WINDOW: Duration = Duration::from_secs(10);
+/// A subscription that lived this long resets the reconnect backoff.
+const STABLE: Duration = Duration::from_secs(10);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -159,19 +169,21 @@ impl Shared {
             if *v == view {
                 return false;
             }
-            if v.master != view.master {
-                tracing::warn!(service = %self.service, old = ?v.master, new = ?view.master,
-                    reachable = view.reachable, "Sentinels agree on a new master");
-            }
-            if v.degraded != view.degraded {
-                if view.degraded {
-                    tracing::error!(service = %self.service, reachable = view.reachable,
-                        configured = view.configured, master = ?view.master,
-                        "Sentinel view degraded: no quorum; keeping the last agreed master");
-                } else {
-                    tracing::info!(service = %self.service, reachable = view.reachable,
-                        "Sentinel quorum restored");
-                }
+            let (old, service) = (*v, &self.service);
+            if old.master != view.master || old.degraded != view.degraded {
+                self.view_log.log(
+                    |suppressed| match (old.master != view.master, view.degraded) {
+                        (true, _) => {
+                            tracing::warn!(%service, old = ?old.master, new = ?view.master,
+                        reachable = view.reachable, suppressed, "Sentinels agree on a new master")
+                        }
+                        (false, true) => tracing::error!(%service, reachable = view.reachable,
+                        configured = view.configured, master = ?view.master, suppressed,
+                        "Sentinel view degraded: no quorum; keeping the last agreed master"),
+                        (false, false) => tracing::info!(%service, reachable = view.reachable,
+                        suppressed, "Sentinel quorum restored"),
+                    },
+                );
             }
             *v = view;
             true
@@ -251,6 +263,7 @@ impl Sentinels {
             service,
             answers: Mutex::new(vec![Answer::default(); n]),
             tx,
+            view_log: RateLimit::default(),
             discovered: watch::channel(Vec::new()).0,
             logs: (0..n).map(|_| SentinelLogs::default()).collect(),
         });
@@ -297,23 +310,21 @@ async fn query_loop(shared: Arc<Shared>, i: usize) {
     let addr = shared.cfg.addresses[i];
     let mut attempt = 0;
     loop {
-        match query_session(&shared, i).await {
-            Ok(()) => attempt = 0,
-            Err(e) => {
-                shared.logs[i].failed.log(|suppressed| {
-                    tracing::warn!(service = %shared.service, sentinel = %addr, error = %e,
-                        suppressed, "Sentinel query failed");
-                });
-                shared.set(i, false, None, Source::Failure);
-            }
+        if let Err(e) = query_session(&shared, i, &mut attempt).await {
+            shared.logs[i].failed.log(|suppressed| {
+                tracing::warn!(service = %shared.service, sentinel = %addr, error = %e,
+                    suppressed, "Sentinel query failed");
+            });
+            shared.set(i, false, None, Source::Failure);
         }
         tokio::time::sleep(backoff(attempt)).await;
         attempt = attempt.saturating_add(1);
     }
 }
 
-/// Queries one Sentinel every `interval` until an error.
-async fn query_session(shared: &Shared, i: usize) -> Result<(), String> {
+/// Queries one Sentinel every `interval` until an error; every whole answer resets the reconnect
+/// backoff.
+async fn query_session(shared: &Shared, i: usize, attempt: &mut u32) -> Result<(), String> {
     let cfg = &shared.cfg;
     let mut conn = Conn::open(cfg.addresses[i], cfg.timeout, cfg.auth.as_ref()).await?;
     loop {
@@ -342,6 +353,7 @@ async fn query_session(shared: &Shared, i: usize) -> Result<(), String> {
             found.extend(parse_replicas(&reply)?);
             shared.discover(i, found);
         }
+        *attempt = 0;
         tokio::time::sleep(cfg.interval).await;
     }
 }
@@ -350,7 +362,12 @@ async fn subscribe_loop(shared: Arc<Shared>, i: usize) {
     let addr = shared.cfg.addresses[i];
     let mut attempt = 0;
     loop {
-        if let Err(e) = subscription(&shared, i, &mut attempt).await {
+        let started = tokio::time::Instant::now();
+        let res = subscription(&shared, i).await;
+        if started.elapsed() >= STABLE {
+            attempt = 0;
+        }
+        if let Err(e) = res {
             shared.logs[i].failed.log(|suppressed| {
                 tracing::warn!(service = %shared.service, sentinel = %addr, error = %e,
                     suppressed, "Sentinel subscription lost");
@@ -370,19 +387,19 @@ const EVENTS: [&str; 5] = [
     "+failover-end",
 ];
 
-async fn subscription(shared: &Shared, i: usize, attempt: &mut u32) -> Result<(), String> {
+async fn subscription(shared: &Shared, i: usize) -> Result<(), String> {
     let cfg = &shared.cfg;
     let sentinel = cfg.addresses[i];
     let mut conn = Conn::open(sentinel, cfg.timeout, cfg.auth.as_ref()).await?;
     let mut cmd: Vec<&[u8]> = vec![b"SUBSCRIBE"];
     cmd.extend(EVENTS.iter().map(|e| e.as_bytes()));
     conn.send(&cmd).await?;
+    let mut window = (tokio::time::Instant::now(), 0u32);
     loop {
         // No timeout: a subscription is silent until something happens.
         let reply = conn.read(None).await?;
         let Some((channel, payload)) = parse_message(&reply)? else {
-            *attempt = 0; // a subscribe confirmation: the connection works
-            continue;
+            continue; // a subscribe confirmation
         };
         // Payloads start with "master <name> ..." or, for +switch-master, "<name> ...".
         let ours = payload.split(' ').take(2).any(|w| w == cfg.master_name);
@@ -391,6 +408,15 @@ async fn subscription(shared: &Shared, i: usize, attempt: &mut u32) -> Result<()
         }
         if channel == "+switch-master" {
             let new = parse_switch_master(&payload, &cfg.master_name)?;
+            if window.0.elapsed() > PUSH_WINDOW {
+                window = (tokio::time::Instant::now(), 0);
+            }
+            window.1 += 1;
+            if window.1 > PUSH_BURST {
+                return Err(format!(
+                    "more than {PUSH_BURST} +switch-master in {PUSH_WINDOW:?}: a flood, not a failover"
+                ));
+            }
             shared.logs[i].push.log(|suppressed| {
                 tracing::warn!(service = %shared.service, %sentinel, new_master = %new,
                     suppressed, "Sentinel +switch-master");
@@ -523,6 +549,8 @@ fn kind(r: &Reply) -> &'static str {
 struct Conn {
     stream: TcpStream,
     buf: Vec<u8>,
+    /// Where the reply in `buf` ends, found without re-parsing it at every read.
+    framer: resp::Framer,
     timeout: Duration,
 }
 
@@ -543,6 +571,7 @@ impl Conn {
         let mut c = Conn {
             stream,
             buf: Vec::new(),
+            framer: resp::Framer::default(),
             timeout,
         };
         if let Some(a) = auth {
@@ -579,13 +608,16 @@ impl Conn {
     async fn read(&mut self, timeout: Option<Duration>) -> Result<Reply, String> {
         let mut deadline = timeout.map(|t| (tokio::time::Instant::now() + t, t));
         loop {
-            match resp::parse(&self.buf) {
-                Ok(Some((reply, used))) => {
-                    self.buf.drain(..used);
-                    return Ok(reply);
+            if self.framer.ready(&self.buf) {
+                self.framer = resp::Framer::default();
+                match resp::parse(&self.buf) {
+                    Ok(Some((reply, used))) => {
+                        self.buf.drain(..used);
+                        return Ok(reply);
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Err(format!("malformed reply: {e}")),
                 }
-                Ok(None) => {}
-                Err(e) => return Err(format!("malformed reply: {e}")),
             }
             if self.buf.len() > MAX_REPLY {
                 return Err(format!("reply over {MAX_REPLY} bytes"));
@@ -593,7 +625,7 @@ impl Conn {
             if deadline.is_none() && !self.buf.is_empty() {
                 deadline = Some((tokio::time::Instant::now() + self.timeout, self.timeout));
             }
-            let mut chunk = [0u8; 4096];
+            let mut chunk = [0u8; 16 * 1024];
             let read = self.stream.read(&mut chunk);
             let n = match deadline {
                 Some((at, t)) => tokio::time::timeout_at(at, read)
@@ -832,6 +864,7 @@ mod tests {
             service: "t".into(),
             answers: Mutex::new(vec![Answer::default(); 3]),
             tx,
+            view_log: RateLimit::default(),
             discovered: watch::channel(Vec::new()).0,
             logs: (0..3).map(|_| SentinelLogs::default()).collect(),
         };

@@ -370,9 +370,20 @@ impl Run {
                         if (program.resp_framed || matches!(expect, Step::ExpectRole(_)))
                             && matches!(resp::parse(&self.buf), Ok(Some(_)) | Err(_))
                         {
-                            return Err(
-                                format!("not found in the {}-byte reply", self.buf.len()).into()
-                            );
+                            let n = self.buf.len();
+                            return Err(match expect {
+                                Step::ExpectRole(_) => match info::reply_role(&self.buf) {
+                                    Ok(Role::Master) => {
+                                        format!("role:master in the {n}-byte reply")
+                                    }
+                                    Ok(Role::Replica) => {
+                                        format!("role:slave in the {n}-byte reply")
+                                    }
+                                    Err(e) => format!("{e} ({n}-byte reply)"),
+                                },
+                                _ => format!("not found in the {n}-byte reply"),
+                            }
+                            .into());
                         }
                         if self.buf.len() >= MAX_REPLY {
                             return Err(format!(

@@ -254,6 +254,29 @@ proptest! {
                 cut, String::from_utf8_lossy(&enc[..cut]));
         }
     }
+
+    /// The framer, fed the encoding in random chunks (plus trailing bytes), says "ready" exactly
+    /// when the parser has a whole reply.
+    #[test]
+    fn resp_framer_agrees_with_the_parser(
+        r in reply(),
+        cuts in prop::collection::vec(1usize..64, 1..64),
+        tail in prop::collection::vec(any::<u8>(), 0..8),
+    ) {
+        let mut enc = encode(&r);
+        let len = enc.len();
+        enc.extend_from_slice(&tail);
+        let mut f = resp::Framer::default();
+        let mut at = 0;
+        for step in cuts.iter().cycle() {
+            at = (at + step).min(enc.len());
+            let ready = f.ready(&enc[..at]);
+            prop_assert_eq!(ready, at >= len, "at {} of {}", at, len);
+            if ready || at == enc.len() {
+                break;
+            }
+        }
+    }
 }
 
 proptest! {
