@@ -307,14 +307,27 @@ impl Config {
     /// Reads, parses and validates a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         use std::io::Read;
+        use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
         let err = |reason: String| ConfigError {
             file: path.display().to_string(),
             key: "-".into(),
             reason,
         };
         let mut bytes = Vec::new();
-        std::fs::File::open(path)
-            .and_then(|f| f.take(MAX_FILE + 1).read_to_end(&mut bytes))
+        // O_NONBLOCK: a FIFO must not hang the loader (a reload would block the signal task).
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .map_err(|e| err(format!("cannot read: {e}")))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| err(format!("cannot read: {e}")))?;
+        if !meta.is_file() && !meta.file_type().is_char_device() {
+            return Err(err("not a regular file".into()));
+        }
+        file.take(MAX_FILE + 1)
+            .read_to_end(&mut bytes)
             .map_err(|e| err(format!("cannot read: {e}")))?;
         if bytes.len() as u64 > MAX_FILE {
             return Err(err(format!(
@@ -405,10 +418,11 @@ impl Validator {
                     Some(t) if t.chars().count() < 16 => {
                         return Err(self.err("admin.token", "at least 16 characters"))
                     }
-                    Some(t) if t.chars().any(|c| c.is_whitespace() || c.is_control()) => {
+                    Some(t) if !t.bytes().all(|b| b.is_ascii_graphic()) => {
                         return Err(self.err(
                             "admin.token",
-                            "no spaces or control characters (it is sent as `Authorization: Bearer <token>`)",
+                            "printable ASCII only, no spaces or control characters (it is sent as \
+                             `Authorization: Bearer <token>`)",
                         ))
                     }
                     t => t,
@@ -420,7 +434,7 @@ impl Validator {
             return Err(self.err("service", "at least one [[service]] is required"));
         }
         let mut names = HashSet::new();
-        let mut listens = HashSet::new();
+        let mut listens: Vec<SocketAddr> = Vec::new();
         let mut services = Vec::with_capacity(raw.service.len());
         for (i, s) in raw.service.into_iter().enumerate() {
             let key = format!("service[{i}]");
@@ -431,19 +445,23 @@ impl Validator {
                     format!("duplicate service name {:?}", svc.name),
                 ));
             }
-            if !listens.insert(svc.listen) {
+            if let Some(other) = listens.iter().find(|l| overlap(l, &svc.listen)) {
                 return Err(self.err(
                     format!("{key}.listen"),
                     format!(
-                        "{} is already the listen address of another service",
+                        "{} overlaps {other}, the listen address of another service",
                         svc.listen
                     ),
                 ));
             }
-            if admin.as_ref().is_some_and(|a| a.listen == svc.listen) {
+            listens.push(svc.listen);
+            if let Some(a) = admin.as_ref().filter(|a| overlap(&a.listen, &svc.listen)) {
                 return Err(self.err(
                     format!("{key}.listen"),
-                    format!("{} is also the admin listen address", svc.listen),
+                    format!(
+                        "{} overlaps the admin listen address {}",
+                        svc.listen, a.listen
+                    ),
                 ));
             }
             services.push(svc);
@@ -608,6 +626,9 @@ impl Validator {
         ] {
             if v > MAX_CHECK_INTERVAL {
                 return Err(self.err(format!("{key}.{k}"), "at most 1h"));
+            }
+            if v < Duration::from_millis(1) {
+                return Err(self.err(format!("{key}.{k}"), "at least 1ms"));
             }
         }
         // HAProxy's defaults: rise 2, fall 3.
@@ -865,6 +886,11 @@ impl Validator {
             Some(s) => self.parse_dur(key, s),
         }
     }
+}
+
+/// Whether two listen addresses take the same port: the same, or either the wildcard address.
+fn overlap(a: &SocketAddr, b: &SocketAddr) -> bool {
+    a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
 /// This host's own addresses (for the loop check); empty when they cannot be listed.

@@ -15,7 +15,7 @@ use crate::admin;
 use crate::budget::{self, Budget};
 use crate::config::{Config, Mode, Service};
 use crate::datapath::DataPath;
-use crate::metrics::{GlobalStats, ServiceStats};
+use crate::metrics::GlobalStats;
 use crate::router::Router;
 use crate::service::{self, ServiceRuntime};
 
@@ -23,7 +23,10 @@ use crate::service::{self, ServiceRuntime};
 pub struct ServiceHandle {
     pub config: Service,
     pub runtime: Arc<ServiceRuntime>,
-    pub monitor: health::Monitor,
+    /// Shared with the next runtime when a reload leaves servers, checks and Sentinels as they
+    /// were: a reload then starts no new checks and forgets no master (the Sentinels may be
+    /// unreachable just then).
+    pub monitor: Arc<health::Monitor>,
 }
 
 /// A service with its listener: the accept loop reads the runtime from `runtime`, so a reload
@@ -64,7 +67,17 @@ impl Daemon {
             .collect()
     }
 
-    fn build(&self, svc: &Service, stats: Arc<ServiceStats>) -> ServiceHandle {
+    /// The runtime of `svc`. With `previous` (a reload), its counters carry over, and so do its
+    /// checks and routes when servers, checks and Sentinels are unchanged: no new checks start,
+    /// no master is forgotten (the Sentinels may be unreachable just then), and old and new
+    /// sessions share the route whose cut ends them.
+    fn build(&self, svc: &Service, previous: Option<&ServiceHandle>) -> ServiceHandle {
+        let stats = previous.map_or_else(Arc::default, |p| Arc::clone(&p.runtime.stats));
+        let same_health = |old: &Service| {
+            format!("{:?}", (&old.servers, &old.check, &old.sentinel))
+                == format!("{:?}", (&svc.servers, &svc.check, &svc.sentinel))
+        };
+        let kept = previous.filter(|p| same_health(&p.config));
         let sentinel = svc.sentinel.as_ref().map(|s| health::SentinelConfig {
             addresses: s.addresses.clone(),
             master_name: s.master_name.clone(),
@@ -77,22 +90,34 @@ impl Daemon {
             interval: svc.check.interval,
             max_servers: s.max_servers,
         });
-        let monitor = health::Monitor::spawn_with(
-            svc.name.clone(),
-            svc.servers.clone(),
-            svc.check.program.clone(),
-            svc.check.schedule(),
-            sentinel,
+        let monitor = kept.map_or_else(
+            || {
+                Arc::new(health::Monitor::spawn_with(
+                    svc.name.clone(),
+                    svc.servers.clone(),
+                    svc.check.program.clone(),
+                    svc.check.schedule(),
+                    sentinel,
+                ))
+            },
+            |p| Arc::clone(&p.monitor),
         );
-        let datapath = self.datapath.clone();
-        let router = Router::spawn(
-            svc.name.clone(),
-            monitor.subscribe(),
-            svc.on_master_change,
-            Arc::clone(&stats),
-            self.shutdown.clone(),
-            Arc::new(move || datapath.routes_changed()),
-        );
+        let router = match kept {
+            Some(p) if p.config.on_master_change == svc.on_master_change => {
+                p.runtime.router.clone()
+            }
+            _ => {
+                let datapath = self.datapath.clone();
+                Router::spawn(
+                    svc.name.clone(),
+                    monitor.subscribe(),
+                    svc.on_master_change,
+                    Arc::clone(&stats),
+                    self.shutdown.clone(),
+                    Arc::new(move || datapath.routes_changed()),
+                )
+            }
+        };
         let runtime = Arc::new(ServiceRuntime::new(
             svc,
             router,
@@ -230,8 +255,7 @@ impl Daemon {
                     taken[j] = true;
                     let l = old_live[j].take().expect("each service once");
                     // Counters (and the maxconn count of established sessions) carry over.
-                    let stats = Arc::clone(&l.handle.runtime.stats);
-                    let handle = Arc::new(self.build(svc, stats));
+                    let handle = Arc::new(self.build(svc, Some(&l.handle)));
                     l.runtime.send_replace(Arc::clone(&handle.runtime));
                     lock(&self.retiring).push(Arc::clone(&l.handle));
                     tracing::info!(service = %svc.name, "service reconfigured; established sessions keep their route");
@@ -243,7 +267,7 @@ impl Daemon {
                     swapped += 1;
                 }
                 Step::Add(listeners) => {
-                    let handle = self.build(svc, Arc::new(ServiceStats::default()));
+                    let handle = self.build(svc, None);
                     match self.start(listeners, handle) {
                         Ok(l) => {
                             next.push(l);
@@ -344,7 +368,7 @@ pub async fn run(cfg: Config, budget: Budget, path: PathBuf, bound: Bound) -> an
         .service
         .iter()
         .zip(bound.services)
-        .map(|(svc, l)| daemon.start(l, daemon.build(svc, Arc::new(ServiceStats::default()))))
+        .map(|(svc, l)| daemon.start(l, daemon.build(svc, None)))
         .collect::<Result<Vec<Live>, _>>()?;
     *lock(&daemon.live) = live;
 

@@ -108,7 +108,83 @@ pub fn bind_std(
         sock.listen(4096)?;
         out.push(sock.into());
     }
+    if !shared {
+        // The probe and the binds are not one step: a second forwarder started at the same
+        // moment may have joined our SO_REUSEPORT group in between. Then both refuse to run.
+        let ours: Vec<u64> = out
+            .iter()
+            .filter_map(|l| rustix::fs::fstat(l).ok().map(|st| st.st_ino))
+            .collect();
+        let foreign = listeners_on(addr)?
+            .into_iter()
+            .filter(|ino| !ours.contains(ino))
+            .count();
+        if foreign > 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!(
+                    "{addr} is already in use by another process as well ({foreign} foreign \
+                     listening sockets, started at the same moment?); set share_listen = true \
+                     to share it on purpose"
+                ),
+            ));
+        }
+    }
     Ok(out)
+}
+
+/// The inodes of the listening TCP sockets (of any process) that take `addr`'s port on its
+/// address or a wildcard, from /proc/net/tcp and tcp6.
+fn listeners_on(addr: SocketAddr) -> io::Result<Vec<u64>> {
+    let mut found = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = match std::fs::read_to_string(table) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue, // no IPv6
+            Err(e) => return Err(e),
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(&"0A"), Some(inode)) = (f.get(1), f.get(3), f.get(9)) else {
+                continue; // not LISTEN
+            };
+            let Some((ip, port)) = local.split_once(':') else {
+                continue;
+            };
+            let (Ok(port), Some(ip)) = (u16::from_str_radix(port, 16), proc_ip(ip)) else {
+                continue;
+            };
+            let ip = ip.to_canonical();
+            let overlaps = ip == addr.ip() || ip.is_unspecified() || addr.ip().is_unspecified();
+            if port == addr.port() && overlaps {
+                if let Ok(ino) = inode.parse() {
+                    found.push(ino);
+                }
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// An address as /proc/net/tcp writes it: hex, in 32-bit words of host order (the kernel prints
+/// the network-order bytes as a native u32: "0100007F" is 127.0.0.1 on little-endian machines).
+fn proc_ip(hex: &str) -> Option<std::net::IpAddr> {
+    let word = |i: usize| {
+        hex.get(i * 8..i * 8 + 8)
+            .and_then(|w| u32::from_str_radix(w, 16).ok())
+            .map(u32::to_ne_bytes)
+    };
+    match hex.len() {
+        8 => Some(std::net::Ipv4Addr::from(word(0)?).into()),
+        32 => {
+            let mut b = [0u8; 16];
+            for i in 0..4 {
+                b[i * 4..i * 4 + 4].copy_from_slice(&word(i)?);
+            }
+            Some(std::net::Ipv6Addr::from(b).into())
+        }
+        _ => None,
+    }
 }
 
 /// Accepts clients until `accepting` is cancelled (drain, or the service removed by a reload);
@@ -255,4 +331,29 @@ async fn connection(client: TcpStream, peer: SocketAddr, permit: Permit, svc: Ar
         owner: Arc::clone(&svc) as Arc<dyn std::any::Any + Send + Sync>,
     };
     svc.datapath.run(session).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_net_tcp_addresses_parse() {
+        assert_eq!(proc_ip("0100007F"), Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(proc_ip("00000000"), Some("0.0.0.0".parse().unwrap()));
+        assert_eq!(
+            proc_ip("00000000000000000000000001000000"),
+            Some("::1".parse().unwrap())
+        );
+        assert_eq!(proc_ip("0100007"), None);
+        assert_eq!(proc_ip("zz00007F"), None);
+    }
+
+    #[test]
+    fn our_own_listener_is_found_and_not_foreign() {
+        let l = bind_std("127.0.0.1:0".parse().unwrap(), 1, true).unwrap();
+        let addr = l[0].local_addr().unwrap();
+        let ino = rustix::fs::fstat(&l[0]).unwrap().st_ino;
+        assert_eq!(listeners_on(addr).unwrap(), vec![ino]);
+    }
 }

@@ -188,6 +188,12 @@ fn descriptor_exhaustion_is_refused_at_admission_and_never_fails_the_master() {
         "{st}"
     );
     assert_eq!(st["stats"]["ended"]["reset"].as_u64(), Some(0), "{st}");
+    // Admitted clients got their connection to the master: no descriptor ran out for it.
+    assert_eq!(
+        st["stats"]["rejected"]["connect_failed"].as_u64(),
+        Some(0),
+        "{st}"
+    );
     let status = f.status().expect("status");
     assert_eq!(
         status["accept_errors"].as_u64(),

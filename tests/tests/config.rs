@@ -3,7 +3,7 @@
 
 use std::net::TcpListener;
 
-use e2e::forwarder_exit;
+use e2e::{forwarder_exit, wait_until};
 
 const SERVICE: &str = r#"[[service]]
 name = "a"
@@ -69,7 +69,34 @@ fn bad_configs_are_refused_with_key_and_reason() {
             "duplicate listen",
             format!("{SERVICE}{}", SERVICE.replace("name = \"a\"", "name = \"b\"")),
             "service[1].listen",
-            "already the listen address",
+            "overlaps 127.0.0.1:16379, the listen address of another service",
+        ),
+        (
+            "overlapping listen, written as the wildcard",
+            format!(
+                "{SERVICE}{}",
+                SERVICE.replace("name = \"a\"", "name = \"b\"").replace("127.0.0.1:16379", "0.0.0.0:16379")
+            ),
+            "service[1].listen",
+            "overlaps",
+        ),
+        (
+            "a service on the admin port's wildcard",
+            format!("[admin]\nlisten = \"0.0.0.0:16379\"\n{SERVICE}"),
+            "service[0].listen",
+            "overlaps the admin listen address",
+        ),
+        (
+            "admin token not ASCII",
+            format!("[admin]\nlisten = \"127.0.0.1:16390\"\ntoken = \"éééééééééééééééé\"\n{SERVICE}"),
+            "admin.token",
+            "printable ASCII only",
+        ),
+        (
+            "a check timeout of a nanosecond",
+            with("[service.check]\ntimeout = \"1ns\"\n"),
+            "service[0].check.timeout",
+            "at least 1ms",
         ),
         ("bad mode", format!("[datapath]\nmode = \"turbo\"\n{SERVICE}"), "datapath.mode", "unknown variant"),
         ("maxconn zero", with("maxconn = 0\n"), "service[0].maxconn", "at least 1"),
@@ -215,14 +242,44 @@ fn port_in_use_is_a_startup_error() {
 }
 
 #[test]
-fn an_endless_or_huge_file_is_refused_without_reading_it_all() {
-    for sub in ["check", "run"] {
-        let out = std::process::Command::new(e2e::forwarder_bin())
-            .args([sub, "--config", "/dev/zero"])
-            .output()
-            .expect("run forwarder");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{sub}: {err}");
-        assert!(err.contains("/dev/zero:-: larger than"), "{sub}: {err}");
+fn an_endless_huge_or_blocking_file_is_refused_without_hanging() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo.toml");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let fifo = fifo.to_str().unwrap().to_string();
+    for (path, why) in [
+        ("/dev/zero".to_string(), "larger than"),
+        (fifo.clone(), "not a regular file"),
+        (
+            dir.path().to_str().unwrap().to_string(),
+            "not a regular file",
+        ),
+    ] {
+        for sub in ["check", "run"] {
+            let mut child = std::process::Command::new(e2e::forwarder_bin())
+                .args([sub, "--config", &path])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("run forwarder");
+            let exited = wait_until(std::time::Duration::from_secs(10), || {
+                child.try_wait().ok().flatten().is_some()
+            });
+            if !exited {
+                let _ = child.kill();
+            }
+            let out = child.wait_with_output().unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(exited, "{sub} {path}: still running");
+            assert_eq!(out.status.code(), Some(2), "{sub} {path}: {err}");
+            assert!(
+                err.contains(&format!("{path}:-: {why}")),
+                "{sub} {path}: {err}"
+            );
+        }
     }
 }

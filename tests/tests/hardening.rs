@@ -251,6 +251,61 @@ fall = 1
     }
 }
 
+/// Any client can make the master print `role:slave` in its INFO (`REPLCONF ip-address` is shown
+/// verbatim in the `slaveN:` line). The check reads the role field Redis writes first, so the
+/// master keeps passing and stays routed.
+#[test]
+fn a_client_quoting_role_slave_in_the_masters_info_cannot_fail_it() {
+    let (m, r) = Redis::pair();
+    let f = Forwarder::start(&format!(
+        r#"[[service]]
+name = "mymaster"
+listen = "{{LISTEN}}"
+servers = ["{}", "{}"]
+
+[service.check]
+kind = "redis-master"
+interval = "200ms"
+rise = 1
+fall = 1
+"#,
+        m.addr(),
+        r.addr()
+    ));
+    assert!(wait_until(Duration::from_secs(10), || f.master("mymaster")
+        == Some(m.addr())));
+    let generation = f.service_status("mymaster").unwrap()["generation"].clone();
+    // The attack, through the forwarder itself.
+    let mut evil = Conn::open(f.listen[0]).unwrap();
+    for cmd in [
+        &["REPLCONF", "listening-port", "1"][..],
+        &["REPLCONF", "ip-address", "x\r\nrole:slave"],
+    ] {
+        assert_eq!(evil.cmd(cmd).unwrap(), Reply::Simple("OK".into()));
+    }
+    evil.stream().write_all(b"PSYNC ? -1\r\n").unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            match m.cmd(&["INFO", "replication"]) {
+                Reply::Bulk(Some(b)) => String::from_utf8_lossy(&b).contains("ip=x\r\nrole:slave"),
+                _ => false,
+            }
+        }),
+        "the injection did not show in INFO"
+    );
+    let before = checks_ok(&f, m.addr());
+    assert!(
+        wait_until(Duration::from_secs(10), || checks_ok(&f, m.addr())
+            >= before + 10),
+        "the master stopped passing: {:?}",
+        f.service_status("mymaster")
+    );
+    let st = f.service_status("mymaster").unwrap();
+    assert_eq!(st["master"].as_str(), Some(m.addr().to_string().as_str()));
+    assert_eq!(st["generation"], generation, "the master was dropped: {st}");
+    drop(evil);
+}
+
 /// A second `forwarder run` on an address a running forwarder serves is refused, written the
 /// same or as the wildcard address; with `share_listen = true` on both it may join on purpose.
 #[test]

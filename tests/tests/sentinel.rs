@@ -12,6 +12,7 @@ struct Lab {
     master: Redis,
     replica: Redis,
     sentinels: Vec<Option<Sentinel>>,
+    sentinel_addrs: Vec<SocketAddr>,
     f: Forwarder,
 }
 
@@ -51,6 +52,7 @@ fn lab_with(list_servers: bool) -> Lab {
         master,
         replica,
         sentinels,
+        sentinel_addrs: addrs,
         f,
     }
 }
@@ -335,4 +337,54 @@ fn two_services_fail_over_independently() {
     let mut c = Conn::open(f.listen[0]).unwrap();
     assert_eq!(c.server_port().unwrap(), r1.port);
     drop(r2);
+}
+
+/// A reload that changes nothing about servers, checks or Sentinels (here a timeout) while every
+/// Sentinel is unreachable keeps the master: the checks and the Sentinel view carry over, so no
+/// new check starts and nothing is forgotten.
+#[test]
+fn a_reload_while_the_sentinels_are_away_keeps_the_master() {
+    let mut lab = lab();
+    for s in lab.sentinels.iter_mut() {
+        s.take();
+    }
+    assert!(wait_until(Duration::from_secs(10), || lab
+        .f
+        .service_status("mymaster")
+        .is_some_and(
+            |s| s["sentinel"]["degraded"] == true && s["sentinel"]["reachable"] == 0
+        )));
+    let ok_before = lab.f.service_status("mymaster").unwrap()["servers"][0]["checks_ok"]
+        .as_u64()
+        .unwrap();
+    let text = e2e::sentinel_service(
+        &[lab.master.addr(), lab.replica.addr()],
+        &lab.sentinel_addrs,
+        "15s",
+    )
+    .replace("{LISTEN}", &lab.f.listen[0].to_string())
+    .replace("client = \"30s\"", "client = \"31s\"");
+    lab.f.rewrite(&text);
+    lab.f.proc().signal(libc::SIGHUP);
+    assert!(
+        wait_until(Duration::from_secs(10), || lab
+            .f
+            .log_text()
+            .contains("reloaded: 0 unchanged, 1 changed")),
+        "{}",
+        lab.f.log_text()
+    );
+    // Checks go on (their counters continue: the same checks), and the master stays.
+    assert!(wait_until(Duration::from_secs(10), || lab
+        .f
+        .service_status("mymaster")
+        .and_then(|s| s["servers"][0]["checks_ok"].as_u64())
+        .unwrap_or(0)
+        >= ok_before + 5));
+    assert_eq!(lab.f.master("mymaster"), Some(lab.master.addr()));
+    let mut c = Conn::open(lab.f.listen[0]).unwrap();
+    assert_eq!(
+        c.cmd(&["SET", "k", "v"]).unwrap(),
+        Reply::Simple("OK".into())
+    );
 }

@@ -407,6 +407,10 @@ struct Worker {
     wake_buf: Box<[u8; 8]>,
     tick: Box<types::Timespec>,
     cqes: Vec<(u64, i32, u32)>,
+    /// Clients admitted in this batch of completions, routed (and so connected) only after the
+    /// whole batch: a burst of accepts installs many descriptors at once, and the refused ones
+    /// must be closed before the admitted ones open sockets to the master.
+    admitted: Vec<usize>,
     sweep: bool,
 }
 
@@ -444,6 +448,7 @@ impl Worker {
             wake_buf: Box::new([0; 8]),
             tick: Box::new(types::Timespec::from(TICK)),
             cqes: Vec::with_capacity(1024),
+            admitted: Vec::new(),
             sweep: false,
         };
         w.arm_wake();
@@ -488,6 +493,11 @@ impl Worker {
                 }
             }
             self.cqes = cqes;
+            for idx in std::mem::take(&mut self.admitted) {
+                if self.queued.get(idx).is_some_and(|q| q.dial.is_none()) {
+                    self.route(idx);
+                }
+            }
             if std::mem::take(&mut self.sweep) {
                 self.check_all();
             }
@@ -768,7 +778,7 @@ impl Worker {
             after: None,
             dial: None,
         });
-        self.route(idx);
+        self.admitted.push(idx);
     }
 
     /// Connects a queued client to its master, leaves it waiting for one (it is looked at again
