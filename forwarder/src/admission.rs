@@ -1,17 +1,13 @@
 //! Who may open a session: the source allow list, `maxconn` and `maxconn_per_source`. Shared by
 //! every data path.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use ipnet::IpNet;
 
 use crate::metrics::{Reject, ServiceStats};
-
-/// Open sessions per source address (only addresses with at least one).
-type Sources = Arc<Mutex<HashMap<IpAddr, u32>>>;
 
 /// The admission rules of one service.
 #[derive(Debug)]
@@ -19,7 +15,7 @@ pub struct Gate {
     allow: Vec<IpNet>,
     maxconn: u64,
     per_source: Option<u32>,
-    sources: Sources,
+    /// The counters and the per-source counts: the service's, so they carry over a reload.
     stats: Arc<ServiceStats>,
 }
 
@@ -28,14 +24,14 @@ pub struct Gate {
 #[derive(Debug)]
 pub struct Permit {
     stats: Arc<ServiceStats>,
-    source: Option<(Sources, IpAddr)>,
+    source: Option<IpAddr>,
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
         self.stats.active.fetch_sub(1, Ordering::AcqRel);
-        if let Some((sources, ip)) = &self.source {
-            let mut m = sources.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(ip) = &self.source {
+            let mut m = self.stats.sources.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(n) = m.get_mut(ip) {
                 *n -= 1;
                 if *n == 0 {
@@ -57,7 +53,6 @@ impl Gate {
             allow,
             maxconn: u64::from(maxconn),
             per_source,
-            sources: Arc::default(),
             stats,
         }
     }
@@ -81,7 +76,7 @@ impl Gate {
         };
         if let Some(limit) = self.per_source {
             let ip = canonical(peer.ip());
-            let mut m = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+            let mut m = self.stats.sources.lock().unwrap_or_else(|p| p.into_inner());
             let n = m.entry(ip).or_insert(0);
             if *n >= limit {
                 drop(m);
@@ -90,7 +85,7 @@ impl Gate {
                 return Err(Reject::PerSource);
             }
             *n += 1;
-            permit.source = Some((Arc::clone(&self.sources), ip));
+            permit.source = Some(ip);
         }
         self.stats.accepted.fetch_add(1, Ordering::Relaxed);
         Ok(permit)

@@ -722,8 +722,11 @@ impl Validator {
         if !(1..=1024).contains(&max_servers) {
             return Err(self.err(format!("{key}.max_servers"), "between 1 and 1024"));
         }
-        if s.master_name.trim().is_empty() {
-            return Err(self.err(format!("{key}.master_name"), "must not be empty"));
+        if s.master_name.is_empty() || s.master_name.chars().any(|c| c.is_whitespace()) {
+            return Err(self.err(
+                format!("{key}.master_name"),
+                "one word, as in `sentinel monitor <name>` (no spaces)",
+            ));
         }
         let majority = addresses.len() / 2 + 1;
         let quorum = match s.quorum {

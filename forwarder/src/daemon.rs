@@ -89,6 +89,7 @@ impl Daemon {
             timeout: svc.check.timeout,
             interval: svc.check.interval,
             max_servers: s.max_servers,
+            own: self.own_listeners(),
         });
         let monitor = kept.map_or_else(
             || {
@@ -131,6 +132,15 @@ impl Daemon {
             runtime,
             monitor,
         }
+    }
+
+    /// Every address this daemon listens on (services and admin), which no Sentinel may name.
+    fn own_listeners(&self) -> Vec<std::net::SocketAddr> {
+        let cfg = lock(&self.config);
+        let services = cfg.service.iter().map(|s| s.listen);
+        services
+            .chain(cfg.admin.as_ref().map(|a| a.listen))
+            .collect()
     }
 
     /// How many sockets each service listens on: one per uring worker, which accepts on its own.
@@ -239,7 +249,8 @@ impl Daemon {
         if !errors.is_empty() {
             return Err(errors.join("; "));
         }
-        // Apply.
+        // Apply (the new runtimes already know the new set of listeners).
+        *lock(&self.config) = new.clone();
         let mut next = Vec::with_capacity(steps.len());
         let mut taken = vec![false; live.len()];
         let mut old_live: Vec<Option<Live>> = live.drain(..).map(Some).collect();
@@ -287,7 +298,6 @@ impl Daemon {
         }
         *live = next;
         drop(live);
-        *lock(&self.config) = new;
         let summary = format!(
             "reloaded: {kept} unchanged, {swapped} changed, {added} added, {removed} removed{}",
             notes.iter().map(|n| format!("; {n}")).collect::<String>()

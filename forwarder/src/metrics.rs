@@ -98,6 +98,9 @@ pub struct ServiceStats {
     /// Sessions that did not fit the sockmap and ran on the next data path.
     pub sockmap_fallbacks: AtomicU64,
     pub master_changes: AtomicU64,
+    /// Open sessions per source address (only addresses with at least one), for
+    /// `maxconn_per_source`; here rather than in the runtime's gate so they carry over a reload.
+    pub sources: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, u32>>,
 }
 
 impl ServiceStats {

@@ -66,6 +66,8 @@ struct SentinelMode {
     /// say; nothing is discovered.
     fenced: bool,
     max_servers: usize,
+    /// The forwarder's own listeners (see [`SentinelConfig::is_own`]).
+    config: SentinelConfig,
     /// The decision's log lines: a flapping quorum must not fill the disk.
     log: RateLimit,
     changed_log: RateLimit,
@@ -122,9 +124,10 @@ impl Monitor {
         schedule: Schedule,
         sentinel: Option<SentinelConfig>,
     ) -> Monitor {
-        let max_servers = sentinel.as_ref().map_or(0, |c| c.max_servers);
         let fenced = !servers.is_empty();
-        let sentinels = sentinel.map(|cfg| Sentinels::spawn(service.clone(), cfg));
+        let sentinels = sentinel
+            .as_ref()
+            .map(|cfg| Sentinels::spawn(service.clone(), cfg.clone()));
         let (tx, _) = watch::channel(MasterView {
             generation: 0,
             master: None,
@@ -138,17 +141,21 @@ impl Monitor {
             tasks: Mutex::new(Vec::new()),
             program: Arc::new(program),
             schedule,
-            sentinel: sentinels.as_ref().map(|s| SentinelMode {
-                view: s.subscribe(),
-                decision: Mutex::new(Decision {
-                    no_master_since: Some(Instant::now()),
-                    ..Decision::default()
+            sentinel: sentinels
+                .as_ref()
+                .zip(sentinel)
+                .map(|(s, config)| SentinelMode {
+                    view: s.subscribe(),
+                    decision: Mutex::new(Decision {
+                        no_master_since: Some(Instant::now()),
+                        ..Decision::default()
+                    }),
+                    fenced,
+                    max_servers: config.max_servers,
+                    config,
+                    log: RateLimit::default(),
+                    changed_log: RateLimit::default(),
                 }),
-                fenced,
-                max_servers,
-                log: RateLimit::default(),
-                changed_log: RateLimit::default(),
-            }),
         });
         for addr in servers {
             add_server(&shared, addr);
@@ -371,6 +378,13 @@ async fn follow_sentinels(
                     (servers.iter().any(|s| s.addr == addr), servers.len())
                 };
                 if known {
+                    continue;
+                }
+                if sm.config.is_own(addr) {
+                    sm.log.log(|suppressed| {
+                        tracing::error!(service = %shared.service, server = %addr, suppressed,
+                            "a Sentinel quorum names one of our own listeners; not checking it");
+                    });
                     continue;
                 }
                 if count >= sm.max_servers {

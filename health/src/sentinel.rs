@@ -37,6 +37,9 @@ pub struct SentinelConfig {
     pub max_servers: usize,
     /// Between two queries of one Sentinel.
     pub interval: Duration,
+    /// The forwarder's own listeners: never checked or routed to, whatever the Sentinels say
+    /// (a wildcard listener also covers loopback addresses on its port).
+    pub own: Vec<SocketAddr>,
 }
 
 impl SentinelConfig {
@@ -45,6 +48,14 @@ impl SentinelConfig {
             0 => self.addresses.len() / 2 + 1,
             q => q,
         }
+    }
+
+    /// Whether `addr` is one of the forwarder's own listeners.
+    pub fn is_own(&self, addr: SocketAddr) -> bool {
+        self.own.iter().any(|l| {
+            l.port() == addr.port()
+                && (l.ip() == addr.ip() || (l.ip().is_unspecified() && addr.ip().is_loopback()))
+        })
     }
 }
 
@@ -465,7 +476,10 @@ fn addr(ip: &str, port: &str) -> Result<SocketAddr, String> {
     if port == 0 {
         return Err("port 0".into());
     }
-    Ok(SocketAddr::new(ip, port))
+    if ip.is_unspecified() || ip.is_multicast() {
+        return Err(format!("{ip} is not the address of one server"));
+    }
+    Ok(SocketAddr::new(ip.to_canonical(), port))
 }
 
 /// `SENTINEL replicas` reply: an array of flat field/value arrays; the `ip` and `port` fields of
@@ -860,6 +874,7 @@ mod tests {
                 timeout: Duration::from_secs(1),
                 interval: Duration::from_secs(1),
                 max_servers: 8,
+                own: Vec::new(),
             },
             service: "t".into(),
             answers: Mutex::new(vec![Answer::default(); 3]),

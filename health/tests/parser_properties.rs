@@ -754,14 +754,24 @@ fn ip_text(ip: IpAddr) -> impl Strategy<Value = String> {
     prop::sample::select(forms)
 }
 
+/// A server address as a Sentinel may name it (one host: not unspecified or multicast), the
+/// text of its IP, and of its port; the address is what the parsers return (IPv4-mapped IPv6
+/// comes back as IPv4).
 fn addr_and_text() -> impl Strategy<Value = (SocketAddr, String, String)> {
-    (ip(), 1u16..=65535).prop_flat_map(|(ip, port)| {
-        (
-            Just(SocketAddr::new(ip, port)),
-            ip_text(ip),
-            Just(port.to_string()),
-        )
-    })
+    (
+        ip().prop_filter("one host", |ip| {
+            let c = ip.to_canonical();
+            !c.is_unspecified() && !c.is_multicast()
+        }),
+        1u16..=65535,
+    )
+        .prop_flat_map(|(ip, port)| {
+            (
+                Just(SocketAddr::new(ip.to_canonical(), port)),
+                ip_text(ip),
+                Just(port.to_string()),
+            )
+        })
 }
 
 /// Hostnames: never an IP address (a letter first, no colon).
@@ -895,6 +905,14 @@ proptest! {
     fn master_addr_round_trips((want, ip, port) in addr_and_text()) {
         let r = Reply::Array(Some(vec![bulk(ip.as_bytes()), bulk(port.as_bytes())]));
         prop_assert_eq!(parse_master_addr(&r), Ok(Some(want)));
+    }
+
+    #[test]
+    fn unspecified_and_multicast_addresses_are_refused(port in 1u16..=65535, group in any::<u8>()) {
+        for ip in ["0.0.0.0".to_string(), "::".to_string(), format!("239.0.0.{group}"), "ff02::1".to_string()] {
+            let r = Reply::Array(Some(vec![bulk(ip.as_bytes()), bulk(port.to_string().as_bytes())]));
+            prop_assert!(parse_master_addr(&r).is_err(), "{} accepted", ip);
+        }
     }
 
     #[test]

@@ -181,6 +181,12 @@ fn bad_configs_are_refused_with_key_and_reason() {
             "listed twice",
         ),
         (
+            "a Sentinel master name with a space",
+            with("[service.sentinel]\naddresses = [\"127.0.0.1:1\"]\nmaster_name = \"my master\"\n"),
+            "service[0].sentinel.master_name",
+            "no spaces",
+        ),
+        (
             "max_servers zero",
             with("[service.sentinel]\naddresses = [\"127.0.0.1:1\"]\nmaster_name = \"m\"\nmax_servers = 0\n"),
             "service[0].sentinel.max_servers",

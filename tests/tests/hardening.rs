@@ -146,6 +146,28 @@ fn a_sentinel_quorum_naming_a_server_outside_servers_gives_no_master() {
     ) >= 1));
 }
 
+/// A Sentinel quorum that names the forwarder's own listener: it is never checked (the check
+/// would connect to ourselves, and every connection would open another).
+#[test]
+fn a_sentinel_quorum_naming_our_own_listener_is_not_followed() {
+    let listen = std::net::SocketAddr::from(([127, 0, 0, 1], e2e::free_port()));
+    let liars: Vec<HostileSentinel> = (0..3)
+        .map(|_| HostileSentinel::start(Lie::Names(listen)))
+        .collect();
+    let addrs: Vec<_> = liars.iter().map(|l| l.addr).collect();
+    let text = sentinel_service(&[], &addrs, "1s").replace("{LISTEN}", &listen.to_string());
+    let f = Forwarder::start(&text);
+    assert!(
+        wait_until(Duration::from_secs(10), || f
+            .log_text()
+            .contains("names one of our own listeners")),
+        "{}",
+        f.log_text()
+    );
+    assert!(checked_servers(&f).is_empty(), "{:?}", checked_servers(&f));
+    assert_eq!(f.master("mymaster"), None);
+}
+
 /// A Sentinel that answers once and then trickles (a byte every 300 ms, each within the per-read
 /// timeout), and one that announces a 64 MiB reply: both are unreachable, so their votes do not
 /// count, and the master stays routed by the two honest ones.
