@@ -11,6 +11,24 @@ use std::time::{Duration, Instant};
 use e2e::hostile::{HostileSentinel, Lie};
 use e2e::{sentinel_service, wait_until, Conn, Forwarder, Redis, Reply, Sentinel};
 
+/// A redis-master service over two servers, checked every 200 ms with rise and fall 1.
+fn pair_service(a: SocketAddr, b: SocketAddr) -> String {
+    format!(
+        r#"[[service]]
+name = "mymaster"
+listen = "{{LISTEN}}"
+servers = ["{a}", "{b}"]
+timeout = {{ queue = "1s" }}
+
+[service.check]
+kind = "redis-master"
+interval = "200ms"
+rise = 1
+fall = 1
+"#
+    )
+}
+
 fn checked_servers(f: &Forwarder) -> HashSet<String> {
     f.servers("mymaster").into_iter().collect()
 }
@@ -225,22 +243,7 @@ fn a_replica_quoting_role_master_is_never_routed_to() {
         }),
         "the sub-replica never announced itself"
     );
-    let f = Forwarder::start(&format!(
-        r#"[[service]]
-name = "mymaster"
-listen = "{{LISTEN}}"
-servers = ["{}", "{}"]
-timeout = {{ queue = "1s" }}
-
-[service.check]
-kind = "redis-master"
-interval = "200ms"
-rise = 1
-fall = 1
-"#,
-        m.addr(),
-        r.addr()
-    ));
+    let f = Forwarder::start(&pair_service(m.addr(), r.addr()));
     assert!(wait_until(Duration::from_secs(10), || f.master("mymaster")
         == Some(m.addr())));
     let mut m = m;
@@ -279,21 +282,7 @@ fall = 1
 #[test]
 fn a_client_quoting_role_slave_in_the_masters_info_cannot_fail_it() {
     let (m, r) = Redis::pair();
-    let f = Forwarder::start(&format!(
-        r#"[[service]]
-name = "mymaster"
-listen = "{{LISTEN}}"
-servers = ["{}", "{}"]
-
-[service.check]
-kind = "redis-master"
-interval = "200ms"
-rise = 1
-fall = 1
-"#,
-        m.addr(),
-        r.addr()
-    ));
+    let f = Forwarder::start(&pair_service(m.addr(), r.addr()));
     assert!(wait_until(Duration::from_secs(10), || f.master("mymaster")
         == Some(m.addr())));
     let generation = f.service_status("mymaster").unwrap()["generation"].clone();
