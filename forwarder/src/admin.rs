@@ -494,7 +494,7 @@ fn render_metrics(state: &State) -> String {
     family(
         "forwarder_bytes_copied_in_userspace_total",
         "counter",
-        "Payload bytes that passed through userspace buffers (0 for uring and sockmap sessions).",
+        "Payload bytes that passed through userspace buffers (userspace sessions, and uring directions that found no pipe free).",
         per_service(&|s| s.stats.bytes_copied_in_userspace.to_string()),
     );
     family(

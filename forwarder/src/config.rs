@@ -896,8 +896,8 @@ fn overlap(a: &SocketAddr, b: &SocketAddr) -> bool {
     a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
-/// This host's own addresses (for the loop check); empty when they cannot be listed.
-fn local_ips() -> Vec<IpAddr> {
+/// This host's own addresses (for the loop checks); empty when they cannot be listed.
+pub fn local_ips() -> Vec<IpAddr> {
     nix::ifaddrs::getifaddrs()
         .map(|ifs| {
             ifs.filter_map(|i| {

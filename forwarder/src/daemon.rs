@@ -134,13 +134,26 @@ impl Daemon {
         }
     }
 
-    /// Every address this daemon listens on (services and admin), which no Sentinel may name.
+    /// Every address this daemon listens on (services and admin; a wildcard listener on each of
+    /// this host's addresses), which no Sentinel may name.
     fn own_listeners(&self) -> Vec<std::net::SocketAddr> {
         let cfg = lock(&self.config);
-        let services = cfg.service.iter().map(|s| s.listen);
-        services
+        let listens: Vec<std::net::SocketAddr> = cfg
+            .service
+            .iter()
+            .map(|s| s.listen)
             .chain(cfg.admin.as_ref().map(|a| a.listen))
-            .collect()
+            .collect();
+        let local = crate::config::local_ips();
+        let mut own = listens.clone();
+        for l in listens.iter().filter(|l| l.ip().is_unspecified()) {
+            own.extend(
+                local
+                    .iter()
+                    .map(|ip| std::net::SocketAddr::new(*ip, l.port())),
+            );
+        }
+        own
     }
 
     /// How many sockets each service listens on: one per uring worker, which accepts on its own.

@@ -55,19 +55,16 @@ pub enum End {
     MasterChanged,
     /// The daemon is shutting down.
     Shutdown,
-    /// The session needed a pipe (uring) past the worker's share of the descriptor budget.
-    NoPipe,
 }
 
 impl End {
-    pub const ALL: [End; 7] = [
+    pub const ALL: [End; 6] = [
         End::Closed,
         End::Reset,
         End::ClientTimeout,
         End::ServerTimeout,
         End::MasterChanged,
         End::Shutdown,
-        End::NoPipe,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -78,7 +75,6 @@ impl End {
             End::ServerTimeout => "server_timeout",
             End::MasterChanged => "master_changed",
             End::Shutdown => "shutdown",
-            End::NoPipe => "no_pipe",
         }
     }
 }
@@ -93,7 +89,8 @@ pub struct ServiceStats {
     ended: [AtomicU64; End::ALL.len()],
     pub bytes_client_to_server: AtomicU64,
     pub bytes_server_to_client: AtomicU64,
-    /// Bytes that passed through userspace buffers (the userspace data path only).
+    /// Bytes that passed through userspace buffers: the userspace data path, and uring
+    /// directions that found no pipe free.
     pub bytes_copied_in_userspace: AtomicU64,
     /// Sessions that did not fit the sockmap and ran on the next data path.
     pub sockmap_fallbacks: AtomicU64,

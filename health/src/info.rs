@@ -190,6 +190,42 @@ pub fn reply_role(bytes: &[u8]) -> Result<Role, InfoError> {
     }
 }
 
+/// Longest `INFO replication` reply read to its end (any client can lengthen a master's by
+/// posing as replicas: a `slaveN:` line each).
+pub const MAX_INFO: usize = 64 << 20;
+
+/// The role in an `INFO replication` reply of which only the first `kept.len()` bytes were kept
+/// and `discarded` more were received: `None` while the bulk string is not all in (by its
+/// length header), else its role, read from the kept start (Redis writes `role:` first).
+pub fn reply_role_streamed(kept: &[u8], discarded: usize) -> Option<Result<Role, InfoError>> {
+    if discarded == 0 {
+        return match reply_role(kept) {
+            Err(InfoError::Incomplete) => None,
+            r => Some(r),
+        };
+    }
+    let not_bulk = || {
+        Some(Err(InfoError::NotBulk(
+            String::from_utf8_lossy(&kept[..kept.len().min(20)]).into_owned(),
+        )))
+    };
+    let Some(end) = kept.windows(2).position(|w| w == b"\r\n") else {
+        return not_bulk();
+    };
+    let Some(n) = kept[..end]
+        .strip_prefix(b"$")
+        .and_then(|d| std::str::from_utf8(d).ok())
+        .and_then(|d| d.parse::<usize>().ok())
+        .filter(|n| *n <= MAX_INFO)
+    else {
+        return not_bulk();
+    };
+    if kept.len() + discarded < end + 2 + n + 2 {
+        return None;
+    }
+    Some(replication_role(&String::from_utf8_lossy(&kept[end + 2..])))
+}
+
 /// Parses the raw RESP reply to `INFO replication` (`$N\r\n...\r\n`), as captured by a check;
 /// bytes after the reply are ignored.
 pub fn parse_info_reply(bytes: &[u8]) -> Result<Replication, InfoError> {
@@ -207,6 +243,35 @@ mod tests {
     // Verbatim from redis-server 7.0.15 (`redis-cli info replication`), CRLF as sent.
     const MASTER: &str = "# Replication\r\nrole:master\r\nconnected_slaves:1\r\nslave0:ip=127.0.0.1,port=7778,state=wait_bgsave,offset=0,lag=0\r\nmaster_failover_state:no-failover\r\nmaster_replid:cec974fc23c64605626d26e270d1536b7607c83d\r\nmaster_replid2:0000000000000000000000000000000000000000\r\nmaster_repl_offset:0\r\nsecond_repl_offset:-1\r\nrepl_backlog_active:1\r\nrepl_backlog_size:1048576\r\nrepl_backlog_first_byte_offset:1\r\nrepl_backlog_histlen:0\r\n";
     const REPLICA: &str = "# Replication\r\nrole:slave\r\nmaster_host:127.0.0.1\r\nmaster_port:7777\r\nmaster_link_status:down\r\nmaster_last_io_seconds_ago:-1\r\nmaster_sync_in_progress:0\r\nslave_read_repl_offset:1\r\nslave_repl_offset:1\r\nmaster_link_down_since_seconds:-1\r\nslave_priority:100\r\nslave_read_only:1\r\nreplica_announced:1\r\nconnected_slaves:0\r\nmaster_failover_state:no-failover\r\nmaster_replid:2c59e703ddce1ec7a526487f562e4ca77617c186\r\nmaster_replid2:0000000000000000000000000000000000000000\r\nmaster_repl_offset:0\r\nsecond_repl_offset:-1\r\nrepl_backlog_active:0\r\nrepl_backlog_size:1048576\r\nrepl_backlog_first_byte_offset:0\r\nrepl_backlog_histlen:0\r\n";
+
+    #[test]
+    fn a_reply_too_large_to_keep_is_read_to_its_end_and_judged_by_its_start() {
+        let body = format!(
+            "{MASTER}{}",
+            "slave9:ip=xxxxxxxxxx,port=1,state=online,offset=0,lag=0\r\n".repeat(2000)
+        );
+        let whole = format!("${}\r\n{body}\r\n", body.len()).into_bytes();
+        let keep = 64 * 1024;
+        assert!(whole.len() > keep);
+        assert_eq!(
+            reply_role_streamed(&whole[..keep], 10),
+            None,
+            "not all in yet"
+        );
+        let rest = whole.len() - keep;
+        assert_eq!(
+            reply_role_streamed(&whole[..keep], rest),
+            Some(Ok(Role::Master))
+        );
+        let replica = format!("{REPLICA}{}", "x".repeat(100_000));
+        let whole = format!("${}\r\n{replica}\r\n", replica.len()).into_bytes();
+        assert_eq!(
+            reply_role_streamed(&whole[..keep], whole.len() - keep),
+            Some(Ok(Role::Replica))
+        );
+        assert!(matches!(reply_role_streamed(&[b'x'; 100], 5), Some(Err(_))));
+        assert_eq!(reply_role_streamed(&whole[..100], 0), None);
+    }
 
     #[test]
     fn the_role_is_the_replication_sections_own_field() {

@@ -123,6 +123,9 @@ struct SentinelLogs {
 /// Most `+switch-master` pushes for our master one Sentinel may send in `PUSH_WINDOW`; more is a
 /// flood (a real failover sends one), and the subscription is dropped and retried with backoff.
 const PUSH_BURST: u32 = 5;
+/// Most pub/sub messages of any kind (other masters' included) one subscription may deliver in
+/// `PUSH_WINDOW`: enough for a Sentinel of a hundred masters in a bad minute, not for a flood.
+const MESSAGE_BURST: u32 = 1000;
 const PUSH_WINDOW: Duration = Duration::from_secs(10);
 /// A subscription that lived this long resets the reconnect backoff.
 const STABLE: Duration = Duration::from_secs(10);
@@ -406,9 +409,19 @@ async fn subscription(shared: &Shared, i: usize) -> Result<(), String> {
     cmd.extend(EVENTS.iter().map(|e| e.as_bytes()));
     conn.send(&cmd).await?;
     let mut window = (tokio::time::Instant::now(), 0u32);
+    let mut messages = (tokio::time::Instant::now(), 0u32);
     loop {
         // No timeout: a subscription is silent until something happens.
         let reply = conn.read(None).await?;
+        if messages.0.elapsed() > PUSH_WINDOW {
+            messages = (tokio::time::Instant::now(), 0);
+        }
+        messages.1 += 1;
+        if messages.1 > MESSAGE_BURST {
+            return Err(format!(
+                "more than {MESSAGE_BURST} messages in {PUSH_WINDOW:?}: a flood"
+            ));
+        }
         let Some((channel, payload)) = parse_message(&reply)? else {
             continue; // a subscribe confirmation
         };

@@ -16,6 +16,9 @@ pub enum Lie {
     Flood { master: SocketAddr, replicas: u16 },
     /// Names `master`, quietly (no pushes, no replicas).
     Names(SocketAddr),
+    /// Names `master`, and floods every subscription with `+sdown` events for it (not
+    /// `+switch-master`), as fast as it can for at most 20 s.
+    Events(SocketAddr),
     /// Answers the first query with `master`, then trickles every later answer one byte every
     /// 300 ms.
     Trickle(SocketAddr),
@@ -117,6 +120,22 @@ fn serve(mut c: TcpStream, lie: &Lie, stop: &AtomicBool) {
                 if c.write_all(out.as_bytes()).is_err() {
                     return;
                 }
+                if let Lie::Events(master) = lie {
+                    let payload = format!("master mymaster {} {}", master.ip(), master.port());
+                    let push = format!(
+                        "*3\r\n{}{}{}",
+                        bulk("message"),
+                        bulk("+sdown"),
+                        bulk(&payload)
+                    )
+                    .repeat(64);
+                    let until = std::time::Instant::now() + Duration::from_secs(20);
+                    while std::time::Instant::now() < until {
+                        if stop.load(Ordering::Relaxed) || c.write_all(push.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                }
                 if let Lie::Flood { master, .. } = lie {
                     let payload = format!("mymaster 127.0.0.1 1 {} {}", master.ip(), master.port());
                     let push = format!(
@@ -138,7 +157,8 @@ fn serve(mut c: TcpStream, lie: &Lie, stop: &AtomicBool) {
                 return;
             }
             (["sentinel", "get-master-addr-by-name", _], Lie::Flood { master, .. })
-            | (["sentinel", "get-master-addr-by-name", _], Lie::Names(master)) => {
+            | (["sentinel", "get-master-addr-by-name", _], Lie::Names(master))
+            | (["sentinel", "get-master-addr-by-name", _], Lie::Events(master)) => {
                 addr_reply(*master)
             }
             (["sentinel", "get-master-addr-by-name", _], Lie::Trickle(master)) => {

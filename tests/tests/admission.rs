@@ -228,3 +228,69 @@ fn a_limit_too_small_for_the_reserve_is_a_startup_error() {
         "{out}"
     );
 }
+
+/// Slow readers (each asks for a 1 MiB value and never reads) hold uring pipes full of bytes
+/// until the worker's pipe share is used up. New sessions still work: a direction that finds no
+/// pipe free copies through a small userspace buffer instead of being reset. The slow readers
+/// are not cut either.
+#[test]
+fn slow_readers_holding_every_pipe_do_not_stop_new_sessions() {
+    let prlimit = e2e::require("prlimit", "util-linux");
+    let r = Redis::start();
+    let big = "x".repeat(1 << 20);
+    assert_eq!(r.cmd(&["SET", "big", &big]), Reply::Simple("OK".into()));
+    let datapath = format!("mode = \"{}\"", e2e::mode());
+    // 400 descriptors: a dozen pipes per uring worker.
+    let wrapper = [prlimit.to_str().unwrap(), "--nofile=400:400", "--"];
+    let f = Forwarder::start_with(&service(&r, ""), &datapath, &wrapper);
+    assert!(wait_until(Duration::from_secs(10), || f
+        .master("mymaster")
+        .is_some()));
+    let slow: Vec<std::net::TcpStream> = (0..40)
+        .map(|_| {
+            let s =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            s.set_recv_buffer_size(4096).unwrap();
+            s.connect(&f.listen[0].into()).unwrap();
+            let mut s: std::net::TcpStream = s.into();
+            std::io::Write::write_all(&mut s, b"GET big\r\n").unwrap();
+            s
+        })
+        .collect();
+    let ping = || {
+        Conn::open(f.listen[0])
+            .and_then(|mut c| c.cmd(&["PING"]))
+            .map_err(|e| e.to_string())
+    };
+    if e2e::mode() == "uring" {
+        assert!(
+            wait_until(Duration::from_secs(10), || {
+                assert_eq!(ping(), Ok(Reply::Simple("PONG".into())), "{}", f.log_text());
+                f.log_text().contains("no pipe free")
+            }),
+            "the pipe share was never used up: {:?}",
+            f.service_status("mymaster")
+        );
+    }
+    for i in 0..20 {
+        assert_eq!(ping(), Ok(Reply::Simple("PONG".into())), "client {i}");
+    }
+    let st = f.service_status("mymaster").expect("status");
+    if e2e::mode() == "uring" {
+        assert!(
+            st["stats"]["bytes_copied_in_userspace"].as_u64() > Some(0),
+            "{st}"
+        );
+    }
+    assert_eq!(st["stats"]["ended"]["reset"].as_u64(), Some(0), "{st}");
+    // The pings' sessions end a moment after their clients close; the slow readers stay.
+    assert!(
+        wait_until(Duration::from_secs(5), || f
+            .service_status("mymaster")
+            .and_then(|s| s["stats"]["active"].as_u64())
+            == Some(40)),
+        "slow readers were cut: {:?}",
+        f.service_status("mymaster")
+    );
+    drop(slow);
+}

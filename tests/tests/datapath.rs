@@ -34,6 +34,10 @@ fn round_trip(f: &Forwarder) {
 
 /// The one log line in which `auto` says what it chose and why.
 fn auto_line(f: &Forwarder) -> String {
+    // The stderr reader thread may not have caught up with the daemon yet.
+    wait_until(Duration::from_secs(5), || {
+        f.log_text().contains("datapath auto: using")
+    });
     let log = f.log_text();
     let lines: Vec<&str> = log
         .lines()

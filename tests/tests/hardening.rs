@@ -164,6 +164,38 @@ fn a_sentinel_quorum_naming_a_server_outside_servers_gives_no_master() {
     ) >= 1));
 }
 
+/// A Sentinel that floods its subscription with events other than `+switch-master` (here
+/// `+sdown` for our master, 64 per write, as fast as it can) is dropped as a flood, so it cannot
+/// keep a core busy.
+#[test]
+fn a_sentinel_event_flood_drops_its_subscription() {
+    let (master, _replica) = Redis::pair();
+    let honest: Vec<Sentinel> = (0..2)
+        .map(|_| Sentinel::start("mymaster", master.addr(), 2, 1000))
+        .collect();
+    let flood = HostileSentinel::start(Lie::Events(master.addr()));
+    let f = Forwarder::start(&sentinel_service(
+        &[],
+        &[honest[0].addr(), honest[1].addr(), flood.addr],
+        "1s",
+    ));
+    assert!(
+        wait_until(Duration::from_secs(15), || f
+            .log_text()
+            .contains("messages in")
+            && f.log_text().contains("a flood")),
+        "{}",
+        f.log_text()
+    );
+    assert!(
+        wait_until(Duration::from_secs(15), || f.master("mymaster")
+            == Some(master.addr())),
+        "{:?}\n{}",
+        f.service_status("mymaster"),
+        f.log_text()
+    );
+}
+
 /// A Sentinel quorum that names the forwarder's own listener: it is never checked (the check
 /// would connect to ourselves, and every connection would open another).
 #[test]
@@ -315,6 +347,51 @@ fn a_client_quoting_role_slave_in_the_masters_info_cannot_fail_it() {
     assert_eq!(st["master"].as_str(), Some(m.addr().to_string().as_str()));
     assert_eq!(st["generation"], generation, "the master was dropped: {st}");
     drop(evil);
+}
+
+/// Any client can lengthen the master's INFO reply past what a check keeps (each fake replica
+/// adds a `slaveN:` line with a 250-byte address): the check reads the reply to its end and
+/// judges it by its first `role:` field, so the master stays routed.
+#[test]
+fn a_client_inflating_the_masters_info_cannot_fail_it() {
+    let (m, r) = Redis::pair();
+    let f = Forwarder::start(&pair_service(m.addr(), r.addr()));
+    assert!(wait_until(Duration::from_secs(10), || f.master("mymaster")
+        == Some(m.addr())));
+    let generation = f.service_status("mymaster").unwrap()["generation"].clone();
+    let ip = "y".repeat(250);
+    let fakes: Vec<Conn> = (0..300)
+        .map(|_| {
+            let mut c = Conn::open(m.addr()).unwrap();
+            for cmd in [
+                &["REPLCONF", "listening-port", "1"][..],
+                &["REPLCONF", "ip-address", &ip],
+            ] {
+                assert_eq!(c.cmd(cmd).unwrap(), Reply::Simple("OK".into()));
+            }
+            c.stream().write_all(b"PSYNC ? -1\r\n").unwrap();
+            c
+        })
+        .collect();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            match m.cmd(&["INFO", "replication"]) {
+                Reply::Bulk(Some(b)) => b.len() > 70_000,
+                _ => false,
+            }
+        }),
+        "INFO did not grow past 64 KiB"
+    );
+    let before = checks_ok(&f, m.addr());
+    assert!(
+        wait_until(Duration::from_secs(15), || checks_ok(&f, m.addr())
+            >= before + 10),
+        "the master stopped passing: {:?}",
+        f.service_status("mymaster")
+    );
+    let st = f.service_status("mymaster").unwrap();
+    assert_eq!(st["generation"], generation, "the master was dropped: {st}");
+    drop(fakes);
 }
 
 /// A second `forwarder run` on an address a running forwarder serves is refused, written the

@@ -153,7 +153,9 @@ fn kill_9_failover_under_writes_then_the_old_master_returns() {
         assert_eq!(
             master,
             Some(lab.replica.addr()),
-            "routed away from the Sentinel master"
+            "routed away from the Sentinel master (old master {old_port}): {:?}\n{}",
+            f.service_status("mymaster"),
+            f.log_text()
         );
         if let Ok(mut c) = Conn::open(f.listen[0]) {
             if let Ok(port) = c.server_port() {

@@ -26,6 +26,10 @@
 //!   `PIPES_KEPT_MAX` per worker, so descriptors stay bounded) until `COOL_AFTER` without
 //!   traffic, when its linked poll is cancelled and the pipe goes back. An idle session holds
 //!   two sockets and a slab entry, nothing else.
+//! - A worker opens at most `pipes_max` pipes (its share of the descriptor budget). A direction
+//!   that finds none free copies through a `COPY_CHUNK` buffer instead (`copy_inline`); what
+//!   the destination does not take waits in the direction's `spill`, which, like a pipe, is
+//!   written out before the source is read again. Running out of pipes never ends a session.
 //! - A session is freed only when none of its operations is in flight (`ops` bit set), after
 //!   cancelling them; then both sockets close, with a reset unless both directions ended cleanly.
 //!   A listener is closed only once its multishot accept has reported its last completion.
@@ -66,6 +70,8 @@ const PIPE_POOL_MAX: usize = 64;
 pub const PIPES_PER_WORKER_MAX: usize = 384;
 /// A read at least this large marks a stream: the direction's next poll is linked to its splices.
 const STREAM_READ: i32 = 64 * 1024;
+/// At most this much is read at once by a direction that found no pipe free (`copy_inline`).
+const COPY_CHUNK: usize = 16 * 1024;
 /// Pipes a worker lets streaming directions keep between bursts. Each pipe is two descriptors;
 /// past this many, a drained direction gives its pipe back and waits with a plain poll, so
 /// thousands of briefly busy sessions cannot exhaust the descriptor limit.
@@ -342,6 +348,9 @@ struct Dir {
     done: bool,
     /// Its linked poll was cancelled to give the idle pipe back (see `cool_down`).
     cooling: bool,
+    /// Bytes read without a pipe (see `copy_inline`) and not yet written: then `pending` counts
+    /// these, and the direction holds no pipe.
+    spill: Vec<u8>,
 }
 
 struct Conn {
@@ -599,10 +608,9 @@ impl Worker {
                     let (held, max) = (self.held, self.pipes_max);
                     self.pipe_log.log(|suppressed| {
                         tracing::warn!(error = %e, held, max, suppressed,
-                            "cannot get a pipe; resetting the session (counted as ended no_pipe)");
+                            "no pipe free (slow readers hold them?); copying through userspace");
                     });
-                    self.end(slot, End::NoPipe);
-                    return;
+                    return self.copy_inline(slot, dir);
                 }
             }
         }
@@ -641,6 +649,70 @@ impl Worker {
             ));
         }
         self.after_out(slot, dir, out);
+    }
+
+    /// The direction's bytes without a pipe (the worker's pipe share is used up, typically by
+    /// slow readers holding bytes in theirs): one non-blocking `recv` of at most `COPY_CHUNK`
+    /// into a buffer and a `send` of it, as HAProxy falls back to its buffers when `maxpipes`
+    /// is reached. What the destination does not take waits in `spill` (at most `COPY_CHUNK`
+    /// per direction) and goes out on the next `POLLOUT`, before anything more is read.
+    fn copy_inline(&mut self, slot: usize, dir: usize) {
+        let mut buf = [0u8; COPY_CHUNK];
+        let Conn {
+            job, dirs, last, ..
+        } = &mut self.conns[slot];
+        let d = &mut dirs[dir];
+        let mut out = 0;
+        match rustix::net::recv(&job.fds[dir], &mut buf, rustix::net::RecvFlags::DONTWAIT) {
+            Ok((n, _)) => {
+                d.in_res = i32::try_from(n).unwrap_or(i32::MAX);
+                if n > 0 {
+                    d.pending = d.in_res.unsigned_abs();
+                    last[dir] = Instant::now();
+                    job.stats
+                        .bytes_copied_in_userspace
+                        .fetch_add(n as u64, Ordering::Relaxed);
+                    let flags = rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL;
+                    let sent = match rustix::net::send(&job.fds[1 - dir], &buf[..n], flags) {
+                        Ok(m) => m,
+                        Err(e) => {
+                            out = -e.raw_os_error();
+                            0
+                        }
+                    };
+                    d.spill.extend_from_slice(&buf[sent..n]);
+                    if sent > 0 {
+                        out = i32::try_from(sent).unwrap_or(i32::MAX);
+                    }
+                }
+            }
+            Err(e) => d.in_res = -e.raw_os_error(),
+        }
+        self.after_out(slot, dir, out);
+    }
+
+    /// Sends what a copying direction could not send before (see `copy_inline`), until the
+    /// destination would block; then lets `after_out` decide.
+    fn send_spill(&mut self, slot: usize, dir: usize) {
+        let Conn { job, dirs, .. } = &mut self.conns[slot];
+        let d = &mut dirs[dir];
+        let flags = rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL;
+        let (mut sent, mut err) = (0usize, 0i32);
+        while sent < d.spill.len() {
+            match rustix::net::send(&job.fds[1 - dir], &d.spill[sent..], flags) {
+                Ok(m) => sent += m,
+                Err(e) => {
+                    err = -e.raw_os_error();
+                    break;
+                }
+            }
+        }
+        d.spill.drain(..sent);
+        let res = match sent {
+            0 => err,
+            n => i32::try_from(n).unwrap_or(i32::MAX),
+        };
+        self.after_out(slot, dir, res);
     }
 
     /// Splices from the source into the (empty, held) pipe and, hard-linked, from the pipe to the
@@ -687,6 +759,9 @@ impl Worker {
 
     /// Writes what is left in the pipe.
     fn splice_out(&mut self, slot: usize, dir: usize) {
+        if !self.conns[slot].dirs[dir].spill.is_empty() {
+            return self.send_spill(slot, dir);
+        }
         let flags = (SpliceFlags::NONBLOCK | SpliceFlags::MOVE).bits();
         let dst = self.fd(slot, 1 - dir);
         let d = &self.conns[slot].dirs[dir];
