@@ -15,11 +15,12 @@ use crate::admin;
 use crate::budget::{self, Budget};
 use crate::config::{Config, Mode, Service};
 use crate::datapath::DataPath;
-use crate::metrics::GlobalStats;
+use crate::metrics::{AdminReject, GlobalStats};
 use crate::router::Router;
 use crate::service::{self, ServiceRuntime};
+use crate::status::{BpfTotals, ServiceStatus, Status};
 
-/// A running service as the admin listener sees it.
+/// A running service: its configuration, runtime and checks.
 pub struct ServiceHandle {
     pub config: Service,
     pub runtime: Arc<ServiceRuntime>,
@@ -44,6 +45,8 @@ pub struct Daemon {
     budget: Budget,
     config: Mutex<Config>,
     datapath: DataPath,
+    /// Why the data path is not the best one `auto` knows, when it fell back.
+    fallback: Option<String>,
     global: Arc<GlobalStats>,
     shutdown: CancellationToken,
     live: Mutex<Vec<Live>>,
@@ -58,15 +61,40 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-impl Daemon {
-    /// The services that accept clients now.
-    pub fn services(&self) -> Vec<Arc<ServiceHandle>> {
-        lock(&self.live)
+impl admin::Control for Daemon {
+    fn status(&self) -> Status {
+        let services = lock(&self.live)
             .iter()
-            .map(|l| Arc::clone(&l.handle))
-            .collect()
+            .map(|l| {
+                let h = &l.handle;
+                ServiceStatus::of(&h.config, &h.runtime.stats, &h.monitor)
+            })
+            .collect();
+        Status {
+            datapath: self.datapath.name().to_string(),
+            datapath_fallback: self.fallback.clone(),
+            bpf: self.datapath.bpf_totals().map(|t| BpfTotals {
+                redirected_bytes: t.redirected_bytes,
+                passed_bytes: t.passed_bytes,
+            }),
+            accept_errors: self.global.accept_errors.load(Ordering::Relaxed),
+            admin_rejected: AdminReject::ALL
+                .iter()
+                .map(|r| {
+                    let n = self.global.admin_rejected[*r as usize].load(Ordering::Relaxed);
+                    (r.as_str().to_string(), n)
+                })
+                .collect(),
+            services,
+        }
     }
 
+    async fn reload(&self) -> Result<String, String> {
+        Daemon::reload(self).await
+    }
+}
+
+impl Daemon {
     /// The runtime of `svc`. With `previous` (a reload), its counters carry over, and so do its
     /// checks and routes when servers, checks and Sentinels are unchanged: no new checks start,
     /// no master is forgotten (the Sentinels may be unreachable just then), and old and new
@@ -93,13 +121,17 @@ impl Daemon {
         });
         let monitor = kept.map_or_else(
             || {
-                Arc::new(health::Monitor::spawn_with(
+                let m = health::Monitor::spawn(
                     svc.name.clone(),
                     svc.servers.clone(),
                     svc.check.program.clone(),
                     svc.check.schedule(),
                     sentinel,
-                ))
+                );
+                if let Some(p) = previous {
+                    m.carry_counts(&p.monitor);
+                }
+                Arc::new(m)
             },
             |p| Arc::clone(&p.monitor),
         );
@@ -113,7 +145,6 @@ impl Daemon {
                     svc.name.clone(),
                     monitor.subscribe(),
                     svc.on_master_change,
-                    Arc::clone(&stats),
                     self.shutdown.clone(),
                     Arc::new(move || datapath.routes_changed()),
                 )
@@ -380,7 +411,8 @@ pub async fn run(cfg: Config, budget: Budget, path: PathBuf, bound: Bound) -> an
         path,
         budget,
         config: Mutex::new(cfg.clone()),
-        datapath: selected.path.clone(),
+        datapath: selected.path,
+        fallback: selected.fallback,
         global: Arc::new(GlobalStats::default()),
         shutdown: shutdown.clone(),
         live: Mutex::new(Vec::new()),
@@ -395,16 +427,17 @@ pub async fn run(cfg: Config, budget: Budget, path: PathBuf, bound: Bound) -> an
         .collect::<Result<Vec<Live>, _>>()?;
     *lock(&daemon.live) = live;
 
-    let state = Arc::new(admin::State {
-        daemon: Arc::clone(&daemon),
-        global: Arc::clone(&daemon.global),
-        datapath: selected.path,
-        fallback: selected.fallback,
-    });
     if let Some(l) = admin_listener {
         tracing::info!(listen = %l.local_addr()?, "admin listening");
         let token = cfg.admin.as_ref().and_then(|a| a.token.clone());
-        tokio::spawn(admin::serve(l, Arc::clone(&state), token, shutdown.clone()));
+        let global = Arc::clone(&daemon.global);
+        tokio::spawn(admin::serve(
+            l,
+            Arc::clone(&daemon),
+            global,
+            token,
+            shutdown.clone(),
+        ));
     }
     {
         let daemon = Arc::clone(&daemon);

@@ -80,7 +80,7 @@ fn main() -> ExitCode {
             let Some((admin, token)) = admin_of(&config, admin) else {
                 return ExitCode::from(2);
             };
-            match forwarder::status::request(admin, "POST", "/reload", token.as_deref()) {
+            match forwarder::status::cli::request(admin, "POST", "/reload", token.as_deref()) {
                 Ok(text) => {
                     print!("{text}");
                     ExitCode::SUCCESS
@@ -95,9 +95,9 @@ fn main() -> ExitCode {
             let Some((admin, token)) = admin_of(&config, admin) else {
                 return ExitCode::from(2);
             };
-            match forwarder::status::fetch(admin, token.as_deref()) {
+            match forwarder::status::cli::fetch(admin, token.as_deref()) {
                 Ok(st) => {
-                    print!("{}", forwarder::status::render(&st));
+                    print!("{}", forwarder::status::cli::render(&st));
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

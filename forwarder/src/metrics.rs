@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Why a client was turned away (or a session ended early); each has a counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,7 +94,6 @@ pub struct ServiceStats {
     pub bytes_copied_in_userspace: AtomicU64,
     /// Sessions that did not fit the sockmap and ran on the next data path.
     pub sockmap_fallbacks: AtomicU64,
-    pub master_changes: AtomicU64,
     /// Open sessions per source address (only addresses with at least one), for
     /// `maxconn_per_source`; here rather than in the runtime's gate so they carry over a reload.
     pub sources: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, u32>>,
@@ -125,33 +124,33 @@ impl ServiceStats {
             active: load(&self.active),
             rejected: Reject::ALL
                 .iter()
-                .map(|r| (r.as_str(), self.rejected(*r)))
+                .map(|r| (r.as_str().to_string(), self.rejected(*r)))
                 .collect(),
             ended: End::ALL
                 .iter()
-                .map(|e| (e.as_str(), self.ended(*e)))
+                .map(|e| (e.as_str().to_string(), self.ended(*e)))
                 .collect(),
             bytes_client_to_server: load(&self.bytes_client_to_server),
             bytes_server_to_client: load(&self.bytes_server_to_client),
             bytes_copied_in_userspace: load(&self.bytes_copied_in_userspace),
             sockmap_fallbacks: load(&self.sockmap_fallbacks),
-            master_changes: load(&self.master_changes),
         }
     }
 }
 
-/// A point-in-time copy of [`ServiceStats`].
-#[derive(Debug, Clone, Serialize)]
+/// A point-in-time copy of [`ServiceStats`] (part of the status model, `status.rs`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatsSnapshot {
     pub accepted: u64,
     pub active: u64,
-    pub rejected: std::collections::BTreeMap<&'static str, u64>,
-    pub ended: std::collections::BTreeMap<&'static str, u64>,
+    /// By [`Reject::as_str`].
+    pub rejected: std::collections::BTreeMap<String, u64>,
+    /// By [`End::as_str`].
+    pub ended: std::collections::BTreeMap<String, u64>,
     pub bytes_client_to_server: u64,
     pub bytes_server_to_client: u64,
     pub bytes_copied_in_userspace: u64,
     pub sockmap_fallbacks: u64,
-    pub master_changes: u64,
 }
 
 /// Why the admin listener closed a connection.

@@ -1,12 +1,13 @@
 //! Where a new session goes: the current master of the service, as chosen by `health`.
 //!
-//! The router turns the selector's [`health::MasterView`] into a [`Route`]: the master's address,
+//! The router turns the decider's [`health::MasterView`] into a [`Route`]: the master's address,
 //! its generation, and a cancellation token shared by every session routed to it. When the master
 //! changes, the token of the old route is cancelled (`on_master_change = "shutdown-sessions"`), which
-//! cuts all of its sessions at once in whatever data path they live.
+//! cuts all of its sessions at once in whatever data path they live. Who the master is, and how
+//! often it changed, is health's business (`health::decider`): the router neither decides nor
+//! counts.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio::sync::watch;
@@ -14,7 +15,6 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::OnMasterChange;
-use crate::metrics::ServiceStats;
 
 /// The master a session is sent to.
 #[derive(Debug, Clone)]
@@ -38,7 +38,6 @@ impl Router {
         service: String,
         mut views: watch::Receiver<health::MasterView>,
         policy: OnMasterChange,
-        stats: Arc<ServiceStats>,
         shutdown: CancellationToken,
         on_change: Arc<dyn Fn() + Send + Sync>,
     ) -> Router {
@@ -55,23 +54,18 @@ impl Router {
                         cut: shutdown.child_token(),
                     });
                     tx.send_replace(new);
-                    if current.is_some() || view.master.is_some() {
-                        stats.master_changes.fetch_add(1, Ordering::Relaxed);
-                    }
                     if let Some(old) = old {
                         match policy {
                             OnMasterChange::ShutdownSessions => {
-                                tracing::warn!(%service, old = %old.master, new = ?view.master,
-                                    "master changed: cutting sessions to the old master");
+                                tracing::info!(%service, old = %old.master,
+                                    "cutting the sessions to the old master");
                                 old.cut.cancel();
                             }
                             OnMasterChange::Keep => {
-                                tracing::warn!(%service, old = %old.master, new = ?view.master,
-                                    "master changed: keeping sessions to the old master");
+                                tracing::info!(%service, old = %old.master,
+                                    "keeping the sessions to the old master");
                             }
                         }
-                    } else if let Some(m) = view.master {
-                        tracing::info!(%service, master = %m, generation = view.generation, "master selected");
                     }
                     // Data paths outside tokio look at their cut tokens and queued clients now.
                     on_change();

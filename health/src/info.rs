@@ -10,6 +10,16 @@ pub enum Role {
     Replica,
 }
 
+impl Role {
+    /// `master` or `replica`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Master => "master",
+            Role::Replica => "replica",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LinkStatus {
     Up,

@@ -2,24 +2,24 @@
 //! selection of exactly one master per service.
 //!
 //! Rooms: `tcpcheck` (check programs), `schedule` (rise/fall/interval), `resp` and `info` (Redis
-//! replies), `selector` (one master, generations), `sentinel` (what a quorum of Sentinels says),
+//! replies), `decider` (who the master is: one pure policy, generations, counters), `sentinel` (what a quorum of Sentinels says),
 //! `monitor` (the tokio tasks that tie them up).
 #![forbid(unsafe_code)]
 
+pub mod decider;
 pub mod info;
 pub mod monitor;
 pub mod ratelimit;
 pub mod resp;
 pub mod schedule;
-pub mod selector;
 pub mod sentinel;
 pub mod tcpcheck;
 #[cfg(test)]
 mod testutil;
 
+pub use decider::MasterView;
 pub use monitor::{Monitor, MonitorStats, ServerStatus};
 pub use ratelimit::RateLimit;
 pub use schedule::{Schedule, ServerState};
-pub use selector::MasterView;
 pub use sentinel::{SentinelConfig, SentinelView};
 pub use tcpcheck::{Auth, CheckReport, Program, Step, StepError};

@@ -1,5 +1,6 @@
-//! The running checks of one service: a tokio task per server, feeding the [`Selector`] and
-//! publishing the master through a `watch` channel.
+//! The running checks of one service: a tokio task per server, and one following the
+//! Sentinels. Task plumbing only: every fact goes to the service's [`Decider`], which decides
+//! who the master is; what it decides is logged here and published through a `watch` channel.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -8,10 +9,10 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
+use crate::decider::{Counters, Decider, MasterView, Outcome, Policy};
 use crate::info::{self, Role};
 use crate::ratelimit::RateLimit;
 use crate::schedule::{Schedule, ServerHealth, ServerState, Transition};
-use crate::selector::{MasterView, Selector};
 use crate::sentinel::{SentinelConfig, SentinelView, Sentinels};
 use crate::tcpcheck::{CheckReport, Program};
 
@@ -33,7 +34,7 @@ pub struct ServerStatus {
     pub checks_unknown: u64,
 }
 
-/// Selector counters.
+/// The decider's counters, as the admin listener shows them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MonitorStats {
     pub master_changes: u64,
@@ -43,54 +44,36 @@ pub struct MonitorStats {
     pub discovered_over_cap: u64,
 }
 
+/// The decider and the servers' statuses, in one lock so that they never disagree on the list
+/// of servers (index `i` is the same server in both).
+struct Inner {
+    decider: Decider,
+    servers: Vec<ServerStatus>,
+    /// Wakes a server's check loop for an immediate check (same order).
+    wake: Vec<Arc<Notify>>,
+}
+
 struct Shared {
     service: String,
-    selector: Mutex<Selector>,
-    servers: Mutex<Vec<ServerStatus>>,
+    inner: Mutex<Inner>,
     tx: watch::Sender<MasterView>,
-    /// Wakes a server's check loop for an immediate check (one per server, same order).
-    wake: Mutex<Vec<Arc<Notify>>>,
     /// Check tasks, including those of servers discovered later; aborted with the monitor.
     tasks: Mutex<Vec<JoinHandle<()>>>,
     program: Arc<Program>,
     schedule: Schedule,
-    /// With Sentinel configured, the master is chosen by `decide_with_sentinel` instead of the
-    /// selector.
     sentinel: Option<SentinelMode>,
+    /// Log lines of the decisions: a flapping server or quorum must not fill the disk.
+    conflict_log: RateLimit,
+    changed_log: RateLimit,
+    sentinel_log: RateLimit,
 }
 
 struct SentinelMode {
     view: watch::Receiver<SentinelView>,
-    decision: Mutex<Decision>,
-    /// `servers` was configured: only those are checked and routed to, whatever the Sentinels
-    /// say; nothing is discovered.
-    fenced: bool,
     max_servers: usize,
     /// The forwarder's own listeners (see [`SentinelConfig::is_own`]).
     config: SentinelConfig,
-    /// The decision's log lines: a flapping quorum must not fill the disk.
-    log: RateLimit,
-    changed_log: RateLimit,
 }
-
-#[derive(Default)]
-struct Decision {
-    no_master_since: Option<Instant>,
-    generation: u64,
-    changes: u64,
-    /// Per server: passes the master check while the Sentinels name another.
-    disagreeing: Vec<bool>,
-    disagreements: u64,
-    /// Why the Sentinels' master is not routed to, while that is so.
-    note: Option<String>,
-    /// Reported addresses not checked because `max_servers` is reached (the first
-    /// `OVER_CAP_KEPT` of them, to count each once), and how many in all.
-    over_cap: std::collections::HashSet<SocketAddr>,
-    over_cap_count: u64,
-}
-
-/// Over-cap addresses remembered one by one; past this many, each report is counted again.
-const OVER_CAP_KEPT: usize = 4096;
 
 /// Health checks of one service's servers. Dropping it stops them.
 pub struct Monitor {
@@ -104,27 +87,24 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Monitor {
-    /// Starts checking `servers` with `program` on `schedule` (first check at once). Must be
-    /// called inside a tokio runtime.
+    /// Starts checking `servers` with `program` on `schedule` (first check at once). Without
+    /// `sentinel` the checks alone choose the master ([`Policy::Checks`]); with it, the master
+    /// is the server a quorum of Sentinels names once its own check passes
+    /// ([`Policy::Sentinel`]), and with `servers` empty the servers are those the quorum
+    /// reports. Must be called inside a tokio runtime.
     pub fn spawn(
-        service: String,
-        servers: Vec<SocketAddr>,
-        program: Program,
-        schedule: Schedule,
-    ) -> Monitor {
-        Monitor::spawn_with(service, servers, program, schedule, None)
-    }
-
-    /// Like `spawn`; with `sentinel`, the master is the server a quorum of Sentinels names, once
-    /// its own check passes (see `decide_with_sentinel`).
-    pub fn spawn_with(
         service: String,
         servers: Vec<SocketAddr>,
         program: Program,
         schedule: Schedule,
         sentinel: Option<SentinelConfig>,
     ) -> Monitor {
-        let fenced = !servers.is_empty();
+        let policy = match sentinel {
+            Some(_) => Policy::Sentinel {
+                fenced: !servers.is_empty(),
+            },
+            None => Policy::Checks,
+        };
         let sentinels = sentinel
             .as_ref()
             .map(|cfg| Sentinels::spawn(service.clone(), cfg.clone()));
@@ -134,10 +114,12 @@ impl Monitor {
         });
         let shared = Arc::new(Shared {
             service,
-            selector: Mutex::new(Selector::new(servers.clone(), Instant::now())),
-            servers: Mutex::new(Vec::new()),
+            inner: Mutex::new(Inner {
+                decider: Decider::new(policy, Instant::now()),
+                servers: Vec::new(),
+                wake: Vec::new(),
+            }),
             tx,
-            wake: Mutex::new(Vec::new()),
             tasks: Mutex::new(Vec::new()),
             program: Arc::new(program),
             schedule,
@@ -146,16 +128,12 @@ impl Monitor {
                 .zip(sentinel)
                 .map(|(s, config)| SentinelMode {
                     view: s.subscribe(),
-                    decision: Mutex::new(Decision {
-                        no_master_since: Some(Instant::now()),
-                        ..Decision::default()
-                    }),
-                    fenced,
                     max_servers: config.max_servers,
                     config,
-                    log: RateLimit::default(),
-                    changed_log: RateLimit::default(),
                 }),
+            conflict_log: RateLimit::default(),
+            changed_log: RateLimit::default(),
+            sentinel_log: RateLimit::default(),
         });
         for addr in servers {
             add_server(&shared, addr);
@@ -185,33 +163,31 @@ impl Monitor {
     }
 
     pub fn servers(&self) -> Vec<ServerStatus> {
-        lock(&self.shared.servers).clone()
+        lock(&self.shared.inner).servers.clone()
     }
 
     pub fn stats(&self) -> MonitorStats {
-        let s = lock(&self.shared.selector);
-        if let Some(sm) = &self.shared.sentinel {
-            let d = lock(&sm.decision);
-            return MonitorStats {
-                master_changes: d.changes,
-                conflicts: d.disagreements,
-                no_master_since: d.no_master_since,
-                discovered_over_cap: d.over_cap_count,
-            };
-        }
+        let inner = lock(&self.shared.inner);
+        let c = inner.decider.counters();
         MonitorStats {
-            master_changes: s.changes(),
-            conflicts: s.conflicts(),
-            no_master_since: s.no_master_since(),
-            discovered_over_cap: 0,
+            master_changes: c.changes,
+            conflicts: c.conflicts,
+            no_master_since: inner.decider.no_master_since(),
+            discovered_over_cap: c.over_cap,
         }
+    }
+
+    /// Takes over the counters of `old`, the monitor this one replaces (a reload that changed
+    /// servers, checks or Sentinels), so that they never go back.
+    pub fn carry_counts(&self, old: &Monitor) {
+        let c: Counters = lock(&old.shared.inner).decider.counters();
+        lock(&self.shared.inner).decider.carry(c);
     }
 
     /// Why the master the Sentinels name is not routed to, while that is so (e.g. "the Sentinel
     /// quorum names 10.0.0.9:6379, which is not in servers: no master").
     pub fn note(&self) -> Option<String> {
-        let sm = self.shared.sentinel.as_ref()?;
-        lock(&sm.decision).note.clone()
+        lock(&self.shared.inner).decider.note().map(str::to_string)
     }
 }
 
@@ -226,11 +202,11 @@ impl Drop for Monitor {
 /// Starts checking `addr` (once; a known address is ignored).
 fn add_server(shared: &Arc<Shared>, addr: SocketAddr) {
     let index = {
-        let mut servers = lock(&shared.servers);
-        if servers.iter().any(|s| s.addr == addr) {
+        let mut inner = lock(&shared.inner);
+        let Some(index) = inner.decider.add(addr) else {
             return;
-        }
-        servers.push(ServerStatus {
+        };
+        inner.servers.push(ServerStatus {
             addr,
             state: ServerState::Down,
             last_ok: None,
@@ -242,8 +218,8 @@ fn add_server(shared: &Arc<Shared>, addr: SocketAddr) {
             checks_failed: 0,
             checks_unknown: 0,
         });
-        lock(&shared.wake).push(Arc::new(Notify::new()));
-        servers.len() - 1
+        inner.wake.push(Arc::new(Notify::new()));
+        index
     };
     let t = tokio::spawn(check_loop(
         Arc::clone(shared),
@@ -253,6 +229,33 @@ fn add_server(shared: &Arc<Shared>, addr: SocketAddr) {
         addr,
     ));
     lock(&shared.tasks).push(t);
+}
+
+/// Logs what the decider decided and publishes a new view. Called with the lock held, so that
+/// views are published in the order of their generations.
+fn publish(shared: &Shared, out: Outcome) {
+    let service = &shared.service;
+    let named = shared.sentinel.as_ref().map(|sm| sm.view.borrow().master);
+    for server in out.conflicts {
+        shared.conflict_log.log(|suppressed| match named {
+            None => tracing::warn!(%service, %server, master = ?shared.tx.borrow().master, suppressed,
+                "a second server passes the master check; keeping the current master (split brain avoided)"),
+            Some(named) => tracing::warn!(%service, %server, sentinel_master = ?named, suppressed,
+                "server passes the master check but the Sentinels name another; not routing to it"),
+        });
+    }
+    if let Some(note) = out.note {
+        shared.sentinel_log.log(|suppressed| {
+            tracing::error!(%service, suppressed, "{note}");
+        });
+    }
+    if let Some(view) = out.view {
+        shared.changed_log.log(|suppressed| {
+            tracing::warn!(%service, master = ?view.master, generation = view.generation,
+                sentinel_master = ?named.flatten(), suppressed, "master changed");
+        });
+        shared.tx.send_replace(view);
+    }
 }
 
 /// Up to 10% of `d`, so the checks of many servers do not run in lockstep.
@@ -288,7 +291,7 @@ async fn check_loop(
         if report.local {
             // Our own shortage (EMFILE under a client flood, say) says nothing about the
             // server: its state, rise/fall and the route stay as they are.
-            if let Some(s) = lock(&shared.servers).get_mut(index) {
+            if let Some(s) = lock(&shared.inner).servers.get_mut(index) {
                 s.checks_unknown += 1;
                 s.last_check = Some(SystemTime::now());
             }
@@ -301,9 +304,19 @@ async fn check_loop(
             continue;
         }
         let transition = health.observe(report.ok);
+        if let Some(t) = transition {
+            let service = &shared.service;
+            flap_log.log(|suppressed| match t {
+                Transition::WentUp => {
+                    tracing::info!(%service, server = %addr, suppressed, "server is UP")
+                }
+                Transition::WentDown => tracing::warn!(%service, server = %addr, suppressed,
+                    reason = report.reason.as_deref().unwrap_or("-"), "server is DOWN"),
+            });
+        }
         {
-            let mut servers = lock(&shared.servers);
-            if let Some(s) = servers.get_mut(index) {
+            let mut inner = lock(&shared.inner);
+            if let Some(s) = inner.servers.get_mut(index) {
                 s.state = health.state();
                 s.last_ok = Some(report.ok);
                 s.last_reason.clone_from(&report.reason);
@@ -320,30 +333,10 @@ async fn check_loop(
                     s.checks_failed += 1;
                 }
             }
-        }
-        if let Some(t) = transition {
-            let service = &shared.service;
-            flap_log.log(|suppressed| match t {
-                Transition::WentUp => {
-                    tracing::info!(%service, server = %addr, suppressed, "server is UP")
-                }
-                Transition::WentDown => tracing::warn!(%service, server = %addr, suppressed,
-                    reason = report.reason.as_deref().unwrap_or("-"), "server is DOWN"),
-            });
-        }
-        if let Some(sm) = &shared.sentinel {
-            decide_with_sentinel(&shared, sm);
-        } else if transition.is_some() {
-            let service = &shared.service;
-            let update = lock(&shared.selector).update(index, health.is_up(), Instant::now());
-            if let Some(other) = update.conflict {
-                tracing::warn!(%service, server = %other, master = ?shared.tx.borrow().master,
-                    "a second server passes the master check; keeping the current master (split brain avoided)");
-            }
-            if let Some(view) = update.view {
-                tracing::warn!(%service, master = ?view.master, generation = view.generation, "master changed");
-                shared.tx.send_replace(view);
-            }
+            let out = inner
+                .decider
+                .checked(index, health.is_up(), report.ok, Instant::now());
+            publish(&shared, out);
         }
         sleep_or_wake(&shared, index, health.next_delay(&schedule)).await;
     }
@@ -351,138 +344,85 @@ async fn check_loop(
 
 /// Waits `delay` (plus jitter) or until server `index` is woken for an immediate check.
 async fn sleep_or_wake(shared: &Shared, index: usize, delay: Duration) {
-    let wake = lock(&shared.wake).get(index).cloned().unwrap_or_default();
+    let wake = lock(&shared.inner)
+        .wake
+        .get(index)
+        .cloned()
+        .unwrap_or_default();
     tokio::select! {
         _ = tokio::time::sleep(delay.saturating_add(jitter(delay))) => {}
         _ = wake.notified() => {}
     }
 }
 
-/// Re-decides whenever the Sentinels' view changes, checking the newly named master at once
-/// rather than at its next interval, and starts checking servers the Sentinels report.
+/// Tells the decider whom the Sentinels name whenever their view changes, checking the newly
+/// named master at once rather than at its next interval, and starts checking servers the
+/// Sentinels report (unless `servers` was configured).
 async fn follow_sentinels(
     shared: Arc<Shared>,
     mut view: watch::Receiver<SentinelView>,
     mut discovered: watch::Receiver<Vec<SocketAddr>>,
 ) {
+    let Some(sm) = &shared.sentinel else {
+        return;
+    };
     loop {
+        let found = discovered.borrow_and_update().clone();
+        let fenced = matches!(
+            lock(&shared.inner).decider.policy(),
+            Policy::Sentinel { fenced: true }
+        );
+        if !fenced {
+            for addr in found {
+                discover(&shared, sm, addr);
+            }
+        }
+        let named = view.borrow_and_update().master;
+        {
+            let mut inner = lock(&shared.inner);
+            if let Some(i) = named.and_then(|m| inner.servers.iter().position(|s| s.addr == m)) {
+                inner.wake[i].notify_one();
+            }
+            let out = inner.decider.named(named, Instant::now());
+            publish(&shared, out);
+        }
         tokio::select! {
             r = view.changed() => if r.is_err() { return },
             r = discovered.changed() => if r.is_err() { return },
         }
-        let found = discovered.borrow_and_update().clone();
-        if let Some(sm) = shared.sentinel.as_ref().filter(|sm| !sm.fenced) {
-            for addr in found {
-                let (known, count) = {
-                    let servers = lock(&shared.servers);
-                    (servers.iter().any(|s| s.addr == addr), servers.len())
-                };
-                if known {
-                    continue;
-                }
-                if sm.config.is_own(addr) {
-                    sm.log.log(|suppressed| {
-                        tracing::error!(service = %shared.service, server = %addr, suppressed,
-                            "a Sentinel quorum names one of our own listeners; not checking it");
-                    });
-                    continue;
-                }
-                if count >= sm.max_servers {
-                    let mut d = lock(&sm.decision);
-                    let full = d.over_cap.len() >= OVER_CAP_KEPT;
-                    if full || d.over_cap.insert(addr) {
-                        d.over_cap_count += 1;
-                        sm.log.log(|suppressed| {
-                            tracing::warn!(service = %shared.service, server = %addr,
-                                max_servers = sm.max_servers, suppressed,
-                                "a Sentinel quorum reports more servers than max_servers; not checking this one");
-                        });
-                    }
-                    continue;
-                }
-                tracing::info!(service = %shared.service, server = %addr,
-                    "server discovered through Sentinel (reported by a quorum)");
-                add_server(&shared, addr);
-            }
-        }
-        let named = view.borrow_and_update().master;
-        if let Some(i) = named.and_then(|m| lock(&shared.servers).iter().position(|s| s.addr == m))
-        {
-            if let Some(w) = lock(&shared.wake).get(i) {
-                w.notify_one();
-            }
-        }
-        if let Some(sm) = &shared.sentinel {
-            decide_with_sentinel(&shared, sm);
-        }
     }
 }
 
-/// The Sentinel rule: route to the server a quorum of Sentinels names while its own checks say it
-/// is the master: up by rise/fall, or, for a server just named, as soon as one check passes (for
-/// a Redis service: it says `role:master`), so a failover is not delayed by `rise`. A server that passes while
-/// the Sentinels name another (an old master restarted, not yet demoted) is never routed to;
-/// that is logged and counted once per episode. A named server that is not checked is not routed
-/// to either: with `servers` configured, traffic never leaves that list.
-fn decide_with_sentinel(shared: &Shared, sm: &SentinelMode) {
-    let named = sm.view.borrow().master;
-    let servers = lock(&shared.servers);
-    let master = named.filter(|m| {
-        servers
-            .iter()
-            .any(|s| s.addr == *m && (s.state.is_up() || s.last_ok == Some(true)))
-    });
-    let mut d = lock(&sm.decision);
-    let unchecked = named.filter(|m| !servers.iter().any(|s| s.addr == *m));
-    let note = unchecked.and_then(|m| {
-        if sm.fenced {
-            Some(format!(
-                "the Sentinel quorum names {m}, which is not in servers: no master"
-            ))
-        } else if d.over_cap.contains(&m) {
-            Some(format!(
-                "the Sentinel quorum names {m}, which is not checked (past max_servers): no master"
-            ))
-        } else {
-            None // reported a moment before it is discovered: it will be checked
+/// A server a Sentinel quorum reports: checked from now on, unless it is known, one of our own
+/// listeners, or past `max_servers`.
+fn discover(shared: &Arc<Shared>, sm: &SentinelMode, addr: SocketAddr) {
+    let service = &shared.service;
+    let count = {
+        let mut inner = lock(&shared.inner);
+        if inner.decider.knows(addr) {
+            return;
         }
-    });
-    if note.is_some() && note != d.note {
-        sm.log.log(|suppressed| {
-            tracing::error!(service = %shared.service, suppressed, "{}", note.as_deref().unwrap_or_default());
-        });
-    }
-    d.note = note;
-    d.disagreeing.resize(servers.len(), false);
-    for (i, s) in servers.iter().enumerate() {
-        let disagrees = s.last_ok == Some(true) && Some(s.addr) != named;
-        if disagrees && !d.disagreeing[i] {
-            d.disagreements += 1;
-            sm.log.log(|suppressed| {
-                tracing::warn!(service = %shared.service, server = %s.addr, sentinel_master = ?named,
-                    suppressed, "server passes the master check but the Sentinels name another; not routing to it");
+        if sm.config.is_own(addr) {
+            shared.sentinel_log.log(|suppressed| {
+                tracing::error!(%service, server = %addr, suppressed,
+                    "a Sentinel quorum names one of our own listeners; not checking it");
             });
+            return;
         }
-        d.disagreeing[i] = disagrees;
-    }
-    drop(servers);
-    if shared.tx.borrow().master != master {
-        d.generation += 1;
-        d.changes += 1;
-        d.no_master_since = match master {
-            Some(_) => None,
-            None => Some(Instant::now()),
-        };
-        let view = MasterView {
-            generation: d.generation,
-            master,
-        };
-        sm.changed_log.log(|suppressed| {
-            tracing::warn!(service = %shared.service, master = ?view.master,
-                generation = view.generation, sentinel_master = ?named, suppressed, "master changed");
-        });
-        shared.tx.send_replace(view);
-    }
+        if inner.decider.len() >= sm.max_servers {
+            if inner.decider.over_cap(addr) {
+                shared.sentinel_log.log(|suppressed| {
+                    tracing::warn!(%service, server = %addr, max_servers = sm.max_servers, suppressed,
+                        "a Sentinel quorum reports more servers than max_servers; not checking this one");
+                });
+            }
+            return;
+        }
+        inner.decider.len()
+    };
+    tracing::info!(%service, server = %addr, servers = count + 1,
+        "server discovered through Sentinel (reported by a quorum)");
+    add_server(shared, addr);
 }
 
 #[cfg(test)]
@@ -525,6 +465,7 @@ mod tests {
             vec![b.addr(), a.addr()],
             Program::redis_master(None),
             fast(),
+            None,
         );
         let v1 = wait_for(&m, a.addr()).await;
         for _ in 0..100 {

@@ -52,6 +52,17 @@ pub enum ServerState {
 }
 
 impl ServerState {
+    /// `up`, `down`, `rising` (down, passing checks fewer than `rise`) or `falling` (up, failing
+    /// fewer than `fall`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerState::Up => "up",
+            ServerState::Down => "down",
+            ServerState::Rising(_) => "rising",
+            ServerState::Falling(_) => "falling",
+        }
+    }
+
     /// Whether traffic may go to the server: up, or up and not yet failed `fall` times.
     pub fn is_up(self) -> bool {
         matches!(self, ServerState::Up | ServerState::Falling(_))

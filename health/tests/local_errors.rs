@@ -28,6 +28,7 @@ async fn running_out_of_descriptors_is_not_a_server_failure() {
         vec![redis.addr()],
         Program::redis_master(None),
         schedule,
+        None,
     );
     assert!(wait(|| m.view().master == Some(redis.addr())).await);
     let generation = m.view().generation;

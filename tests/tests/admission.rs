@@ -181,7 +181,7 @@ fn descriptor_exhaustion_is_refused_at_admission_and_never_fails_the_master() {
     );
     let st = f.service_status("mymaster").expect("status");
     assert_eq!(st["master"].as_str(), Some(r.addr().to_string().as_str()));
-    assert_eq!(st["servers"][0]["state"], "Up", "{st}");
+    assert_eq!(st["servers"][0]["state"], "up", "{st}");
     assert_eq!(
         st["stats"]["ended"]["master_changed"].as_u64(),
         Some(0),

@@ -1,0 +1,105 @@
+//! `forwarder status` and `forwarder reload`: a small HTTP client of the admin listener, and
+//! the [`Status`] it answers as a terminal table.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use super::Status;
+
+/// Fetches `/status` from the admin listener at `admin`.
+pub fn fetch(admin: SocketAddr, token: Option<&str>) -> Result<Status, String> {
+    let body = request(admin, "GET", "/status", token)?;
+    serde_json::from_str(&body)
+        .map_err(|e| format!("/status is not the status of this version: {e}"))
+}
+
+/// One HTTP/1.0 request to the admin listener: the body of a 200 answer, else an error with the
+/// status line and the body.
+pub fn request(
+    admin: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> Result<String, String> {
+    let mut s = TcpStream::connect_timeout(&admin, Duration::from_secs(2))
+        .map_err(|e| format!("cannot reach the admin listener at {admin}: {e}"))?;
+    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: {admin}\r\nContent-Length: 0\r\n{auth}\r\n"
+    )
+    .map_err(|e| format!("write: {e}"))?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)
+        .map_err(|e| format!("read: {e}"))?;
+    let (head, body) = out
+        .split_once("\r\n\r\n")
+        .ok_or("malformed HTTP response")?;
+    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+        return Err(format!(
+            "admin listener answered {}: {}",
+            head.lines().next().unwrap_or(""),
+            body.trim()
+        ));
+    }
+    Ok(body.to_string())
+}
+
+/// Renders a status as aligned text.
+pub fn render(st: &Status) -> String {
+    let mut out = format!(
+        "datapath {}{}\n",
+        st.datapath,
+        st.datapath_fallback
+            .as_deref()
+            .map_or(String::new(), |f| format!(" (fallback: {f})"))
+    );
+    for svc in &st.services {
+        let rejected: u64 = svc.stats.rejected.values().sum();
+        let sentinel = match &svc.sentinel {
+            Some(s) => format!(
+                "  sentinel {}/{}{}",
+                s.reachable,
+                s.configured,
+                if s.degraded { " DEGRADED" } else { "" }
+            ),
+            None => String::new(),
+        };
+        out.push_str(&format!(
+            "\nservice {}  listen {}  master {} (generation {}){}\n  sessions active {}  accepted {}  rejected {}  master changes {}  conflicts {}\n",
+            svc.name,
+            svc.listen,
+            svc.master.as_deref().unwrap_or("NONE"),
+            svc.generation,
+            sentinel,
+            svc.stats.active,
+            svc.stats.accepted,
+            rejected,
+            svc.master_changes,
+            svc.master_conflicts,
+        ));
+        out.push_str(&format!(
+            "  {:<22} {:<12} {:<8} {:>8} {:>8}  {}\n",
+            "server", "check", "role", "ok", "failed", "last"
+        ));
+        for s in &svc.servers {
+            out.push_str(&format!(
+                "  {:<22} {:<12} {:<8} {:>8} {:>8}  {}\n",
+                s.addr,
+                s.state,
+                s.role.as_deref().unwrap_or("-"),
+                s.checks_ok,
+                s.checks_failed,
+                match (s.last_ok, &s.last_reason) {
+                    (Some(true), _) => "ok",
+                    (Some(false), Some(r)) => r.as_str(),
+                    (Some(false), None) => "failed",
+                    (None, _) => "not checked yet",
+                }
+            ));
+        }
+    }
+    out
+}

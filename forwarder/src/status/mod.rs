@@ -1,0 +1,249 @@
+//! What the daemon reports about itself: one typed model, [`Status`], built once per request from
+//! the running services and rendered three ways: `/status` is its JSON, [`page`] the HTML status
+//! page, [`prometheus`] the `/metrics` text; [`cli`] reads the JSON back into the same type for
+//! `forwarder status`. A field renamed here is renamed everywhere, or the build fails.
+
+pub mod cli;
+pub mod page;
+pub mod prometheus;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::metrics::{ServiceStats, StatsSnapshot};
+
+/// The whole daemon.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub datapath: String,
+    /// Why the data path is not the best one `auto` knows, when it fell back.
+    pub datapath_fallback: Option<String>,
+    /// Kernel-side byte totals of the sockmap program (sockmap mode only).
+    pub bpf: Option<BpfTotals>,
+    pub accept_errors: u64,
+    /// Admin connections closed by the listener's limits, by reason.
+    pub admin_rejected: BTreeMap<String, u64>,
+    pub services: Vec<ServiceStatus>,
+}
+
+/// The sockmap program's byte totals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BpfTotals {
+    /// Bytes the program redirected from one socket to its peer.
+    pub redirected_bytes: u64,
+    /// Bytes left to their own socket because it had no peer in the map (should stay 0).
+    pub passed_bytes: u64,
+}
+
+/// One service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    pub name: String,
+    pub listen: String,
+    pub master: Option<String>,
+    pub generation: u64,
+    pub master_changes: u64,
+    pub master_conflicts: u64,
+    pub no_master_for_ms: Option<u128>,
+    /// Why the master the Sentinels name is not routed to, while that is so.
+    pub note: Option<String>,
+    /// Servers a Sentinel quorum reported that are not checked (past `max_servers`).
+    pub discovered_over_cap: u64,
+    /// `maxconn` in force (resolved from the descriptor budget for `"auto"`).
+    pub maxconn: u32,
+    /// What the Sentinels agree on, when configured; `degraded` when fewer than a quorum answer
+    /// or agree (the last agreed master is kept).
+    pub sentinel: Option<SentinelStatus>,
+    pub stats: StatsSnapshot,
+    pub servers: Vec<ServerStatus>,
+}
+
+/// What the Sentinels of a service agree on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SentinelStatus {
+    pub master: Option<String>,
+    pub reachable: usize,
+    pub configured: usize,
+    pub degraded: bool,
+}
+
+/// One checked server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerStatus {
+    pub addr: String,
+    /// `up`, `down`, `rising` or `falling` (see [`health::ServerState::as_str`]).
+    pub state: String,
+    pub up: bool,
+    /// `master` or `replica`, from its last INFO reply.
+    pub role: Option<String>,
+    pub last_ok: Option<bool>,
+    pub last_reason: Option<String>,
+    pub last_check_ms: Option<u128>,
+    pub checks_ok: u64,
+    pub checks_failed: u64,
+    /// Checks that could not run because of this host (EMFILE, ...): they leave the state alone.
+    pub checks_unknown: u64,
+}
+
+impl ServiceStatus {
+    /// The status of one running service: its configuration, its session counters, and what its
+    /// checks and decider say.
+    pub fn of(
+        config: &crate::config::Service,
+        stats: &ServiceStats,
+        monitor: &health::Monitor,
+    ) -> ServiceStatus {
+        let view = monitor.view();
+        let counts = monitor.stats();
+        ServiceStatus {
+            name: config.name.clone(),
+            listen: config.listen.to_string(),
+            master: view.master.map(|m| m.to_string()),
+            generation: view.generation,
+            master_changes: counts.master_changes,
+            master_conflicts: counts.conflicts,
+            no_master_for_ms: counts.no_master_since.map(|t| t.elapsed().as_millis()),
+            note: monitor.note(),
+            discovered_over_cap: counts.discovered_over_cap,
+            maxconn: config.maxconn,
+            sentinel: monitor.sentinel_view().map(|v| SentinelStatus {
+                master: v.master.map(|m| m.to_string()),
+                reachable: v.reachable,
+                configured: v.configured,
+                degraded: v.degraded,
+            }),
+            stats: stats.snapshot(),
+            servers: monitor
+                .servers()
+                .into_iter()
+                .map(|s| ServerStatus {
+                    addr: s.addr.to_string(),
+                    state: s.state.as_str().to_string(),
+                    up: s.state.is_up(),
+                    role: s.role.map(|r| r.as_str().to_string()),
+                    last_ok: s.last_ok,
+                    last_reason: s.last_reason,
+                    last_check_ms: s.last_elapsed.map(|d| d.as_millis()),
+                    checks_ok: s.checks_ok,
+                    checks_failed: s.checks_failed,
+                    checks_unknown: s.checks_unknown,
+                })
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Status {
+        let server = |addr: &str, up: bool, role: &str, reason: Option<&str>| ServerStatus {
+            addr: addr.into(),
+            state: if up { "up" } else { "down" }.into(),
+            up,
+            role: Some(role.into()),
+            last_ok: Some(up),
+            last_reason: reason.map(str::to_string),
+            last_check_ms: Some(1),
+            checks_ok: if up { 5 } else { 0 },
+            checks_failed: if up { 0 } else { 5 },
+            checks_unknown: 0,
+        };
+        Status {
+            datapath: "userspace".into(),
+            datapath_fallback: Some("uring: EPERM".into()),
+            bpf: None,
+            accept_errors: 0,
+            admin_rejected: BTreeMap::from([("busy".to_string(), 4)]),
+            services: vec![ServiceStatus {
+                name: "mymaster".into(),
+                listen: "127.0.0.1:6379".into(),
+                master: Some("127.0.0.1:6380".into()),
+                generation: 3,
+                master_changes: 2,
+                master_conflicts: 1,
+                no_master_for_ms: None,
+                note: Some("the <quorum> names X".into()),
+                discovered_over_cap: 0,
+                maxconn: 100,
+                sentinel: Some(SentinelStatus {
+                    master: Some("127.0.0.1:6380".into()),
+                    reachable: 1,
+                    configured: 3,
+                    degraded: true,
+                }),
+                stats: StatsSnapshot {
+                    accepted: 10,
+                    active: 2,
+                    rejected: BTreeMap::from([
+                        ("maxconn".to_string(), 1),
+                        ("no_master".to_string(), 2),
+                    ]),
+                    ended: BTreeMap::new(),
+                    bytes_client_to_server: 7,
+                    bytes_server_to_client: 9,
+                    bytes_copied_in_userspace: 16,
+                    sockmap_fallbacks: 0,
+                },
+                servers: vec![
+                    server("127.0.0.1:6380", true, "master", None),
+                    server(
+                        "127.0.0.1:6381",
+                        false,
+                        "replica",
+                        Some("step 5: expected \"role:master\""),
+                    ),
+                ],
+            }],
+        }
+    }
+
+    #[test]
+    fn the_cli_reads_back_exactly_what_the_daemon_writes() {
+        let st = sample();
+        let json = serde_json::to_string(&st).unwrap();
+        assert_eq!(serde_json::from_str::<Status>(&json).unwrap(), st);
+    }
+
+    #[test]
+    fn the_cli_renders_services_and_servers() {
+        let text = cli::render(&sample());
+        for want in [
+            "datapath userspace (fallback: uring: EPERM)",
+            "master 127.0.0.1:6380 (generation 3)  sentinel 1/3 DEGRADED",
+            "rejected 3  master changes 2  conflicts 1",
+            "step 5: expected",
+        ] {
+            assert!(text.contains(want), "{want:?} not in {text}");
+        }
+    }
+
+    #[test]
+    fn the_page_escapes_and_shows_every_server() {
+        let html = page::render(&sample());
+        assert!(
+            html.contains("id=\"master-mymaster\">127.0.0.1:6380<"),
+            "{html}"
+        );
+        assert!(html.contains("the &lt;quorum&gt; names X"), "{html}");
+        assert_eq!(html.matches("<tr class=\"server ").count(), 2, "{html}");
+    }
+
+    #[test]
+    fn the_metrics_carry_the_same_numbers() {
+        let text = prometheus::render(&sample());
+        for want in [
+            "forwarder_master_changes_total{service=\"mymaster\"} 2\n",
+            "forwarder_master_conflicts_total{service=\"mymaster\"} 1\n",
+            "forwarder_connections_rejected_total{service=\"mymaster\",reason=\"no_master\"} 2\n",
+            "forwarder_admin_rejected_total{reason=\"busy\"} 4\n",
+            "forwarder_master{service=\"mymaster\",server=\"127.0.0.1:6380\"} 1\n",
+            "forwarder_server_up{service=\"mymaster\",server=\"127.0.0.1:6381\"} 0\n",
+            "forwarder_datapath_info{mode=\"userspace\",fallback=\"uring: EPERM\"} 1\n",
+        ] {
+            assert!(text.contains(want), "{want:?} not in {text}");
+        }
+    }
+}

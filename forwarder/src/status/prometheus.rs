@@ -1,0 +1,228 @@
+//! `GET /metrics`: the [`Status`] model as Prometheus text (exposition format 0.0.4).
+
+use std::fmt::Write as _;
+
+use super::{SentinelStatus, ServiceStatus, Status};
+
+/// The metric families, each with its HELP and TYPE lines.
+pub fn render(st: &Status) -> String {
+    let mut out = String::new();
+    let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(String, String)>| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
+    };
+    let per_service = |f: &dyn Fn(&ServiceStatus) -> String| {
+        st.services
+            .iter()
+            .map(|s| (format!("{{service=\"{}\"}}", s.name), f(s)))
+            .collect::<Vec<_>>()
+    };
+    family(
+        "forwarder_datapath_info",
+        "gauge",
+        "The data path in use; `fallback` says why it is not uring when auto fell back.",
+        vec![(
+            format!(
+                "{{mode=\"{}\",fallback=\"{}\"}}",
+                st.datapath,
+                label_value(st.datapath_fallback.as_deref().unwrap_or(""))
+            ),
+            "1".into(),
+        )],
+    );
+    family(
+        "forwarder_accept_errors_total",
+        "counter",
+        "accept(2) failures (e.g. EMFILE).",
+        vec![(String::new(), st.accept_errors.to_string())],
+    );
+    family(
+        "forwarder_admin_rejected_total",
+        "counter",
+        "Admin connections closed by the listener's limits (busy: too many open; timeout: \
+         headers too slow or connection too old; accept_failed).",
+        st.admin_rejected
+            .iter()
+            .map(|(r, n)| (format!("{{reason=\"{r}\"}}"), n.to_string()))
+            .collect(),
+    );
+    family(
+        "forwarder_connections_accepted_total",
+        "counter",
+        "Clients admitted.",
+        per_service(&|s| s.stats.accepted.to_string()),
+    );
+    family(
+        "forwarder_connections_active",
+        "gauge",
+        "Sessions open (queued ones included).",
+        per_service(&|s| s.stats.active.to_string()),
+    );
+    let mut rejected = Vec::new();
+    let mut ended = Vec::new();
+    for s in &st.services {
+        for (reason, n) in &s.stats.rejected {
+            rejected.push((
+                format!("{{service=\"{}\",reason=\"{reason}\"}}", s.name),
+                n.to_string(),
+            ));
+        }
+        for (how, n) in &s.stats.ended {
+            ended.push((
+                format!("{{service=\"{}\",how=\"{how}\"}}", s.name),
+                n.to_string(),
+            ));
+        }
+    }
+    family(
+        "forwarder_connections_rejected_total",
+        "counter",
+        "Clients turned away, by reason.",
+        rejected,
+    );
+    family(
+        "forwarder_sessions_ended_total",
+        "counter",
+        "Sessions ended, by how.",
+        ended,
+    );
+    let mut bytes = Vec::new();
+    for s in &st.services {
+        bytes.push((
+            format!("{{service=\"{}\",direction=\"client_to_server\"}}", s.name),
+            s.stats.bytes_client_to_server.to_string(),
+        ));
+        bytes.push((
+            format!("{{service=\"{}\",direction=\"server_to_client\"}}", s.name),
+            s.stats.bytes_server_to_client.to_string(),
+        ));
+    }
+    family(
+        "forwarder_bytes_total",
+        "counter",
+        "Payload bytes forwarded.",
+        bytes,
+    );
+    family(
+        "forwarder_master_changes_total",
+        "counter",
+        "Changes of the routed master.",
+        per_service(&|s| s.master_changes.to_string()),
+    );
+    family(
+        "forwarder_master_generation",
+        "gauge",
+        "Generation of the current master view.",
+        per_service(&|s| s.generation.to_string()),
+    );
+    family(
+        "forwarder_master_conflicts_total",
+        "counter",
+        "Times a second server claimed to be master (split brain avoided).",
+        per_service(&|s| s.master_conflicts.to_string()),
+    );
+    family(
+        "forwarder_bytes_copied_in_userspace_total",
+        "counter",
+        "Payload bytes that passed through userspace buffers (userspace sessions, and uring directions that found no pipe free).",
+        per_service(&|s| s.stats.bytes_copied_in_userspace.to_string()),
+    );
+    family(
+        "forwarder_sockmap_fallbacks_total",
+        "counter",
+        "Sessions that did not fit the sockmap and ran on the next data path.",
+        per_service(&|s| s.stats.sockmap_fallbacks.to_string()),
+    );
+    let with_sentinel = |f: &dyn Fn(&SentinelStatus) -> String| {
+        st.services
+            .iter()
+            .filter_map(|s| {
+                s.sentinel
+                    .as_ref()
+                    .map(|v| (format!("{{service=\"{}\"}}", s.name), f(v)))
+            })
+            .collect::<Vec<_>>()
+    };
+    family(
+        "forwarder_sentinels_reachable",
+        "gauge",
+        "Sentinels that answered their last query.",
+        with_sentinel(&|v| v.reachable.to_string()),
+    );
+    family(
+        "forwarder_sentinel_degraded",
+        "gauge",
+        "1 when fewer than a quorum of Sentinels answer or agree (the last agreed master is kept).",
+        with_sentinel(&|v| u8::from(v.degraded).to_string()),
+    );
+    family(
+        "forwarder_sentinel_discovered_over_cap",
+        "gauge",
+        "Servers a Sentinel quorum reported that are not checked (past max_servers).",
+        per_service(&|s| s.discovered_over_cap.to_string()),
+    );
+    family(
+        "forwarder_maxconn",
+        "gauge",
+        "maxconn in force (from the descriptor budget for \"auto\").",
+        per_service(&|s| s.maxconn.to_string()),
+    );
+    family(
+        "forwarder_no_master_seconds",
+        "gauge",
+        "Seconds the service has been without a master (0 when it has one).",
+        per_service(&|s| format!("{:.3}", s.no_master_for_ms.unwrap_or(0) as f64 / 1000.0)),
+    );
+    let mut master = Vec::new();
+    let mut up = Vec::new();
+    let mut checks = Vec::new();
+    for s in &st.services {
+        if let Some(m) = &s.master {
+            master.push((
+                format!("{{service=\"{}\",server=\"{m}\"}}", s.name),
+                "1".into(),
+            ));
+        }
+        for srv in &s.servers {
+            let l = format!("service=\"{}\",server=\"{}\"", s.name, srv.addr);
+            up.push((format!("{{{l}}}"), u8::from(srv.up).to_string()));
+            checks.push((format!("{{{l},result=\"ok\"}}"), srv.checks_ok.to_string()));
+            checks.push((
+                format!("{{{l},result=\"failed\"}}"),
+                srv.checks_failed.to_string(),
+            ));
+            checks.push((
+                format!("{{{l},result=\"unknown\"}}"),
+                srv.checks_unknown.to_string(),
+            ));
+        }
+    }
+    family(
+        "forwarder_master",
+        "gauge",
+        "The server currently routed to, per service.",
+        master,
+    );
+    family(
+        "forwarder_server_up",
+        "gauge",
+        "1 when the server passes its check (after rise/fall).",
+        up,
+    );
+    family(
+        "forwarder_checks_total",
+        "counter",
+        "Health checks run, by result.",
+        checks,
+    );
+    out
+}
+
+/// Escapes a Prometheus label value (backslash, double quote, newline).
+fn label_value(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
