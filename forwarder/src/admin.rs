@@ -24,9 +24,11 @@ use health::RateLimit;
 pub trait Control: Send + Sync + 'static {
     /// The daemon's status now.
     fn status(&self) -> Status;
+    /// Why a reload was refused.
+    type ReloadError: std::fmt::Display + Send;
     /// Re-reads the configuration file and applies it: a summary of what changed, or why
     /// nothing did.
-    fn reload(&self) -> impl Future<Output = Result<String, String>> + Send;
+    fn reload(&self) -> impl Future<Output = Result<String, Self::ReloadError>> + Send;
 }
 
 /// Longest wait for a request's headers, on a new or a kept-alive connection.

@@ -157,7 +157,7 @@ struct RawSentinel {
 // Runtime types.
 
 /// The validated configuration the daemon runs.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Config {
     pub datapath: Datapath,
     pub admin: Option<Admin>,
@@ -166,7 +166,7 @@ pub struct Config {
 }
 
 /// Who the daemon runs as once its listeners are bound.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Process {
     /// Switch to this user after binding (keeping only the capabilities the data path needs).
     pub user: Option<String>,
@@ -174,7 +174,7 @@ pub struct Process {
     pub group: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Datapath {
     pub mode: Mode,
     /// Data path threads; 0 in the file means one per core.
@@ -194,7 +194,7 @@ impl Datapath {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Admin {
     pub listen: SocketAddr,
     /// When set, every admin request needs `Authorization: Bearer <token>`.
@@ -202,7 +202,7 @@ pub struct Admin {
     pub token: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Service {
     pub name: String,
     pub listen: SocketAddr,
@@ -226,7 +226,7 @@ pub struct Service {
     pub sentinel: Option<Sentinel>,
 }
 
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Timeouts {
     #[serde(with = "humantime_serde")]
     pub connect: Duration,
@@ -253,7 +253,7 @@ pub enum CheckKind {
     TcpCheck,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Check {
     pub kind: CheckKind,
     /// The steps as written (tcp-check) or as generated (redis-master, password masked).
@@ -272,7 +272,7 @@ pub struct Check {
     pub program: health::Program,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Sentinel {
     pub addresses: Vec<SocketAddr>,
     pub master_name: String,

@@ -13,12 +13,24 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin;
 use crate::budget::{self, Budget};
-use crate::config::{Config, Mode, Service};
+use crate::config::{Config, ConfigError, Mode, Service};
 use crate::datapath::DataPath;
 use crate::metrics::{AdminReject, GlobalStats};
 use crate::router::Router;
 use crate::service::{self, ServiceRuntime};
 use crate::status::{BpfTotals, ServiceStatus, Status};
+
+/// Why a reload was refused; the running configuration stays.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Budget(#[from] budget::BudgetError),
+    /// New listen addresses that cannot be served, one line each (nothing was changed).
+    #[error("{}", .0.join("; "))]
+    Listen(Vec<String>),
+}
 
 /// A running service: its configuration, runtime and checks.
 pub struct ServiceHandle {
@@ -89,7 +101,9 @@ impl admin::Control for Daemon {
         }
     }
 
-    async fn reload(&self) -> Result<String, String> {
+    type ReloadError = ReloadError;
+
+    async fn reload(&self) -> Result<String, ReloadError> {
         Daemon::reload(self).await
     }
 }
@@ -102,8 +116,7 @@ impl Daemon {
     fn build(&self, svc: &Service, previous: Option<&ServiceHandle>) -> ServiceHandle {
         let stats = previous.map_or_else(Arc::default, |p| Arc::clone(&p.runtime.stats));
         let same_health = |old: &Service| {
-            format!("{:?}", (&old.servers, &old.check, &old.sentinel))
-                == format!("{:?}", (&svc.servers, &svc.check, &svc.sentinel))
+            (&old.servers, &old.check, &old.sentinel) == (&svc.servers, &svc.check, &svc.sentinel)
         };
         let kept = previous.filter(|p| same_health(&p.config));
         let sentinel = svc.sentinel.as_ref().map(|s| health::SentinelConfig {
@@ -224,10 +237,10 @@ impl Daemon {
     }
 
     /// Re-reads the configuration file and applies it; see [`Daemon::apply`].
-    pub async fn reload(&self) -> Result<String, String> {
+    pub async fn reload(&self) -> Result<String, ReloadError> {
         let _one = self.reloading.lock().await;
-        let mut cfg = Config::load(&self.path).map_err(|e| e.to_string())?;
-        budget::plan(&mut cfg, self.budget.limit).map_err(|e| e.to_string())?;
+        let mut cfg = Config::load(&self.path)?;
+        budget::plan(&mut cfg, self.budget.limit)?;
         self.apply(cfg)
     }
 
@@ -236,13 +249,13 @@ impl Daemon {
     /// runtime takes the next clients; established sessions keep theirs). Every listener is
     /// bound before anything changes, so a port in use refuses the whole reload. The data path
     /// and the admin listener need a restart.
-    fn apply(&self, new: Config) -> Result<String, String> {
+    fn apply(&self, new: Config) -> Result<String, ReloadError> {
         let old = lock(&self.config).clone();
         let mut notes = Vec::new();
-        if format!("{:?}", new.datapath) != format!("{:?}", old.datapath) {
+        if new.datapath != old.datapath {
             notes.push("[datapath] changes need a restart; kept".to_string());
         }
-        if format!("{:?}", new.admin) != format!("{:?}", old.admin) {
+        if new.admin != old.admin {
             notes.push("[admin] changes need a restart; kept".to_string());
         }
         let mut live = lock(&self.live);
@@ -258,7 +271,7 @@ impl Daemon {
             let cur = live.iter().position(|l| l.handle.config.name == svc.name);
             match cur {
                 Some(j) if live[j].handle.config.listen == svc.listen => {
-                    if format!("{:?}", live[j].handle.config) == format!("{svc:?}") {
+                    if live[j].handle.config == *svc {
                         steps.push(Step::Keep(j));
                     } else {
                         steps.push(Step::Swap(j));
@@ -291,7 +304,7 @@ impl Daemon {
             }
         }
         if !errors.is_empty() {
-            return Err(errors.join("; "));
+            return Err(ReloadError::Listen(errors));
         }
         // Apply (the new runtimes already know the new set of listeners).
         *lock(&self.config) = new.clone();

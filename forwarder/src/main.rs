@@ -151,7 +151,7 @@ fn run(cfg: Config, budget: forwarder::budget::Budget, path: PathBuf) -> anyhow:
     // threads, which inherit exactly what is kept.
     let bound = forwarder::daemon::bind(&cfg)?;
     let keep = forwarder::privileges::needed(cfg.datapath.mode);
-    forwarder::privileges::drop_to(&cfg.process, &keep).map_err(anyhow::Error::msg)?;
+    forwarder::privileges::drop_to(&cfg.process, &keep)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cfg.datapath.threads())
         .enable_all()

@@ -7,6 +7,24 @@ use nix::unistd::{Gid, Group, Uid, User};
 
 use crate::config::{Mode, Process};
 
+/// Why the privileges could not be dropped; the daemon does not start.
+#[derive(Debug, thiserror::Error)]
+pub enum PrivilegeError {
+    /// `process.user` or `process.group` names nobody, or the lookup failed.
+    #[error("process.{key}: {what}")]
+    Lookup { key: &'static str, what: String },
+    /// A step of the switch failed (after it, nothing of the old credentials may be left).
+    #[error("dropping privileges to {user:?}: {step}: {source}")]
+    Switch {
+        user: String,
+        step: &'static str,
+        source: std::io::Error,
+    },
+    /// Every call succeeded and yet the process still has its old uid.
+    #[error("dropping privileges to {user:?}: the uid did not change")]
+    Unchanged { user: String },
+}
+
 /// The capabilities still needed after the switch: binding ports below 1024 (reloads add
 /// listeners), and for the sockmap data path loading BPF and updating its maps.
 pub fn needed(mode: Mode) -> CapsHashSet {
@@ -19,45 +37,54 @@ pub fn needed(mode: Mode) -> CapsHashSet {
 }
 
 /// Switches to `p.user`/`p.group` keeping `keep`; nothing to do when no user is configured.
-pub fn drop_to(p: &Process, keep: &CapsHashSet) -> Result<(), String> {
+pub fn drop_to(p: &Process, keep: &CapsHashSet) -> Result<(), PrivilegeError> {
     let Some(name) = &p.user else {
         return Ok(());
     };
+    let lookup = |key, what| PrivilegeError::Lookup { key, what };
     let user = User::from_name(name)
-        .map_err(|e| format!("process.user: looking up {name:?}: {e}"))?
-        .ok_or_else(|| format!("process.user: no user {name:?}"))?;
+        .map_err(|e| lookup("user", format!("looking up {name:?}: {e}")))?
+        .ok_or_else(|| lookup("user", format!("no user {name:?}")))?;
     let gid = match &p.group {
         Some(g) => {
             Group::from_name(g)
-                .map_err(|e| format!("process.group: looking up {g:?}: {e}"))?
-                .ok_or_else(|| format!("process.group: no group {g:?}"))?
+                .map_err(|e| lookup("group", format!("looking up {g:?}: {e}")))?
+                .ok_or_else(|| lookup("group", format!("no group {g:?}")))?
                 .gid
         }
         None => user.gid,
     };
-    switch(user.uid, gid, keep).map_err(|e| format!("dropping privileges to {name:?}: {e}"))?;
+    switch(user.uid, gid, keep).map_err(|(step, source)| PrivilegeError::Switch {
+        user: name.clone(),
+        step,
+        source,
+    })?;
+    if Uid::current() != user.uid || Uid::effective() != user.uid {
+        return Err(PrivilegeError::Unchanged { user: name.clone() });
+    }
     tracing::info!(user = %name, uid = user.uid.as_raw(), gid = gid.as_raw(),
         capabilities = ?keep, "privileges dropped");
     Ok(())
 }
 
-fn switch(uid: Uid, gid: Gid, keep: &CapsHashSet) -> Result<(), String> {
+/// The switch, step by step; an error names the step that failed.
+fn switch(uid: Uid, gid: Gid, keep: &CapsHashSet) -> Result<(), (&'static str, std::io::Error)> {
+    let caps =
+        |step| move |e: caps::errors::CapsError| (step, std::io::Error::other(e.to_string()));
+    let sys = |step| move |e: nix::Error| (step, std::io::Error::from(e));
     // Nothing outside `keep` may ever come back, not even through exec.
     for cap in caps::all() {
         if !keep.contains(&cap) {
-            caps::drop(None, CapSet::Bounding, cap).map_err(|e| format!("bounding set: {e}"))?;
+            caps::drop(None, CapSet::Bounding, cap).map_err(caps("bounding set"))?;
         }
     }
     // Keep the permitted set across setuid; the effective set is restored below.
-    nix::sys::prctl::set_keepcaps(true).map_err(|e| format!("PR_SET_KEEPCAPS: {e}"))?;
-    nix::unistd::setgroups(&[gid]).map_err(|e| format!("setgroups: {e}"))?;
-    nix::unistd::setgid(gid).map_err(|e| format!("setgid: {e}"))?;
-    nix::unistd::setuid(uid).map_err(|e| format!("setuid: {e}"))?;
-    nix::sys::prctl::set_keepcaps(false).map_err(|e| format!("PR_SET_KEEPCAPS: {e}"))?;
-    caps::set(None, CapSet::Permitted, keep).map_err(|e| format!("permitted set: {e}"))?;
-    caps::set(None, CapSet::Effective, keep).map_err(|e| format!("effective set: {e}"))?;
-    if Uid::current() != uid || Uid::effective() != uid {
-        return Err("the uid did not change".into());
-    }
+    nix::sys::prctl::set_keepcaps(true).map_err(sys("PR_SET_KEEPCAPS"))?;
+    nix::unistd::setgroups(&[gid]).map_err(sys("setgroups"))?;
+    nix::unistd::setgid(gid).map_err(sys("setgid"))?;
+    nix::unistd::setuid(uid).map_err(sys("setuid"))?;
+    nix::sys::prctl::set_keepcaps(false).map_err(sys("PR_SET_KEEPCAPS"))?;
+    caps::set(None, CapSet::Permitted, keep).map_err(caps("permitted set"))?;
+    caps::set(None, CapSet::Effective, keep).map_err(caps("effective set"))?;
     Ok(())
 }

@@ -16,7 +16,8 @@ use crate::resp;
 /// Most bytes an `expect` step buffers before it gives up ("reply too large").
 pub const MAX_REPLY: usize = 64 * 1024;
 
-/// One step of a check program.
+/// One step of a check program. Two steps are equal when they do the same (regular expressions
+/// by their source text).
 #[derive(Debug, Clone)]
 pub enum Step {
     Connect,
@@ -31,6 +32,23 @@ pub enum Step {
     /// `role:` field (not merely the text anywhere, as `expect string role:master` would).
     ExpectRole(Role),
 }
+
+impl PartialEq for Step {
+    fn eq(&self, other: &Step) -> bool {
+        match (self, other) {
+            (Step::Connect, Step::Connect) => true,
+            (Step::Send(a), Step::Send(b)) | (Step::ExpectBinary(a), Step::ExpectBinary(b)) => {
+                a == b
+            }
+            (Step::ExpectString(a), Step::ExpectString(b)) => a == b,
+            (Step::ExpectRegex(a), Step::ExpectRegex(b)) => a.as_str() == b.as_str(),
+            (Step::ExpectRole(a), Step::ExpectRole(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Step {}
 
 /// A step that does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -183,7 +201,7 @@ pub struct Auth {
 }
 
 /// A validated check program: starts with `connect`, has no other `connect`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Program {
     steps: Vec<Step>,
     /// Replies are RESP: an `expect` fails as soon as one whole reply is in without a match,
@@ -458,6 +476,24 @@ mod tests {
 
     fn prog(steps: &[&str]) -> Program {
         Program::new(steps.iter().map(|s| s.parse().unwrap()).collect()).unwrap()
+    }
+
+    #[test]
+    fn programs_are_equal_when_their_steps_do_the_same() {
+        // A reload compares checks with ==: the same regex source is the same step.
+        let a = prog(&["connect", "send PING", "expect rstring ^.PONG"]);
+        assert_eq!(a, prog(&["connect", "send PING", "expect rstring ^.PONG"]));
+        assert_ne!(a, prog(&["connect", "send PING", "expect rstring ^.PON"]));
+        assert_ne!(a, prog(&["connect", "send PING", "expect string ^.PONG"]));
+        assert_eq!(Program::redis_master(None), Program::redis_master(None));
+        let auth = |p: &str| Auth {
+            user: None,
+            password: p.into(),
+        };
+        assert_ne!(
+            Program::redis_master(Some(&auth("a"))),
+            Program::redis_master(Some(&auth("b")))
+        );
     }
 
     /// A server that answers the first read with `reply` (and then closes if `close`).

@@ -7,11 +7,31 @@ use std::time::Duration;
 
 use super::Status;
 
+/// Why a request to the admin listener failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the admin listener at {admin}: {source}")]
+    Connect {
+        admin: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("write: {0}")]
+    Write(std::io::Error),
+    #[error("read: {0}")]
+    Read(std::io::Error),
+    #[error("malformed HTTP response")]
+    Malformed,
+    /// Not a 200: the status line and the body (e.g. why a reload was refused).
+    #[error("admin listener answered {status}: {body}")]
+    Refused { status: String, body: String },
+    #[error("/status is not the status of this version: {0}")]
+    NotStatus(serde_json::Error),
+}
+
 /// Fetches `/status` from the admin listener at `admin`.
-pub fn fetch(admin: SocketAddr, token: Option<&str>) -> Result<Status, String> {
+pub fn fetch(admin: SocketAddr, token: Option<&str>) -> Result<Status, ClientError> {
     let body = request(admin, "GET", "/status", token)?;
-    serde_json::from_str(&body)
-        .map_err(|e| format!("/status is not the status of this version: {e}"))
+    serde_json::from_str(&body).map_err(ClientError::NotStatus)
 }
 
 /// One HTTP/1.0 request to the admin listener: the body of a 200 answer, else an error with the
@@ -21,28 +41,24 @@ pub fn request(
     method: &str,
     path: &str,
     token: Option<&str>,
-) -> Result<String, String> {
+) -> Result<String, ClientError> {
     let mut s = TcpStream::connect_timeout(&admin, Duration::from_secs(2))
-        .map_err(|e| format!("cannot reach the admin listener at {admin}: {e}"))?;
+        .map_err(|source| ClientError::Connect { admin, source })?;
     let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     write!(
         s,
         "{method} {path} HTTP/1.0\r\nHost: {admin}\r\nContent-Length: 0\r\n{auth}\r\n"
     )
-    .map_err(|e| format!("write: {e}"))?;
+    .map_err(ClientError::Write)?;
     let mut out = String::new();
-    s.read_to_string(&mut out)
-        .map_err(|e| format!("read: {e}"))?;
-    let (head, body) = out
-        .split_once("\r\n\r\n")
-        .ok_or("malformed HTTP response")?;
+    s.read_to_string(&mut out).map_err(ClientError::Read)?;
+    let (head, body) = out.split_once("\r\n\r\n").ok_or(ClientError::Malformed)?;
     if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
-        return Err(format!(
-            "admin listener answered {}: {}",
-            head.lines().next().unwrap_or(""),
-            body.trim()
-        ));
+        return Err(ClientError::Refused {
+            status: head.lines().next().unwrap_or("").to_string(),
+            body: body.trim().to_string(),
+        });
     }
     Ok(body.to_string())
 }
