@@ -24,24 +24,7 @@ use clap::Args;
 use e2e::{free_port, http_get, wait_until, Conn, Proc, Redis, Reply};
 use serde::Serialize;
 
-use crate::prereq::{self, Tool, REDIS, REDIS_CLI};
-
-pub const HAPROXY: Tool = Tool {
-    program: "haproxy",
-    package: "haproxy",
-};
-const IPERF3: Tool = Tool {
-    program: "iperf3",
-    package: "iperf3",
-};
-const SOCAT: Tool = Tool {
-    program: "socat",
-    package: "socat",
-};
-const REDIS_BENCHMARK: Tool = Tool {
-    program: "redis-benchmark",
-    package: "redis-tools",
-};
+use crate::prereq::{self, HAPROXY, IPERF3, REDIS, REDIS_BENCHMARK, REDIS_CLI, SOCAT};
 
 const SCENARIOS: [&str; 5] = ["redis", "bulk", "latency", "connrate", "memory"];
 

@@ -24,8 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use e2e::{wait_until, Conn, Forwarder, Proc, Redis, Reply, Sentinel};
 
-use crate::bench::HAPROXY;
-use crate::prereq::{self, REDIS, SENTINEL};
+use crate::prereq::{self, HAPROXY, REDIS, SENTINEL};
 
 #[derive(Debug, Default, Clone, Copy)]
 struct Drill {

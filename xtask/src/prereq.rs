@@ -24,6 +24,23 @@ pub const REDIS_CLI: Tool = Tool {
     program: "redis-cli",
     package: "redis-tools",
 };
+/// The comparison proxy of `cargo xtask bench` and its failover drills.
+pub const HAPROXY: Tool = Tool {
+    program: "haproxy",
+    package: "haproxy",
+};
+pub const SOCAT: Tool = Tool {
+    program: "socat",
+    package: "socat",
+};
+pub const IPERF3: Tool = Tool {
+    program: "iperf3",
+    package: "iperf3",
+};
+pub const REDIS_BENCHMARK: Tool = Tool {
+    program: "redis-benchmark",
+    package: "redis-tools",
+};
 pub const CLANG: Tool = Tool {
     program: "clang-19",
     package: "clang-19",
