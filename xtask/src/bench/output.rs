@@ -7,7 +7,7 @@ use std::path::Path;
 
 use bench::{differences, ratio, summarize};
 
-use super::{Report, Row};
+use super::{Report, Row, Scenario};
 
 const BEGIN: &str = "<!-- bench:latest:begin (written by cargo xtask bench) -->";
 const END: &str = "<!-- bench:latest:end -->";
@@ -17,12 +17,12 @@ const END: &str = "<!-- bench:latest:end -->";
 pub fn with_added_latency(mut rows: Vec<Row>) -> Vec<Row> {
     let direct: BTreeMap<String, Vec<f64>> = rows
         .iter()
-        .filter(|r| r.scenario == "latency" && r.target == "direct")
+        .filter(|r| r.scenario == Scenario::Latency && r.target == "direct")
         .map(|r| (r.metric.clone(), r.samples.clone()))
         .collect();
     for r in rows
         .iter_mut()
-        .filter(|r| r.scenario == "latency" && r.target != "direct")
+        .filter(|r| r.scenario == Scenario::Latency && r.target != "direct")
     {
         r.added_vs_direct = direct
             .get(&r.metric)
@@ -43,23 +43,23 @@ fn fmt_num(x: f64) -> String {
     }
 }
 
-fn find<'a>(r: &'a Report, scenario: &str, metric: &str, target: &str) -> Option<&'a Row> {
+fn find<'a>(r: &'a Report, scenario: Scenario, metric: &str, target: &str) -> Option<&'a Row> {
     r.rows
         .iter()
         .find(|x| x.scenario == scenario && x.metric == metric && x.target == target)
 }
 
-fn median(r: &Report, scenario: &str, metric: &str, target: &str) -> Option<f64> {
+fn median(r: &Report, scenario: Scenario, metric: &str, target: &str) -> Option<f64> {
     find(r, scenario, metric, target)
         .and_then(|x| x.summary)
         .map(|s| s.median)
 }
 
 /// (scenario, metric, unit) in the order first measured.
-fn metric_keys(r: &Report) -> Vec<(String, String, String)> {
+fn metric_keys(r: &Report) -> Vec<(Scenario, String, String)> {
     let mut keys = Vec::new();
     for row in &r.rows {
-        let k = (row.scenario.clone(), row.metric.clone(), row.unit.clone());
+        let k = (row.scenario, row.metric.clone(), row.unit.clone());
         if !keys.contains(&k) {
             keys.push(k);
         }
@@ -82,11 +82,11 @@ pub fn render_markdown(r: &Report) -> String {
     out.push('\n');
     let mut reasons: Vec<(String, String)> = Vec::new();
     for (scenario, metric, unit) in metric_keys(r) {
-        let direct = median(r, &scenario, &metric, "direct");
-        let haproxy = median(r, &scenario, &metric, "haproxy");
+        let direct = median(r, scenario, &metric, "direct");
+        let haproxy = median(r, scenario, &metric, "haproxy");
         let _ = write!(out, "| {scenario} | {metric} | {unit} |");
         for t in &r.targets {
-            let cell = match find(r, &scenario, &metric, t) {
+            let cell = match find(r, scenario, &metric, t) {
                 Some(Row {
                     summary: Some(s),
                     added_vs_direct,
@@ -208,7 +208,7 @@ enum Value {
 struct Chart {
     file: &'static str,
     title: &'static str,
-    scenario: &'static str,
+    scenario: Scenario,
     unit: &'static str,
     /// Only the metrics whose name ends so ("" for all).
     suffix: &'static str,
@@ -220,7 +220,7 @@ const CHARTS: [Chart; 8] = [
     Chart {
         file: "redis.svg",
         title: "redis-benchmark -c 50: throughput, ratio to direct",
-        scenario: "redis",
+        scenario: Scenario::Redis,
         unit: "ops/s",
         suffix: "",
         value: Value::RatioToDirect,
@@ -229,7 +229,7 @@ const CHARTS: [Chart; 8] = [
     Chart {
         file: "bulk.svg",
         title: "iperf3 bulk throughput, ratio to direct",
-        scenario: "bulk",
+        scenario: Scenario::Bulk,
         unit: "Gbit/s",
         suffix: "",
         value: Value::RatioToDirect,
@@ -238,7 +238,7 @@ const CHARTS: [Chart; 8] = [
     Chart {
         file: "cpu.svg",
         title: "Proxy CPU (user+sys) per GB forwarded",
-        scenario: "bulk",
+        scenario: Scenario::Bulk,
         unit: "s/GB",
         suffix: "",
         value: Value::Absolute,
@@ -247,7 +247,7 @@ const CHARTS: [Chart; 8] = [
     Chart {
         file: "latency-p50.svg",
         title: "Ping-pong: p50 latency added versus direct",
-        scenario: "latency",
+        scenario: Scenario::Latency,
         unit: "us",
         suffix: " p50",
         value: Value::AddedVsDirect,
@@ -256,7 +256,7 @@ const CHARTS: [Chart; 8] = [
     Chart {
         file: "latency-p99.svg",
         title: "Ping-pong: p99 latency added versus direct",
-        scenario: "latency",
+        scenario: Scenario::Latency,
         unit: "us",
         suffix: " p99",
         value: Value::AddedVsDirect,
@@ -265,7 +265,7 @@ const CHARTS: [Chart; 8] = [
     Chart {
         file: "latency-p999.svg",
         title: "Ping-pong: p99.9 latency added versus direct",
-        scenario: "latency",
+        scenario: Scenario::Latency,
         unit: "us",
         suffix: " p999",
         value: Value::AddedVsDirect,
@@ -274,7 +274,7 @@ const CHARTS: [Chart; 8] = [
     Chart {
         file: "connrate.svg",
         title: "Connection rate (connect, 1 round trip, close), ratio to direct",
-        scenario: "connrate",
+        scenario: Scenario::Connrate,
         unit: "conn/s",
         suffix: "",
         value: Value::RatioToDirect,
@@ -283,7 +283,7 @@ const CHARTS: [Chart; 8] = [
     Chart {
         file: "memory.svg",
         title: "Proxy RSS per idle connection",
-        scenario: "memory",
+        scenario: Scenario::Memory,
         unit: "KiB",
         suffix: "",
         value: Value::Absolute,
@@ -339,7 +339,7 @@ pub fn write_charts(r: &Report, dir: &Path) -> anyhow::Result<Vec<String>> {
     for c in &CHARTS {
         let metrics: Vec<String> = metric_keys(r)
             .into_iter()
-            .filter(|(s, m, u)| s == c.scenario && u == c.unit && m.ends_with(c.suffix))
+            .filter(|(s, m, u)| *s == c.scenario && u == c.unit && m.ends_with(c.suffix))
             .map(|(_, m, _)| m)
             .collect();
         let targets: Vec<&String> = r
@@ -460,9 +460,9 @@ fn draw(
 mod tests {
     use super::*;
 
-    fn row(scenario: &str, metric: &str, target: &str, samples: &[f64]) -> Row {
+    fn row(scenario: Scenario, metric: &str, target: &str, samples: &[f64]) -> Row {
         Row {
-            scenario: scenario.into(),
+            scenario,
             metric: metric.into(),
             unit: "us".into(),
             higher_is_better: false,
@@ -491,9 +491,19 @@ mod tests {
     #[test]
     fn added_latency_is_per_round() {
         let rows = with_added_latency(vec![
-            row("latency", "64B p50", "direct", &[100.0, 110.0, 90.0]),
-            row("latency", "64B p50", "haproxy", &[130.0, 125.0, 120.0]),
-            row("latency", "64B p50", "socat", &[130.0]),
+            row(
+                Scenario::Latency,
+                "64B p50",
+                "direct",
+                &[100.0, 110.0, 90.0],
+            ),
+            row(
+                Scenario::Latency,
+                "64B p50",
+                "haproxy",
+                &[130.0, 125.0, 120.0],
+            ),
+            row(Scenario::Latency, "64B p50", "socat", &[130.0]),
         ]);
         assert_eq!(rows[0].added_vs_direct, None);
         // Differences 30, 15, 30: median 30, not 125 - 100.
@@ -505,11 +515,21 @@ mod tests {
 
     #[test]
     fn table_cells() {
-        let mut absent = row("latency", "64B p50", "socat", &[]);
+        let mut absent = row(Scenario::Latency, "64B p50", "socat", &[]);
         absent.absent = Some("not installed".into());
         let r = report(with_added_latency(vec![
-            row("latency", "64B p50", "direct", &[100.0, 110.0, 90.0]),
-            row("latency", "64B p50", "haproxy", &[130.0, 125.0, 120.0]),
+            row(
+                Scenario::Latency,
+                "64B p50",
+                "direct",
+                &[100.0, 110.0, 90.0],
+            ),
+            row(
+                Scenario::Latency,
+                "64B p50",
+                "haproxy",
+                &[130.0, 125.0, 120.0],
+            ),
             absent,
         ]));
         let t = render_markdown(&r);

@@ -1,0 +1,154 @@
+//! The measuring tools, each run against one address: redis-benchmark, iperf3, the loadgen
+//! ping-pong and connection-rate clients, and the idle-connection memory probe; plus the CPU and
+//! RSS readings of a proxy process from /proc.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bench::{
+    parse_iperf3_json, parse_proc_stat_ticks, parse_redis_benchmark_csv, parse_vmrss_kib,
+    per_connection_kib, Latency,
+};
+
+use super::{check_stop, first_line};
+
+/// One byte echoed through `addr`; the connection stays open.
+pub fn echo_once(addr: SocketAddr) -> anyhow::Result<TcpStream> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(b"x")?;
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b)?;
+    Ok(s)
+}
+
+fn output(cmd: &mut Command, what: &str) -> Result<String, String> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("{what}: {e}"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let so = String::from_utf8_lossy(&out.stdout);
+        return Err(first_line(&format!(
+            "{what} failed ({}): {} {}",
+            out.status,
+            err.trim(),
+            so.trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+pub fn redis_benchmark(
+    addr: SocketAddr,
+    extra: &[&str],
+    n: u64,
+) -> Result<Vec<(String, f64)>, String> {
+    let out = output(
+        Command::new("timeout")
+            .args(["120", "redis-benchmark", "-h"])
+            .arg(addr.ip().to_string())
+            .args(["-p", &addr.port().to_string(), "-c", "50", "-t", "set,get"])
+            .args(["--csv", "-n", &n.to_string()])
+            .args(extra),
+        "redis-benchmark",
+    )?;
+    parse_redis_benchmark_csv(&out).map_err(|e| format!("{e:#}"))
+}
+
+pub fn iperf3(addr: SocketAddr, streams: u32, secs: u32) -> Result<bench::Iperf, String> {
+    let out = Command::new("timeout")
+        .args(["60", "iperf3", "-c"])
+        .arg(addr.ip().to_string())
+        .args([
+            "-p",
+            &addr.port().to_string(),
+            "-J",
+            "-t",
+            &secs.to_string(),
+        ])
+        .args(["-P", &streams.to_string()])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("iperf3: {e}"))?;
+    // iperf3 -J reports errors inside its JSON, with a non-zero exit.
+    parse_iperf3_json(&String::from_utf8_lossy(&out.stdout)).map_err(|e| format!("{e:#}"))
+}
+
+pub fn pingpong(
+    loadgen: &Path,
+    addr: SocketAddr,
+    size: usize,
+    count: u64,
+    rate: Option<u32>,
+) -> Result<Latency, String> {
+    let mut cmd = Command::new(loadgen);
+    cmd.args(["pingpong", "--addr", &addr.to_string()]).args([
+        "--size",
+        &size.to_string(),
+        "--count",
+        &count.to_string(),
+    ]);
+    if let Some(r) = rate {
+        cmd.args(["--rate", &r.to_string()]);
+    }
+    let out = output(&mut cmd, "loadgen pingpong")?;
+    serde_json::from_str(out.trim()).map_err(|e| format!("loadgen pingpong: {e}: {out}"))
+}
+
+pub fn connrate(loadgen: &Path, addr: SocketAddr, secs: u32) -> anyhow::Result<f64> {
+    let out = output(
+        Command::new(loadgen)
+            .args(["connrate", "--addr", &addr.to_string()])
+            .args(["--seconds", &secs.to_string(), "--threads", "2"]),
+        "loadgen connrate",
+    )
+    .map_err(anyhow::Error::msg)?;
+    let v: serde_json::Value = serde_json::from_str(out.trim())?;
+    v["per_second"]
+        .as_f64()
+        .context("loadgen connrate: no per_second")
+}
+
+/// user+sys CPU seconds of a process and of its reaped children, from /proc/PID/stat.
+pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let ticks = parse_proc_stat_ticks(&stat)?;
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz <= 0 {
+        bail!("sysconf(_SC_CLK_TCK) = {hz}");
+    }
+    Ok(ticks as f64 / hz as f64)
+}
+
+fn rss_kib(pid: u32) -> anyhow::Result<f64> {
+    parse_vmrss_kib(&std::fs::read_to_string(format!("/proc/{pid}/status"))?)
+}
+
+/// RSS growth of a fresh proxy per established, idle connection, each one proven end to end by a
+/// one-byte echo.
+pub fn idle_memory(addr: SocketAddr, pid: u32, n: usize) -> anyhow::Result<f64> {
+    std::thread::sleep(Duration::from_millis(300));
+    let before = rss_kib(pid)?;
+    let mut conns = Vec::with_capacity(n);
+    let start = Instant::now();
+    for i in 0..n {
+        if start.elapsed() > Duration::from_secs(60) {
+            bail!("opened only {i} connections in 60 s");
+        }
+        if i % 500 == 0 {
+            check_stop()?;
+        }
+        conns.push(echo_once(addr).with_context(|| format!("connection {i}"))?);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let after = rss_kib(pid)?;
+    drop(conns);
+    per_connection_kib(before, after, n).context("no connections")
+}
