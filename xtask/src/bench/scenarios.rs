@@ -121,6 +121,8 @@ impl Scenario {
     }
 
     /// One round of the scenario through one target: a value, or why there is none, per metric.
+    /// A reason is the error with its causes on one line, as the row prints it; one tool run
+    /// gives several metrics, each keeping a copy.
     fn measure_one(
         self,
         t: &Target,
@@ -133,7 +135,7 @@ impl Scenario {
                 let scale = if s.quick { 10 } else { 1 };
                 let mut out = Vec::new();
                 for (name, extra, n) in REDIS_VARIANTS {
-                    let res = redis_benchmark(t.addr, extra, n / scale);
+                    let res = redis_benchmark(t.addr, extra, n / scale).map_err(err);
                     for op in ["SET", "GET"] {
                         let v = match &res {
                             Ok(rows) => rows
@@ -154,7 +156,7 @@ impl Scenario {
                 let mut cpu = Vec::new();
                 for streams in [1, 8] {
                     let before = t.pid().map(cpu_seconds).transpose();
-                    let r = iperf3(t.addr, streams, secs);
+                    let r = iperf3(t.addr, streams, secs).map_err(err);
                     // socat reaps its per-connection children (counted in cutime) a moment later.
                     if matches!(t.kind, Kind::Socat) {
                         std::thread::sleep(Duration::from_millis(200));
@@ -198,7 +200,7 @@ impl Scenario {
                             u64::from(r) * 5
                         }
                     });
-                    let res = pingpong(&bins.loadgen, t.addr, size, n, rate);
+                    let res = pingpong(&bins.loadgen, t.addr, size, n, rate).map_err(err);
                     for (p, pick) in PERCENTILES {
                         out.push((
                             metric(format!("{name} {p}"), "us", false),

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::{anyhow, bail, Context};
 use bench::{
     parse_iperf3_json, parse_proc_stat_ticks, parse_redis_benchmark_csv, parse_vmrss_kib,
     per_connection_kib, Latency,
@@ -26,20 +26,23 @@ pub fn echo_once(addr: SocketAddr) -> anyhow::Result<TcpStream> {
     Ok(s)
 }
 
-fn output(cmd: &mut Command, what: &str) -> Result<String, String> {
+fn output(cmd: &mut Command, what: &str) -> anyhow::Result<String> {
     let out = cmd
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| format!("{what}: {e}"))?;
+        .with_context(|| what.to_string())?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         let so = String::from_utf8_lossy(&out.stdout);
-        return Err(first_line(&format!(
-            "{what} failed ({}): {} {}",
-            out.status,
-            err.trim(),
-            so.trim()
-        )));
+        bail!(
+            "{}",
+            first_line(&format!(
+                "{what} failed ({}): {} {}",
+                out.status,
+                err.trim(),
+                so.trim()
+            ))
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -48,7 +51,7 @@ pub fn redis_benchmark(
     addr: SocketAddr,
     extra: &[&str],
     n: u64,
-) -> Result<Vec<(String, f64)>, String> {
+) -> anyhow::Result<Vec<(String, f64)>> {
     let out = output(
         Command::new("timeout")
             .args(["120", "redis-benchmark", "-h"])
@@ -58,10 +61,10 @@ pub fn redis_benchmark(
             .args(extra),
         "redis-benchmark",
     )?;
-    parse_redis_benchmark_csv(&out).map_err(|e| format!("{e:#}"))
+    parse_redis_benchmark_csv(&out)
 }
 
-pub fn iperf3(addr: SocketAddr, streams: u32, secs: u32) -> Result<bench::Iperf, String> {
+pub fn iperf3(addr: SocketAddr, streams: u32, secs: u32) -> anyhow::Result<bench::Iperf> {
     let out = Command::new("timeout")
         .args(["60", "iperf3", "-c"])
         .arg(addr.ip().to_string())
@@ -75,9 +78,9 @@ pub fn iperf3(addr: SocketAddr, streams: u32, secs: u32) -> Result<bench::Iperf,
         .args(["-P", &streams.to_string()])
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| format!("iperf3: {e}"))?;
+        .context("iperf3")?;
     // iperf3 -J reports errors inside its JSON, with a non-zero exit.
-    parse_iperf3_json(&String::from_utf8_lossy(&out.stdout)).map_err(|e| format!("{e:#}"))
+    parse_iperf3_json(&String::from_utf8_lossy(&out.stdout))
 }
 
 pub fn pingpong(
@@ -86,7 +89,7 @@ pub fn pingpong(
     size: usize,
     count: u64,
     rate: Option<u32>,
-) -> Result<Latency, String> {
+) -> anyhow::Result<Latency> {
     let mut cmd = Command::new(loadgen);
     cmd.args(["pingpong", "--addr", &addr.to_string()]).args([
         "--size",
@@ -98,7 +101,7 @@ pub fn pingpong(
         cmd.args(["--rate", &r.to_string()]);
     }
     let out = output(&mut cmd, "loadgen pingpong")?;
-    serde_json::from_str(out.trim()).map_err(|e| format!("loadgen pingpong: {e}: {out}"))
+    serde_json::from_str(out.trim()).map_err(|e| anyhow!("loadgen pingpong: {e}: {out}"))
 }
 
 pub fn connrate(loadgen: &Path, addr: SocketAddr, secs: u32) -> anyhow::Result<f64> {
@@ -107,8 +110,7 @@ pub fn connrate(loadgen: &Path, addr: SocketAddr, secs: u32) -> anyhow::Result<f
             .args(["connrate", "--addr", &addr.to_string()])
             .args(["--seconds", &secs.to_string(), "--threads", "2"]),
         "loadgen connrate",
-    )
-    .map_err(anyhow::Error::msg)?;
+    )?;
     let v: serde_json::Value = serde_json::from_str(out.trim())?;
     v["per_second"]
         .as_f64()
