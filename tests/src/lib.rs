@@ -1,5 +1,7 @@
-//! Helpers for the end-to-end suite: real `redis-server` processes and the forwarder binary on
-//! free loopback ports, reaped on drop so no test leaks a process or a port.
+//! The test harness (crate `harness`): real `redis-server` and Sentinel processes and the
+//! forwarder binary on free loopback ports, reaped on drop so no test leaks a process or a port.
+//! The end-to-end suite (`tests/tests/`) runs on it, and so do `cargo xtask lab` and
+//! `cargo xtask bench`.
 //!
 //! The data path under test comes from `FORWARDER_MODE` (set by `cargo xtask test`, which runs
 //! the suite once per mode); the binary from `FORWARDER_BIN` (default: the workspace's

@@ -3,7 +3,7 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use e2e::{connect_from, wait_until, Conn, Forwarder, Redis, Reply};
+use harness::{connect_from, wait_until, Conn, Forwarder, Redis, Reply};
 
 fn service(r: &Redis, extra: &str) -> String {
     format!(
@@ -127,9 +127,9 @@ fn per_source_limit_rejects_only_the_greedy_source() {
 /// master went DOWN and every session was reset.)
 #[test]
 fn descriptor_exhaustion_is_refused_at_admission_and_never_fails_the_master() {
-    let prlimit = e2e::require("prlimit", "util-linux");
+    let prlimit = harness::require("prlimit", "util-linux");
     let r = Redis::start();
-    let datapath = format!("mode = \"{}\"", e2e::mode());
+    let datapath = format!("mode = \"{}\"", harness::mode());
     let wrapper = [prlimit.to_str().unwrap(), "--nofile=400:400", "--"];
     let f = Forwarder::start_with(&service(&r, ""), &datapath, &wrapper);
     assert!(wait_until(Duration::from_secs(10), || f
@@ -214,13 +214,13 @@ fn descriptor_exhaustion_is_refused_at_admission_and_never_fails_the_master() {
 /// A limit too small for the reserve is a startup error that names the limit.
 #[test]
 fn a_limit_too_small_for_the_reserve_is_a_startup_error() {
-    let prlimit = e2e::require("prlimit", "util-linux");
+    let prlimit = harness::require("prlimit", "util-linux");
     let r = Redis::start();
     let text = service(&r, "").replace("{LISTEN}", "127.0.0.1:1");
-    let (code, out) = e2e::forwarder_exit_with(
+    let (code, out) = harness::forwarder_exit_with(
         &[prlimit.to_str().unwrap(), "--nofile=64:64", "--"],
         "run",
-        &format!("[datapath]\nmode = \"{}\"\n{text}", e2e::mode()),
+        &format!("[datapath]\nmode = \"{}\"\n{text}", harness::mode()),
     );
     assert_eq!(code, 2, "{out}");
     assert!(
@@ -235,11 +235,11 @@ fn a_limit_too_small_for_the_reserve_is_a_startup_error() {
 /// are not cut either.
 #[test]
 fn slow_readers_holding_every_pipe_do_not_stop_new_sessions() {
-    let prlimit = e2e::require("prlimit", "util-linux");
+    let prlimit = harness::require("prlimit", "util-linux");
     let r = Redis::start();
     let big = "x".repeat(1 << 20);
     assert_eq!(r.cmd(&["SET", "big", &big]), Reply::Simple("OK".into()));
-    let datapath = format!("mode = \"{}\"", e2e::mode());
+    let datapath = format!("mode = \"{}\"", harness::mode());
     // 400 descriptors: a dozen pipes per uring worker.
     let wrapper = [prlimit.to_str().unwrap(), "--nofile=400:400", "--"];
     let f = Forwarder::start_with(&service(&r, ""), &datapath, &wrapper);
@@ -262,7 +262,7 @@ fn slow_readers_holding_every_pipe_do_not_stop_new_sessions() {
             .and_then(|mut c| c.cmd(&["PING"]))
             .map_err(|e| e.to_string())
     };
-    if e2e::mode() == "uring" {
+    if harness::mode() == "uring" {
         assert!(
             wait_until(Duration::from_secs(10), || {
                 assert_eq!(ping(), Ok(Reply::Simple("PONG".into())), "{}", f.log_text());
@@ -276,7 +276,7 @@ fn slow_readers_holding_every_pipe_do_not_stop_new_sessions() {
         assert_eq!(ping(), Ok(Reply::Simple("PONG".into())), "client {i}");
     }
     let st = f.service_status("mymaster").expect("status");
-    if e2e::mode() == "uring" {
+    if harness::mode() == "uring" {
         assert!(
             st["stats"]["bytes_copied_in_userspace"].as_u64() > Some(0),
             "{st}"

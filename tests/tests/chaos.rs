@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use e2e::{wait_until, Conn, Forwarder, Redis, Reply, Sentinel};
+use harness::{wait_until, Conn, Forwarder, Redis, Reply, Sentinel};
 
 /// A network namespace the calling thread lives in until drop, then deleted.
 struct Netns {
@@ -24,7 +24,7 @@ struct Netns {
 }
 
 fn run(cmd: &str, args: &[&str]) {
-    let tool = e2e::require(cmd, if cmd == "ip" { "iproute2" } else { cmd });
+    let tool = harness::require(cmd, if cmd == "ip" { "iproute2" } else { cmd });
     let out = Command::new(tool).args(args).output().expect("run");
     assert!(
         out.status.success(),
@@ -93,7 +93,7 @@ fn partitions_from_the_master_and_the_sentinels_lose_no_acknowledged_write() {
     let addrs: Vec<_> = sentinels.iter().map(Sentinel::addr).collect();
     let f = Forwarder::start(&format!(
         "[process]\nuser = \"nobody\"\n\n{}",
-        e2e::sentinel_service(&[master.addr(), replica.addr()], &addrs, "10s")
+        harness::sentinel_service(&[master.addr(), replica.addr()], &addrs, "10s")
     ));
     let routed = Mutex::new(HashSet::new());
     let sample = || {

@@ -3,7 +3,7 @@
 
 use std::net::TcpListener;
 
-use e2e::{forwarder_exit, wait_until};
+use harness::{forwarder_exit, wait_until};
 
 const SERVICE: &str = r#"[[service]]
 name = "a"
@@ -266,7 +266,7 @@ fn an_endless_huge_or_blocking_file_is_refused_without_hanging() {
         ),
     ] {
         for sub in ["check", "run"] {
-            let mut child = std::process::Command::new(e2e::forwarder_bin())
+            let mut child = std::process::Command::new(harness::forwarder_bin())
                 .args([sub, "--config", &path])
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::piped())

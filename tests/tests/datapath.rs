@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use e2e::{
+use harness::{
     echo, forwarder_exit_with, plain_service, tcp_server, wait_until, Forwarder, WITHOUT_BPF_CAPS,
 };
 
@@ -93,7 +93,10 @@ fn auto_falls_back_to_userspace_when_io_uring_is_forbidden() {
 fn uring_requested_where_it_is_forbidden_is_a_startup_error() {
     let config = format!(
         "[datapath]\nmode = \"uring\"\n\n{}",
-        service(tcp_server(echo), &format!("127.0.0.1:{}", e2e::free_port()))
+        service(
+            tcp_server(echo),
+            &format!("127.0.0.1:{}", harness::free_port())
+        )
     );
     let (code, log) = forwarder_exit_with(&[DENY_URING], "run", &config);
     assert_ne!(code, 0, "{log}");
@@ -107,7 +110,10 @@ fn uring_requested_where_it_is_forbidden_is_a_startup_error() {
 fn sockmap_requested_without_cap_bpf_is_a_startup_error() {
     let config = format!(
         "[datapath]\nmode = \"sockmap\"\n\n{}",
-        service(tcp_server(echo), &format!("127.0.0.1:{}", e2e::free_port()))
+        service(
+            tcp_server(echo),
+            &format!("127.0.0.1:{}", harness::free_port())
+        )
     );
     let (code, log) = forwarder_exit_with(WITHOUT_BPF_CAPS, "run", &config);
     assert_ne!(code, 0, "{log}");

@@ -8,8 +8,8 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use e2e::hostile::{HostileSentinel, Lie};
-use e2e::{sentinel_service, wait_until, Conn, Forwarder, Redis, Reply, Sentinel};
+use harness::hostile::{HostileSentinel, Lie};
+use harness::{sentinel_service, wait_until, Conn, Forwarder, Redis, Reply, Sentinel};
 
 /// A redis-master service over two servers, checked every 200 ms with rise and fall 1.
 fn pair_service(a: SocketAddr, b: SocketAddr) -> String {
@@ -200,7 +200,7 @@ fn a_sentinel_event_flood_drops_its_subscription() {
 /// would connect to ourselves, and every connection would open another).
 #[test]
 fn a_sentinel_quorum_naming_our_own_listener_is_not_followed() {
-    let listen = std::net::SocketAddr::from(([127, 0, 0, 1], e2e::free_port()));
+    let listen = std::net::SocketAddr::from(([127, 0, 0, 1], harness::free_port()));
     let liars: Vec<HostileSentinel> = (0..3)
         .map(|_| HostileSentinel::start(Lie::Names(listen)))
         .collect();
@@ -398,12 +398,12 @@ fn a_client_inflating_the_masters_info_cannot_fail_it() {
 /// same or as the wildcard address; with `share_listen = true` on both it may join on purpose.
 #[test]
 fn a_second_instance_on_the_same_address_is_refused() {
-    let backend = e2e::tcp_server(e2e::echo);
-    let first = Forwarder::start(&e2e::plain_service("a", "{LISTEN}", backend, ""));
+    let backend = harness::tcp_server(harness::echo);
+    let first = Forwarder::start(&harness::plain_service("a", "{LISTEN}", backend, ""));
     let taken = first.listen[0];
     for listen in [taken.to_string(), format!("0.0.0.0:{}", taken.port())] {
-        let text = e2e::plain_service("a", &listen, backend, "");
-        let (code, out) = e2e::forwarder_exit("run", &text);
+        let text = harness::plain_service("a", &listen, backend, "");
+        let (code, out) = harness::forwarder_exit("run", &text);
         assert_ne!(code, 0, "{listen}: a second instance started:\n{out}");
         assert!(
             out.contains("service[0].listen") && out.contains("already in use by another process"),
@@ -417,8 +417,8 @@ fn a_second_instance_on_the_same_address_is_refused() {
     s.read_exact(&mut b).unwrap();
     assert_eq!(&b, b"ping");
 
-    let shared = e2e::free_port();
-    let text = e2e::plain_service(
+    let shared = harness::free_port();
+    let text = harness::plain_service(
         "a",
         &format!("127.0.0.1:{shared}"),
         backend,
@@ -434,8 +434,8 @@ fn a_second_instance_on_the_same_address_is_refused() {
 /// the data plane serves clients meanwhile.
 #[test]
 fn an_admin_slowloris_is_bounded_and_counted() {
-    let backend = e2e::tcp_server(e2e::echo);
-    let f = Forwarder::start(&e2e::plain_service("a", "{LISTEN}", backend, ""));
+    let backend = harness::tcp_server(harness::echo);
+    let f = Forwarder::start(&harness::plain_service("a", "{LISTEN}", backend, ""));
     let mut slow: Vec<TcpStream> = (0..200)
         .filter_map(|_| {
             let mut s = TcpStream::connect(f.admin).ok()?;

@@ -6,7 +6,7 @@ use std::os::unix::net::UnixDatagram;
 use std::process::Command;
 use std::time::Duration;
 
-use e2e::{echo, plain_service, tcp_server, wait_until, Forwarder};
+use harness::{echo, plain_service, tcp_server, wait_until, Forwarder};
 
 fn service(backend: SocketAddr, drain: &str) -> String {
     plain_service(
@@ -126,7 +126,7 @@ fn forwarder_status_prints_the_running_state() {
 
 #[test]
 fn status_page_renders_in_a_real_browser() {
-    let chromium = e2e::require("chromium", "chromium");
+    let chromium = harness::require("chromium", "chromium");
     let f = Forwarder::start(&service(tcp_server(echo), "1s"));
     let _c = session(&f);
     let master = f.master("plain").unwrap().to_string();
@@ -232,7 +232,7 @@ fn drops_privileges_to_the_configured_user() {
     };
     assert_eq!(field("Uid:"), vec!["65534"; 4], "{status}");
     // CAP_NET_BIND_SERVICE (10); with the sockmap path also CAP_NET_ADMIN (12) and CAP_BPF (39).
-    let want = if e2e::mode() == "sockmap" {
+    let want = if harness::mode() == "sockmap" {
         "0000008000001400"
     } else {
         "0000000000000400"

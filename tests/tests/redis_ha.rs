@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use e2e::{wait_until, Conn, Forwarder, Redis, Reply};
+use harness::{wait_until, Conn, Forwarder, Redis, Reply};
 
 fn service(servers: &[&Redis], queue: &str) -> String {
     let list: Vec<String> = servers

@@ -6,7 +6,7 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use e2e::{tcp_server, wait_until, Forwarder};
+use harness::{tcp_server, wait_until, Forwarder};
 
 fn service(name: &str, listen: &str, backend: SocketAddr, allow: &str) -> String {
     format!(

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use e2e::{wait_until, Conn, Forwarder, Redis, Reply, Sentinel};
+use harness::{wait_until, Conn, Forwarder, Redis, Reply, Sentinel};
 
 struct Lab {
     master: Redis,
@@ -31,7 +31,7 @@ fn lab_with(list_servers: bool) -> Lab {
         true => vec![master.addr(), replica.addr()],
         false => Vec::new(),
     };
-    let f = Forwarder::start(&e2e::sentinel_service(&servers, &addrs, "15s"));
+    let f = Forwarder::start(&harness::sentinel_service(&servers, &addrs, "15s"));
     assert!(
         wait_until(Duration::from_secs(10), || f.master("mymaster")
             == Some(master.addr())),
@@ -359,7 +359,7 @@ fn a_reload_while_the_sentinels_are_away_keeps_the_master() {
     let ok_before = lab.f.service_status("mymaster").unwrap()["servers"][0]["checks_ok"]
         .as_u64()
         .unwrap();
-    let text = e2e::sentinel_service(
+    let text = harness::sentinel_service(
         &[lab.master.addr(), lab.replica.addr()],
         &lab.sentinel_addrs,
         "15s",

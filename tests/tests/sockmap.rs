@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::Duration;
 
-use e2e::{echo, plain_service, tcp_server, wait_until, Forwarder};
+use harness::{echo, plain_service, tcp_server, wait_until, Forwarder};
 
 fn service(backend: SocketAddr) -> String {
     plain_service("plain", "{LISTEN}", backend, "")

@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::Duration;
 
-use e2e::{echo, plain_service, tcp_server, wait_until, Forwarder};
+use harness::{echo, plain_service, tcp_server, wait_until, Forwarder};
 
 fn service(backend: SocketAddr, timeouts: &str) -> String {
     plain_service(

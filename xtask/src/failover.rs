@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use e2e::{wait_until, Conn, Forwarder, Proc, Redis, Reply, Sentinel};
+use harness::{wait_until, Conn, Forwarder, Proc, Redis, Reply, Sentinel};
 
 use crate::prereq::{self, HAPROXY, REDIS, SENTINEL};
 
@@ -62,7 +62,7 @@ pub fn run(drills: u32) -> anyhow::Result<()> {
     prereq::ensure(&[REDIS, SENTINEL, HAPROXY])?;
     prereq::run(crate::cargo().args(["build", "--release", "-p", "forwarder"]))?;
     let bin = crate::root().join("target/release/forwarder");
-    // The e2e helpers start the forwarder from FORWARDER_BIN.
+    // The harness starts the forwarder from FORWARDER_BIN.
     std::env::set_var("FORWARDER_BIN", &bin);
     let mut results: Vec<(Target, Vec<Drill>)> = vec![
         (Target::Forwarder, Vec::new()),
@@ -224,7 +224,7 @@ fn start_proxy(
             Ok((f.listen[0], Box::new(f)))
         }
         Target::Haproxy => {
-            let listen = SocketAddr::from(([127, 0, 0, 1], e2e::free_port()));
+            let listen = SocketAddr::from(([127, 0, 0, 1], harness::free_port()));
             let dir = tempfile::tempdir()?;
             let cfg = dir.path().join("haproxy.cfg");
             // The seed guide's configuration (defaults: rise 2, fall 3).

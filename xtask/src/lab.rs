@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use e2e::{http_get, wait_until, Proc, Redis, Sentinel};
+use harness::{http_get, wait_until, Proc, Redis, Sentinel};
 
 use crate::prereq::{self, REDIS, REDIS_CLI, SENTINEL};
 

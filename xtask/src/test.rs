@@ -100,7 +100,7 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
     eprintln!("xtask: unit tests");
     cargo_test(
         crate::cargo()
-            .args(["test", "--workspace", "--exclude", "e2e", "--"])
+            .args(["test", "--workspace", "--exclude", "harness", "--"])
             .args(&filter),
         &mut tally,
     )?;
@@ -108,7 +108,7 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
         eprintln!("xtask: end-to-end suite, datapath mode {mode}");
         cargo_test(
             crate::cargo()
-                .args(["test", "-p", "e2e", "--"])
+                .args(["test", "-p", "harness", "--"])
                 .args(&filter)
                 .env("FORWARDER_MODE", mode)
                 .env("FORWARDER_BIN", &bin),

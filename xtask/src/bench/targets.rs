@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use e2e::{free_port, http_get, wait_until, Conn, Proc, Redis, Reply};
+use harness::{free_port, http_get, wait_until, Conn, Proc, Redis, Reply};
 
 use super::first_line;
 use super::tools::echo_once;
