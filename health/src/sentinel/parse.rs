@@ -1,0 +1,277 @@
+//! Parsers of the Sentinel replies: `SENTINEL get-master-addr-by-name`, `SENTINEL replicas`, the
+//! pub/sub pushes and the `+switch-master` payload.
+//!
+//! They are pure functions of one reply, apart from the I/O, because every byte comes from a
+//! Sentinel that may be hostile: each is fuzzed here and property-tested in
+//! `health/tests/parser_properties.rs`, and an address is accepted only when it names one server.
+
+use std::net::{IpAddr, SocketAddr};
+
+use crate::resp::Reply;
+
+/// `SENTINEL get-master-addr-by-name` reply: `[ip, port]`, or a null array for an unknown name.
+pub fn parse_master_addr(reply: &Reply) -> Result<Option<SocketAddr>, String> {
+    match reply {
+        Reply::Array(None) => Ok(None),
+        Reply::Array(Some(items)) => match items.as_slice() {
+            [Reply::Bulk(Some(ip)), Reply::Bulk(Some(port))] => {
+                let ip = std::str::from_utf8(ip).map_err(|_| "IP is not UTF-8".to_string())?;
+                let port =
+                    std::str::from_utf8(port).map_err(|_| "port is not UTF-8".to_string())?;
+                addr(ip, port).map(Some)
+            }
+            _ => Err(format!(
+                "expected [ip, port], got an array of {} elements",
+                items.len()
+            )),
+        },
+        Reply::Error(e) => Err(format!("Sentinel error: {e}")),
+        other => Err(format!("expected an array, got {}", kind(other))),
+    }
+}
+
+fn addr(ip: &str, port: &str) -> Result<SocketAddr, String> {
+    let ip: IpAddr = ip.parse().map_err(|_| {
+        format!("{ip:?} is not an IP address (hostnames from announce-hostnames are not supported)")
+    })?;
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|_| port.bytes().all(|b| b.is_ascii_digit()))
+        .ok_or_else(|| format!("{port:?} is not a port"))?;
+    if port == 0 {
+        return Err("port 0".into());
+    }
+    if ip.is_unspecified() || ip.is_multicast() {
+        return Err(format!("{ip} is not the address of one server"));
+    }
+    Ok(SocketAddr::new(ip.to_canonical(), port))
+}
+
+/// `SENTINEL replicas` reply: an array of flat field/value arrays; the `ip` and `port` fields of
+/// each.
+pub fn parse_replicas(reply: &Reply) -> Result<Vec<SocketAddr>, String> {
+    let items = match reply {
+        Reply::Array(Some(items)) => items,
+        Reply::Array(None) => return Ok(Vec::new()),
+        Reply::Error(e) => return Err(format!("Sentinel error: {e}")),
+        other => return Err(format!("expected an array, got {}", kind(other))),
+    };
+    items
+        .iter()
+        .map(|r| {
+            let Reply::Array(Some(fields)) = r else {
+                return Err(format!("expected a replica's fields, got {}", kind(r)));
+            };
+            let field = |name: &str| {
+                fields.chunks(2).find_map(|kv| match kv {
+                    [Reply::Bulk(Some(k)), Reply::Bulk(Some(v))] if k == name.as_bytes() => {
+                        std::str::from_utf8(v).ok()
+                    }
+                    _ => None,
+                })
+            };
+            match (field("ip"), field("port")) {
+                (Some(ip), Some(port)) => addr(ip, port),
+                _ => Err("a replica without ip or port".to_string()),
+            }
+        })
+        .collect()
+}
+
+/// `+switch-master` payload: `<name> <old ip> <old port> <new ip> <new port>`.
+pub fn parse_switch_master(payload: &str, name: &str) -> Result<SocketAddr, String> {
+    let parts: Vec<&str> = payload.split(' ').collect();
+    match parts.as_slice() {
+        [n, _, _, ip, port] if *n == name => addr(ip, port),
+        [n, ..] if *n != name => Err(format!("+switch-master for {n:?}, not {name:?}")),
+        _ => Err(format!("malformed +switch-master payload {payload:?}")),
+    }
+}
+
+/// A pub/sub push: `Some((channel, payload))` for a `message`, `None` for (un)subscribe
+/// confirmations.
+pub fn parse_message(reply: &Reply) -> Result<Option<(String, String)>, String> {
+    let Reply::Array(Some(items)) = reply else {
+        return Err(format!("expected a pub/sub array, got {}", kind(reply)));
+    };
+    let text = |r: &Reply| match r {
+        Reply::Bulk(Some(b)) => Ok(String::from_utf8_lossy(b).into_owned()),
+        other => Err(format!("expected a bulk string, got {}", kind(other))),
+    };
+    match items.as_slice() {
+        [Reply::Bulk(Some(k)), channel, payload] if k.as_slice() == b"message" => {
+            Ok(Some((text(channel)?, text(payload)?)))
+        }
+        [Reply::Bulk(Some(k)), _, Reply::Integer(_)]
+            if k.as_slice() == b"subscribe" || k.as_slice() == b"unsubscribe" =>
+        {
+            Ok(None)
+        }
+        _ => Err(format!(
+            "unexpected pub/sub push of {} elements",
+            items.len()
+        )),
+    }
+}
+
+pub(super) fn kind(r: &Reply) -> &'static str {
+    match r {
+        Reply::Simple(_) => "a simple string",
+        Reply::Error(_) => "an error",
+        Reply::Integer(_) => "an integer",
+        Reply::Bulk(_) => "a bulk string",
+        Reply::Array(_) => "an array",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resp;
+
+    fn bulk(s: &str) -> Reply {
+        Reply::Bulk(Some(s.as_bytes().to_vec()))
+    }
+
+    #[test]
+    fn master_addr_replies() {
+        let ok = Reply::Array(Some(vec![bulk("127.0.0.1"), bulk("6380")]));
+        assert_eq!(
+            parse_master_addr(&ok),
+            Ok(Some("127.0.0.1:6380".parse().unwrap()))
+        );
+        let v6 = Reply::Array(Some(vec![bulk("::1"), bulk("6380")]));
+        assert_eq!(
+            parse_master_addr(&v6),
+            Ok(Some("[::1]:6380".parse().unwrap()))
+        );
+        assert_eq!(parse_master_addr(&Reply::Array(None)), Ok(None));
+        for bad in [
+            Reply::Array(Some(vec![bulk("127.0.0.1")])),
+            Reply::Array(Some(vec![bulk("redis-1.example"), bulk("6380")])),
+            Reply::Array(Some(vec![bulk("127.0.0.1"), bulk("70000")])),
+            Reply::Array(Some(vec![bulk("127.0.0.1"), bulk("0")])),
+            Reply::Array(Some(vec![bulk("127.0.0.1"), Reply::Integer(6380)])),
+            Reply::Array(Some(vec![Reply::Bulk(Some(vec![0xff])), bulk("1")])),
+            Reply::Error("ERR unknown command".into()),
+            Reply::Simple("OK".into()),
+            Reply::Bulk(None),
+        ] {
+            assert!(parse_master_addr(&bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn replicas_replies() {
+        let replica = |ip: &str, port: &str| {
+            Reply::Array(Some(vec![
+                bulk("name"),
+                bulk("x"),
+                bulk("ip"),
+                bulk(ip),
+                bulk("port"),
+                bulk(port),
+                bulk("flags"),
+                bulk("slave"),
+            ]))
+        };
+        let ok = Reply::Array(Some(vec![
+            replica("127.0.0.1", "6381"),
+            replica("::1", "6382"),
+        ]));
+        assert_eq!(
+            parse_replicas(&ok),
+            Ok(vec![
+                "127.0.0.1:6381".parse().unwrap(),
+                "[::1]:6382".parse().unwrap()
+            ])
+        );
+        assert_eq!(parse_replicas(&Reply::Array(Some(vec![]))), Ok(vec![]));
+        assert!(parse_replicas(&Reply::Array(Some(vec![replica("host", "1")]))).is_err());
+        assert!(parse_replicas(&Reply::Array(Some(vec![Reply::Integer(1)]))).is_err());
+        assert!(
+            parse_replicas(&Reply::Array(Some(vec![Reply::Array(Some(vec![bulk(
+                "ip"
+            )]))])))
+            .is_err()
+        );
+        assert!(parse_replicas(&Reply::Integer(3)).is_err());
+    }
+
+    #[test]
+    fn switch_master_payloads() {
+        assert_eq!(
+            parse_switch_master("mymaster 127.0.0.1 6380 127.0.0.1 6381", "mymaster"),
+            Ok("127.0.0.1:6381".parse().unwrap())
+        );
+        assert!(parse_switch_master("other 127.0.0.1 6380 127.0.0.1 6381", "mymaster").is_err());
+        assert!(parse_switch_master("mymaster 127.0.0.1 6380 127.0.0.1", "mymaster").is_err());
+        assert!(parse_switch_master("mymaster 1 2 x 6381", "mymaster").is_err());
+        assert!(parse_switch_master("", "mymaster").is_err());
+    }
+
+    #[test]
+    fn pubsub_pushes() {
+        let msg = Reply::Array(Some(vec![
+            bulk("message"),
+            bulk("+sdown"),
+            bulk("master m 1 2"),
+        ]));
+        assert_eq!(
+            parse_message(&msg),
+            Ok(Some(("+sdown".into(), "master m 1 2".into())))
+        );
+        let sub = Reply::Array(Some(vec![
+            bulk("subscribe"),
+            bulk("+sdown"),
+            Reply::Integer(1),
+        ]));
+        assert_eq!(parse_message(&sub), Ok(None));
+        assert!(parse_message(&Reply::Integer(1)).is_err());
+        assert!(parse_message(&Reply::Array(Some(vec![bulk("message")]))).is_err());
+    }
+
+    /// Random bytes through the RESP parser and the Sentinel parsers: errors, never panics.
+    /// (cargo-fuzz needs nightly, which this project does not use; this runs on stable.)
+    #[test]
+    fn hostile_replies_never_panic() {
+        let seeds: [&[u8]; 6] = [
+            b"*2\r\n$9\r\n127.0.0.1\r\n$4\r\n6380\r\n",
+            b"*3\r\n$7\r\nmessage\r\n$14\r\n+switch-master\r\n$38\r\nmymaster 127.0.0.1 6380 127.0.0.1 6381\r\n",
+            b"*-1\r\n",
+            b"-ERR no\r\n",
+            b"*1\r\n*1\r\n*1\r\n:1\r\n",
+            b"$-1\r\n",
+        ];
+        let mut rng_state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            rng_state ^= rng_state << 13;
+            rng_state ^= rng_state >> 7;
+            rng_state ^= rng_state << 17;
+            rng_state
+        };
+        for _ in 0..20_000 {
+            let seed = seeds[(next() % seeds.len() as u64) as usize];
+            let mut input = seed.to_vec();
+            for _ in 0..(next() % 4) {
+                let pos = (next() % input.len() as u64) as usize;
+                match next() % 3 {
+                    0 => input[pos] = next() as u8,
+                    1 => input.truncate(pos),
+                    _ => input.insert(pos, next() as u8),
+                }
+                if input.is_empty() {
+                    break;
+                }
+            }
+            if let Ok(Some((reply, _))) = resp::parse(&input) {
+                let _ = parse_master_addr(&reply);
+                let _ = parse_replicas(&reply);
+                if let Ok(Some((_, payload))) = parse_message(&reply) {
+                    let _ = parse_switch_master(&payload, "mymaster");
+                }
+            }
+        }
+    }
+}
