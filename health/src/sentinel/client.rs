@@ -14,7 +14,9 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::parse::{kind, parse_master_addr, parse_message, parse_replicas, parse_switch_master};
+use super::parse::{
+    kind, parse_master_addr, parse_message, parse_replicas, parse_switch_master, ReplyError,
+};
 use super::view::{Shared, Source};
 use super::{SentinelConfig, SentinelView};
 use crate::resp::{self, Reply};
@@ -29,6 +31,44 @@ const MESSAGE_BURST: u32 = 1000;
 const PUSH_WINDOW: Duration = Duration::from_secs(10);
 /// A subscription that lived this long resets the reconnect backoff.
 const STABLE: Duration = Duration::from_secs(10);
+
+/// Why a query session or a subscription ended: its Display is the `error` of the log line.
+#[derive(Debug, thiserror::Error)]
+enum SentinelError {
+    #[error("connect timed out after {0:?}")]
+    ConnectTimeout(Duration),
+    #[error("connect: {0}")]
+    Connect(std::io::Error),
+    #[error("AUTH refused: {0}")]
+    AuthRefused(String),
+    /// AUTH answered neither OK nor an error; holds what it answered (`kind`).
+    #[error("AUTH: unexpected {0}")]
+    AuthUnexpected(&'static str),
+    #[error("write timed out")]
+    WriteTimeout,
+    #[error("write: {0}")]
+    Write(std::io::Error),
+    #[error("malformed reply: {0}")]
+    Malformed(resp::RespError),
+    #[error("reply over {} bytes", MAX_REPLY)]
+    TooLarge,
+    #[error("no whole reply within {0:?}")]
+    ReadTimeout(Duration),
+    #[error("read: {0}")]
+    Read(std::io::Error),
+    #[error("connection closed")]
+    Closed,
+    #[error("more than {} messages in {:?}: a flood", MESSAGE_BURST, PUSH_WINDOW)]
+    MessageFlood,
+    #[error(
+        "more than {} +switch-master in {:?}: a flood, not a failover",
+        PUSH_BURST,
+        PUSH_WINDOW
+    )]
+    PushFlood,
+    #[error(transparent)]
+    Reply(#[from] ReplyError),
+}
 
 /// The Sentinel tasks of one service. Dropping it stops them.
 pub struct Sentinels {
@@ -98,7 +138,7 @@ async fn query_loop(shared: Arc<Shared>, i: usize) {
 
 /// Queries one Sentinel every `interval` until an error; every whole answer resets the reconnect
 /// backoff.
-async fn query_session(shared: &Shared, i: usize, attempt: &mut u32) -> Result<(), String> {
+async fn query_session(shared: &Shared, i: usize, attempt: &mut u32) -> Result<(), SentinelError> {
     let cfg = &shared.cfg;
     let mut conn = Conn::open(cfg.addresses[i], cfg.timeout, cfg.auth.as_ref()).await?;
     loop {
@@ -161,7 +201,7 @@ const EVENTS: [&str; 5] = [
     "+failover-end",
 ];
 
-async fn subscription(shared: &Shared, i: usize) -> Result<(), String> {
+async fn subscription(shared: &Shared, i: usize) -> Result<(), SentinelError> {
     let cfg = &shared.cfg;
     let sentinel = cfg.addresses[i];
     let mut conn = Conn::open(sentinel, cfg.timeout, cfg.auth.as_ref()).await?;
@@ -178,9 +218,7 @@ async fn subscription(shared: &Shared, i: usize) -> Result<(), String> {
         }
         messages.1 += 1;
         if messages.1 > MESSAGE_BURST {
-            return Err(format!(
-                "more than {MESSAGE_BURST} messages in {PUSH_WINDOW:?}: a flood"
-            ));
+            return Err(SentinelError::MessageFlood);
         }
         let Some((channel, payload)) = parse_message(&reply)? else {
             continue; // a subscribe confirmation
@@ -197,9 +235,7 @@ async fn subscription(shared: &Shared, i: usize) -> Result<(), String> {
             }
             window.1 += 1;
             if window.1 > PUSH_BURST {
-                return Err(format!(
-                    "more than {PUSH_BURST} +switch-master in {PUSH_WINDOW:?}: a flood, not a failover"
-                ));
+                return Err(SentinelError::PushFlood);
             }
             shared.logs[i].push.log(|suppressed| {
                 tracing::warn!(service = %shared.service, %sentinel, new_master = %new,
@@ -233,11 +269,11 @@ impl Conn {
         addr: SocketAddr,
         timeout: Duration,
         auth: Option<&Auth>,
-    ) -> Result<Conn, String> {
+    ) -> Result<Conn, SentinelError> {
         let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
             .await
-            .map_err(|_| format!("connect timed out after {timeout:?}"))?
-            .map_err(|e| format!("connect: {e}"))?;
+            .map_err(|_| SentinelError::ConnectTimeout(timeout))?
+            .map_err(SentinelError::Connect)?;
         let _ = stream.set_nodelay(true);
         let mut c = Conn {
             stream,
@@ -253,22 +289,22 @@ impl Conn {
             cmd.push(a.password.as_bytes());
             match c.call(&cmd).await? {
                 Reply::Simple(s) if s == "OK" => {}
-                Reply::Error(e) => return Err(format!("AUTH refused: {e}")),
-                other => return Err(format!("AUTH: unexpected {}", kind(&other))),
+                Reply::Error(e) => return Err(SentinelError::AuthRefused(e)),
+                other => return Err(SentinelError::AuthUnexpected(kind(&other))),
             }
         }
         Ok(c)
     }
 
-    async fn send(&mut self, args: &[&[u8]]) -> Result<(), String> {
+    async fn send(&mut self, args: &[&[u8]]) -> Result<(), SentinelError> {
         let bytes = resp::encode_command(args);
         tokio::time::timeout(self.timeout, self.stream.write_all(&bytes))
             .await
-            .map_err(|_| "write timed out".to_string())?
-            .map_err(|e| format!("write: {e}"))
+            .map_err(|_| SentinelError::WriteTimeout)?
+            .map_err(SentinelError::Write)
     }
 
-    async fn call(&mut self, args: &[&[u8]]) -> Result<Reply, String> {
+    async fn call(&mut self, args: &[&[u8]]) -> Result<Reply, SentinelError> {
         self.send(args).await?;
         self.read(Some(self.timeout)).await
     }
@@ -276,7 +312,7 @@ impl Conn {
     /// Reads one whole reply. With `timeout`, all of it must arrive within that time; without,
     /// the wait for its first byte is unbounded (a subscription is silent until something
     /// happens), but the rest must follow within `self.timeout`: a trickling Sentinel is cut.
-    async fn read(&mut self, timeout: Option<Duration>) -> Result<Reply, String> {
+    async fn read(&mut self, timeout: Option<Duration>) -> Result<Reply, SentinelError> {
         let mut deadline = timeout.map(|t| (tokio::time::Instant::now() + t, t));
         loop {
             if self.framer.ready(&self.buf) {
@@ -287,11 +323,11 @@ impl Conn {
                         return Ok(reply);
                     }
                     Ok(None) => {}
-                    Err(e) => return Err(format!("malformed reply: {e}")),
+                    Err(e) => return Err(SentinelError::Malformed(e)),
                 }
             }
             if self.buf.len() > MAX_REPLY {
-                return Err(format!("reply over {MAX_REPLY} bytes"));
+                return Err(SentinelError::TooLarge);
             }
             if deadline.is_none() && !self.buf.is_empty() {
                 deadline = Some((tokio::time::Instant::now() + self.timeout, self.timeout));
@@ -301,14 +337,51 @@ impl Conn {
             let n = match deadline {
                 Some((at, t)) => tokio::time::timeout_at(at, read)
                     .await
-                    .map_err(|_| format!("no whole reply within {t:?}"))?,
+                    .map_err(|_| SentinelError::ReadTimeout(t))?,
                 None => read.await,
             }
-            .map_err(|e| format!("read: {e}"))?;
+            .map_err(SentinelError::Read)?;
             if n == 0 {
-                return Err("connection closed".into());
+                return Err(SentinelError::Closed);
             }
             self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The texts are those of the log lines and of the tests that read them.
+    #[test]
+    fn error_texts() {
+        for (err, text) in [
+            (
+                SentinelError::ConnectTimeout(Duration::from_millis(200)),
+                "connect timed out after 200ms",
+            ),
+            (
+                SentinelError::AuthUnexpected("an integer"),
+                "AUTH: unexpected an integer",
+            ),
+            (SentinelError::TooLarge, "reply over 1048576 bytes"),
+            (
+                SentinelError::ReadTimeout(Duration::from_secs(1)),
+                "no whole reply within 1s",
+            ),
+            (SentinelError::Closed, "connection closed"),
+            (
+                SentinelError::MessageFlood,
+                "more than 1000 messages in 10s: a flood",
+            ),
+            (
+                SentinelError::PushFlood,
+                "more than 5 +switch-master in 10s: a flood, not a failover",
+            ),
+            (SentinelError::from(ReplyError::PortZero), "port 0"),
+        ] {
+            assert_eq!(err.to_string(), text);
         }
     }
 }

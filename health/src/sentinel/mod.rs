@@ -24,7 +24,9 @@ use std::time::Duration;
 use crate::tcpcheck::Auth;
 
 pub use client::Sentinels;
-pub use parse::{parse_master_addr, parse_message, parse_replicas, parse_switch_master};
+pub use parse::{
+    parse_master_addr, parse_message, parse_replicas, parse_switch_master, ReplyError,
+};
 pub use view::SentinelView;
 
 /// How to reach the Sentinels of one master.

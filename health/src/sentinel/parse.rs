@@ -9,59 +9,91 @@ use std::net::{IpAddr, SocketAddr};
 
 use crate::resp::Reply;
 
+/// Why a Sentinel's reply is not an answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReplyError {
+    #[error("Sentinel error: {0}")]
+    Sentinel(String),
+    /// The reply is not the array the command answers with; holds what it is (`kind`).
+    #[error("expected an array, got {0}")]
+    NotArray(&'static str),
+    #[error("expected [ip, port], got an array of {0} elements")]
+    NotIpPort(usize),
+    #[error("IP is not UTF-8")]
+    IpNotUtf8,
+    #[error("port is not UTF-8")]
+    PortNotUtf8,
+    #[error("{0:?} is not an IP address (hostnames from announce-hostnames are not supported)")]
+    NotIp(String),
+    #[error("{0:?} is not a port")]
+    NotPort(String),
+    #[error("port 0")]
+    PortZero,
+    #[error("{0} is not the address of one server")]
+    NotOneServer(IpAddr),
+    #[error("expected a replica's fields, got {0}")]
+    NotReplica(&'static str),
+    #[error("a replica without ip or port")]
+    ReplicaWithoutAddr,
+    #[error("+switch-master for {got:?}, not {want:?}")]
+    OtherMaster { got: String, want: String },
+    #[error("malformed +switch-master payload {0:?}")]
+    MalformedSwitch(String),
+    #[error("expected a pub/sub array, got {0}")]
+    NotPubSub(&'static str),
+    #[error("expected a bulk string, got {0}")]
+    NotBulk(&'static str),
+    #[error("unexpected pub/sub push of {0} elements")]
+    UnexpectedPush(usize),
+}
+
 /// `SENTINEL get-master-addr-by-name` reply: `[ip, port]`, or a null array for an unknown name.
-pub fn parse_master_addr(reply: &Reply) -> Result<Option<SocketAddr>, String> {
+pub fn parse_master_addr(reply: &Reply) -> Result<Option<SocketAddr>, ReplyError> {
     match reply {
         Reply::Array(None) => Ok(None),
         Reply::Array(Some(items)) => match items.as_slice() {
             [Reply::Bulk(Some(ip)), Reply::Bulk(Some(port))] => {
-                let ip = std::str::from_utf8(ip).map_err(|_| "IP is not UTF-8".to_string())?;
-                let port =
-                    std::str::from_utf8(port).map_err(|_| "port is not UTF-8".to_string())?;
+                let ip = std::str::from_utf8(ip).map_err(|_| ReplyError::IpNotUtf8)?;
+                let port = std::str::from_utf8(port).map_err(|_| ReplyError::PortNotUtf8)?;
                 addr(ip, port).map(Some)
             }
-            _ => Err(format!(
-                "expected [ip, port], got an array of {} elements",
-                items.len()
-            )),
+            _ => Err(ReplyError::NotIpPort(items.len())),
         },
-        Reply::Error(e) => Err(format!("Sentinel error: {e}")),
-        other => Err(format!("expected an array, got {}", kind(other))),
+        Reply::Error(e) => Err(ReplyError::Sentinel(e.clone())),
+        other => Err(ReplyError::NotArray(kind(other))),
     }
 }
 
-fn addr(ip: &str, port: &str) -> Result<SocketAddr, String> {
-    let ip: IpAddr = ip.parse().map_err(|_| {
-        format!("{ip:?} is not an IP address (hostnames from announce-hostnames are not supported)")
-    })?;
+fn addr(ip: &str, port: &str) -> Result<SocketAddr, ReplyError> {
+    let ip: IpAddr = ip.parse().map_err(|_| ReplyError::NotIp(ip.to_string()))?;
     let port: u16 = port
         .parse()
         .ok()
         .filter(|_| port.bytes().all(|b| b.is_ascii_digit()))
-        .ok_or_else(|| format!("{port:?} is not a port"))?;
+        .ok_or_else(|| ReplyError::NotPort(port.to_string()))?;
     if port == 0 {
-        return Err("port 0".into());
+        return Err(ReplyError::PortZero);
     }
     if ip.is_unspecified() || ip.is_multicast() {
-        return Err(format!("{ip} is not the address of one server"));
+        return Err(ReplyError::NotOneServer(ip));
     }
     Ok(SocketAddr::new(ip.to_canonical(), port))
 }
 
 /// `SENTINEL replicas` reply: an array of flat field/value arrays; the `ip` and `port` fields of
 /// each.
-pub fn parse_replicas(reply: &Reply) -> Result<Vec<SocketAddr>, String> {
+pub fn parse_replicas(reply: &Reply) -> Result<Vec<SocketAddr>, ReplyError> {
     let items = match reply {
         Reply::Array(Some(items)) => items,
         Reply::Array(None) => return Ok(Vec::new()),
-        Reply::Error(e) => return Err(format!("Sentinel error: {e}")),
-        other => return Err(format!("expected an array, got {}", kind(other))),
+        Reply::Error(e) => return Err(ReplyError::Sentinel(e.clone())),
+        other => return Err(ReplyError::NotArray(kind(other))),
     };
     items
         .iter()
         .map(|r| {
             let Reply::Array(Some(fields)) = r else {
-                return Err(format!("expected a replica's fields, got {}", kind(r)));
+                return Err(ReplyError::NotReplica(kind(r)));
             };
             let field = |name: &str| {
                 fields.chunks(2).find_map(|kv| match kv {
@@ -73,31 +105,34 @@ pub fn parse_replicas(reply: &Reply) -> Result<Vec<SocketAddr>, String> {
             };
             match (field("ip"), field("port")) {
                 (Some(ip), Some(port)) => addr(ip, port),
-                _ => Err("a replica without ip or port".to_string()),
+                _ => Err(ReplyError::ReplicaWithoutAddr),
             }
         })
         .collect()
 }
 
 /// `+switch-master` payload: `<name> <old ip> <old port> <new ip> <new port>`.
-pub fn parse_switch_master(payload: &str, name: &str) -> Result<SocketAddr, String> {
+pub fn parse_switch_master(payload: &str, name: &str) -> Result<SocketAddr, ReplyError> {
     let parts: Vec<&str> = payload.split(' ').collect();
     match parts.as_slice() {
         [n, _, _, ip, port] if *n == name => addr(ip, port),
-        [n, ..] if *n != name => Err(format!("+switch-master for {n:?}, not {name:?}")),
-        _ => Err(format!("malformed +switch-master payload {payload:?}")),
+        [n, ..] if *n != name => Err(ReplyError::OtherMaster {
+            got: n.to_string(),
+            want: name.to_string(),
+        }),
+        _ => Err(ReplyError::MalformedSwitch(payload.to_string())),
     }
 }
 
 /// A pub/sub push: `Some((channel, payload))` for a `message`, `None` for (un)subscribe
 /// confirmations.
-pub fn parse_message(reply: &Reply) -> Result<Option<(String, String)>, String> {
+pub fn parse_message(reply: &Reply) -> Result<Option<(String, String)>, ReplyError> {
     let Reply::Array(Some(items)) = reply else {
-        return Err(format!("expected a pub/sub array, got {}", kind(reply)));
+        return Err(ReplyError::NotPubSub(kind(reply)));
     };
     let text = |r: &Reply| match r {
         Reply::Bulk(Some(b)) => Ok(String::from_utf8_lossy(b).into_owned()),
-        other => Err(format!("expected a bulk string, got {}", kind(other))),
+        other => Err(ReplyError::NotBulk(kind(other))),
     };
     match items.as_slice() {
         [Reply::Bulk(Some(k)), channel, payload] if k.as_slice() == b"message" => {
@@ -108,10 +143,7 @@ pub fn parse_message(reply: &Reply) -> Result<Option<(String, String)>, String> 
         {
             Ok(None)
         }
-        _ => Err(format!(
-            "unexpected pub/sub push of {} elements",
-            items.len()
-        )),
+        _ => Err(ReplyError::UnexpectedPush(items.len())),
     }
 }
 
@@ -230,6 +262,81 @@ mod tests {
         assert_eq!(parse_message(&sub), Ok(None));
         assert!(parse_message(&Reply::Integer(1)).is_err());
         assert!(parse_message(&Reply::Array(Some(vec![bulk("message")]))).is_err());
+    }
+
+    /// The texts are those of the log lines and of the tests that read them.
+    #[test]
+    fn error_texts() {
+        let arr = |v: Vec<Reply>| Reply::Array(Some(v));
+        let addr = |ip: &str, port: &str| arr(vec![bulk(ip), bulk(port)]);
+        let cases = [
+            (
+                parse_master_addr(&Reply::Error("ERR x".into())).unwrap_err(),
+                "Sentinel error: ERR x",
+            ),
+            (
+                parse_master_addr(&Reply::Integer(1)).unwrap_err(),
+                "expected an array, got an integer",
+            ),
+            (
+                parse_master_addr(&arr(vec![bulk("127.0.0.1")])).unwrap_err(),
+                "expected [ip, port], got an array of 1 elements",
+            ),
+            (
+                parse_master_addr(&arr(vec![Reply::Bulk(Some(vec![0xff])), bulk("1")]))
+                    .unwrap_err(),
+                "IP is not UTF-8",
+            ),
+            (
+                parse_master_addr(&addr("redis-1", "1")).unwrap_err(),
+                "\"redis-1\" is not an IP address (hostnames from announce-hostnames are not \
+                 supported)",
+            ),
+            (
+                parse_master_addr(&addr("127.0.0.1", "+1")).unwrap_err(),
+                "\"+1\" is not a port",
+            ),
+            (
+                parse_master_addr(&addr("127.0.0.1", "0")).unwrap_err(),
+                "port 0",
+            ),
+            (
+                parse_master_addr(&addr("0.0.0.0", "1")).unwrap_err(),
+                "0.0.0.0 is not the address of one server",
+            ),
+            (
+                parse_replicas(&arr(vec![Reply::Integer(1)])).unwrap_err(),
+                "expected a replica's fields, got an integer",
+            ),
+            (
+                parse_replicas(&arr(vec![arr(vec![bulk("ip"), bulk("::1")])])).unwrap_err(),
+                "a replica without ip or port",
+            ),
+            (
+                parse_switch_master("other 1 2 3 4", "m").unwrap_err(),
+                "+switch-master for \"other\", not \"m\"",
+            ),
+            (
+                parse_switch_master("m 1", "m").unwrap_err(),
+                "malformed +switch-master payload \"m 1\"",
+            ),
+            (
+                parse_message(&Reply::Integer(1)).unwrap_err(),
+                "expected a pub/sub array, got an integer",
+            ),
+            (
+                parse_message(&arr(vec![bulk("message"), Reply::Integer(1), bulk("x")]))
+                    .unwrap_err(),
+                "expected a bulk string, got an integer",
+            ),
+            (
+                parse_message(&arr(vec![bulk("message")])).unwrap_err(),
+                "unexpected pub/sub push of 1 elements",
+            ),
+        ];
+        for (err, text) in cases {
+            assert_eq!(err.to_string(), text);
+        }
     }
 
     /// Random bytes through the RESP parser and the Sentinel parsers: errors, never panics.
