@@ -20,6 +20,6 @@ mod testutil;
 pub use decider::MasterView;
 pub use monitor::{Monitor, MonitorStats, ServerStatus};
 pub use ratelimit::RateLimit;
-pub use schedule::{Schedule, ServerState};
+pub use schedule::{Schedule, ScheduleError, ServerState};
 pub use sentinel::{SentinelConfig, SentinelView};
 pub use tcpcheck::{Auth, CheckReport, Program, Step, StepError};

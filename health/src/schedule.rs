@@ -20,11 +20,21 @@ pub struct Schedule {
     pub timeout: Duration,
 }
 
+/// What is wrong with a [`Schedule`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ScheduleError {
+    #[error("rise and fall must be at least 1")]
+    ZeroRiseOrFall,
+    /// Holds the name of the duration: `interval`, `fastinter`, `downinter` or `timeout`.
+    #[error("{0} must be greater than zero")]
+    ZeroDuration(&'static str),
+}
+
 impl Schedule {
     /// Says what is wrong with the schedule, if anything.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ScheduleError> {
         if self.rise == 0 || self.fall == 0 {
-            return Err("rise and fall must be at least 1".into());
+            return Err(ScheduleError::ZeroRiseOrFall);
         }
         for (name, d) in [
             ("interval", Some(self.interval)),
@@ -33,7 +43,7 @@ impl Schedule {
             ("timeout", Some(self.timeout)),
         ] {
             if d.is_some_and(|d| d.is_zero()) {
-                return Err(format!("{name} must be greater than zero"));
+                return Err(ScheduleError::ZeroDuration(name));
             }
         }
         Ok(())
@@ -195,9 +205,15 @@ mod tests {
     #[test]
     fn validation() {
         assert!(sched(1, 1).validate().is_ok());
-        assert!(sched(0, 1).validate().is_err());
+        assert_eq!(
+            sched(0, 1).validate().unwrap_err().to_string(),
+            "rise and fall must be at least 1"
+        );
         let mut s = sched(1, 1);
         s.timeout = Duration::ZERO;
-        assert!(s.validate().unwrap_err().contains("timeout"));
+        assert_eq!(
+            s.validate().unwrap_err().to_string(),
+            "timeout must be greater than zero"
+        );
     }
 }
