@@ -1,25 +1,97 @@
-//! Embeds the sockmap BPF object when `cargo xtask build-ebpf` has built it. Without it the
-//! forwarder still builds; `mode = "sockmap"` then fails at startup saying how to get it.
+//! Compiles the sockmap BPF program (`ebpf/forwarder.bpf.c`) with clang-19 into
+//! `OUT_DIR/forwarder.bpf.o`, which `src/datapath/sockmap.rs` embeds, so that a plain
+//! `cargo build` yields a binary whose `mode = "sockmap"` works. `FORWARDER_BPF_OBJECT` names a
+//! prebuilt object to embed instead.
+//!
+//! Without clang-19 or the headers the forwarder still builds, with a cargo warning saying what
+//! to install, and an empty object: `mode = "sockmap"` then fails at startup saying the same. The
+//! missing files are watched, so the first build after installing them compiles the program. A
+//! program that does not compile with everything installed fails the build.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const CLANG: &str = "clang-19";
+/// Files the compilation needs besides clang: libbpf-dev's helpers and the kernel's UAPI headers.
+const HEADERS: [&str; 2] = ["/usr/include/bpf/bpf_helpers.h", "/usr/include/linux/bpf.h"];
+const INSTALL: &str = "apt-get install clang-19 libbpf-dev linux-libc-dev";
 
 fn main() {
     let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it"));
-    let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets it"));
+    let out =
+        PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets it")).join("forwarder.bpf.o");
     println!("cargo::rerun-if-env-changed=FORWARDER_BPF_OBJECT");
-    let obj = match std::env::var_os("FORWARDER_BPF_OBJECT") {
-        Some(p) => PathBuf::from(p),
-        None => {
-            let dir = manifest.join("../target/bpf");
-            // Watch the directory, so that building the object later triggers a rebuild.
-            let _ = std::fs::create_dir_all(&dir);
-            println!("cargo::rerun-if-changed={}", dir.display());
-            dir.join("forwarder.bpf.o")
+    if let Some(obj) = std::env::var_os("FORWARDER_BPF_OBJECT") {
+        let obj = PathBuf::from(obj);
+        println!("cargo::rerun-if-changed={}", obj.display());
+        let bytes = std::fs::read(&obj).unwrap_or_else(|e| {
+            println!(
+                "cargo::warning=FORWARDER_BPF_OBJECT={}: {e}; the forwarder is built without its \
+                 BPF program (mode = \"sockmap\" unavailable)",
+                obj.display()
+            );
+            Vec::new()
+        });
+        std::fs::write(&out, bytes).expect("write OUT_DIR/forwarder.bpf.o");
+        return;
+    }
+
+    let src = manifest
+        .parent()
+        .expect("the forwarder is in a workspace")
+        .join("ebpf");
+    println!("cargo::rerun-if-changed={}", src.display());
+    let clang = find_program(CLANG);
+    // What is missing, and the path to watch for it.
+    let mut missing: Vec<(String, PathBuf)> = HEADERS
+        .iter()
+        .filter(|h| !Path::new(h).is_file())
+        .map(|h| (h.to_string(), PathBuf::from(h)))
+        .collect();
+    if clang.is_none() {
+        let watch = PathBuf::from("/usr/bin").join(CLANG);
+        missing.insert(0, (format!("{CLANG} (on PATH)"), watch));
+    }
+    let clang = match clang {
+        Some(clang) if missing.is_empty() => clang,
+        _ => {
+            for (_, watch) in &missing {
+                // A missing path is always stale: cargo runs this again until it exists.
+                println!("cargo::rerun-if-changed={}", watch.display());
+            }
+            let names: Vec<&str> = missing.iter().map(|(name, _)| name.as_str()).collect();
+            println!(
+                "cargo::warning=the forwarder is built without its BPF program (mode = \"sockmap\" \
+                 unavailable): {} missing; install with: {INSTALL}",
+                names.join(", ")
+            );
+            std::fs::write(&out, []).expect("write OUT_DIR/forwarder.bpf.o");
+            return;
         }
     };
-    if obj.exists() {
-        println!("cargo::rerun-if-changed={}", obj.display());
-    }
-    let bytes = std::fs::read(&obj).unwrap_or_default();
-    std::fs::write(out.join("forwarder.bpf.o"), bytes).expect("write OUT_DIR/forwarder.bpf.o");
+
+    // <linux/bpf.h> includes <asm/types.h>, which Debian keeps under the multiarch directory.
+    let multiarch = format!("/usr/include/{}-linux-gnu", std::env::consts::ARCH);
+    let mut cmd = Command::new(clang);
+    cmd.args(["-O2", "-g", "-target", "bpf", "-Wall", "-Werror"])
+        .arg("-I")
+        .arg(&src)
+        .arg("-I")
+        .arg(&multiarch)
+        .arg("-c")
+        .arg(src.join("forwarder.bpf.c"))
+        .arg("-o")
+        .arg(&out);
+    let status = cmd
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(status.success(), "{cmd:?} failed: {status}");
+}
+
+/// Where `program` is on PATH.
+fn find_program(program: &str) -> Option<PathBuf> {
+    let paths = std::env::var_os("PATH")?;
+    std::env::split_paths(&paths)
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
 }

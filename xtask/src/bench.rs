@@ -111,8 +111,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
     prereq::run(crate::cargo().args(["build", "--release", "-p", "bench"]))?;
     // Without the BPF object the sockmap rows are absent, with the forwarder's reason.
-    if let Err(e) = crate::ebpf::build() {
-        eprintln!("bench: the BPF object was not built ({e:#}); sockmap rows will be absent");
+    if let Err(e) = crate::ebpf::prerequisites() {
+        eprintln!("bench: the BPF object cannot be built ({e:#}); sockmap rows will be absent");
     }
     // The forwarder is being written alongside: a build failure makes its rows absent, not the run.
     let forwarder = crate::root().join("target/release/forwarder");

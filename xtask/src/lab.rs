@@ -38,8 +38,8 @@ fn port_from(start: u16) -> anyhow::Result<u16> {
 pub fn run(args: LabArgs) -> anyhow::Result<()> {
     prereq::ensure(&[REDIS, SENTINEL, REDIS_CLI])?;
     // Embedded in the forwarder, the BPF object makes `--mode sockmap` available.
-    if let Err(e) = crate::ebpf::build() {
-        eprintln!("lab: the BPF program was not built ({e:#}); the forwarder will fall back");
+    if let Err(e) = crate::ebpf::prerequisites() {
+        eprintln!("lab: the BPF program cannot be built ({e:#}); the forwarder will fall back");
     }
     prereq::run(crate::cargo().args(["build", "--release", "-p", "forwarder"]))?;
     let bin = crate::root().join("target/release/forwarder");

@@ -20,7 +20,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Compile the sockmap BPF program (ebpf/forwarder.bpf.c) with clang into target/bpf/.
+    /// Install the BPF prerequisites (clang-19, libbpf-dev, linux-libc-dev) and build the
+    /// forwarder, whose build.rs compiles the sockmap program (ebpf/forwarder.bpf.c).
     BuildEbpf,
     /// Install prerequisites, build, and run every test (end-to-end suite once per data path).
     Test(test::TestArgs),

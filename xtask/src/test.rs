@@ -80,8 +80,8 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
     prereq::ensure(&[
         REDIS, SENTINEL, REDIS_CLI, CAPSH, CHROMIUM, IPTABLES, IPROUTE, PRLIMIT,
     ])?;
-    // The forwarder embeds the BPF object when it is built, so build it first.
-    crate::ebpf::build()?;
+    // The forwarder's build.rs compiles the BPF object the sockmap tests need.
+    crate::ebpf::prerequisites()?;
     let modes: Vec<String> = if args.modes.is_empty() {
         DEFAULT_MODES.iter().map(|m| m.to_string()).collect()
     } else {

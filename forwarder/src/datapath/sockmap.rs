@@ -34,7 +34,7 @@ use tokio::net::TcpStream;
 use super::Session;
 use crate::metrics::End;
 
-/// The program, built by `cargo xtask build-ebpf` and embedded by `build.rs` (empty when absent).
+/// The program, compiled by `build.rs` (empty when clang-19 or the headers were missing).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/forwarder.bpf.o"));
 
 /// Twin of `struct activity` in `ebpf/forwarder.h`.
@@ -86,8 +86,9 @@ impl Sockmap {
     pub fn load(sessions: u32) -> Result<Sockmap, String> {
         if OBJECT.is_empty() {
             return Err(
-                "this binary was built without the BPF object: run `cargo xtask \
-                        build-ebpf` (needs clang-19 and libbpf-dev), then rebuild the forwarder"
+                "this binary was built without the BPF object: install clang-19, libbpf-dev \
+                 and linux-libc-dev (`cargo xtask build-ebpf` does, as root), then rebuild the \
+                 forwarder"
                     .to_string(),
             );
         }
@@ -497,7 +498,8 @@ mod tests {
     fn layouts_match_the_bpf_object() {
         assert!(
             !OBJECT.is_empty(),
-            "no BPF object embedded: run `cargo xtask build-ebpf` first (cargo xtask test does)"
+            "no BPF object embedded: build.rs needs clang-19, libbpf-dev and linux-libc-dev \
+             (see its warning; `cargo xtask build-ebpf` installs them as root)"
         );
         let obj = aya_obj::Object::parse(OBJECT).expect("parse the BPF object");
         let act = &obj.maps["activity"];
