@@ -12,7 +12,10 @@
 //! descriptors never fails a health check, and never cuts a session.
 
 use crate::config::{Config, Mode, MAX_MAXCONN};
-use crate::datapath::uring::PIPES_PER_WORKER_MAX;
+
+/// Pipes one uring worker may have open at most, pooled and held (two descriptors each); the
+/// plan may give it fewer (`Budget::pipes_per_worker`).
+pub const PIPES_PER_WORKER_MAX: usize = 384;
 
 /// Descriptors for everything that is not per service: stdio, the tokio driver, rings and their
 /// eventfds, BPF maps and programs, log files.

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin;
 use crate::budget::{self, Budget};
-use crate::config::{Config, ConfigError, Mode, Service};
+use crate::config::{Config, ConfigError, Service};
 use crate::datapath::DataPath;
 use crate::metrics::{AdminReject, GlobalStats};
 use crate::router::Router;
@@ -168,7 +168,6 @@ impl Daemon {
             router,
             stats,
             Arc::clone(&self.global),
-            self.datapath.clone(),
             self.shutdown.clone(),
         ));
         ServiceHandle {
@@ -200,16 +199,8 @@ impl Daemon {
         own
     }
 
-    /// How many sockets each service listens on: one per uring worker, which accepts on its own.
-    fn sockets_per_service(&self) -> usize {
-        match &self.datapath {
-            DataPath::Uring(u) => u.workers(),
-            _ => 1,
-        }
-    }
-
-    /// Starts accepting on `listeners` (the sockets of one service) for `handle`: on the uring
-    /// workers' rings, or in tokio.
+    /// Starts accepting on `listeners` (the sockets of one service) for `handle`, the way the
+    /// data path accepts.
     fn start(
         &self,
         listeners: Vec<std::net::TcpListener>,
@@ -218,15 +209,7 @@ impl Daemon {
         let handle = Arc::new(handle);
         let (tx, rx) = watch::channel(Arc::clone(&handle.runtime));
         let accepting = CancellationToken::new();
-        match &self.datapath {
-            DataPath::Uring(u) => u.listen(listeners, rx, accepting.clone()),
-            _ => {
-                for l in listeners {
-                    let l = TcpListener::from_std(l)?;
-                    tokio::spawn(service::serve(l, rx.clone(), accepting.clone()));
-                }
-            }
-        }
+        self.datapath.listen(listeners, rx, accepting.clone())?;
         tracing::info!(service = %handle.config.name, listen = %handle.config.listen,
             servers = ?handle.config.servers, datapath = self.datapath.name(), "listening");
         Ok(Live {
@@ -291,7 +274,7 @@ impl Daemon {
                     }
                     match service::bind_std(
                         svc.listen,
-                        self.sockets_per_service(),
+                        self.datapath.listeners_needed(),
                         svc.share_listen,
                     ) {
                         Ok(l) => steps.push(Step::Add(l)),
@@ -386,11 +369,7 @@ pub struct Bound {
 /// Binds every listener: a port in use is a startup error, not a half-started daemon.
 pub fn bind(cfg: &Config) -> anyhow::Result<Bound> {
     let mut services = Vec::with_capacity(cfg.service.len());
-    // `auto` may fall back to userspace: then tokio accepts on all of them.
-    let count = match cfg.datapath.mode {
-        Mode::Auto | Mode::Uring => cfg.datapath.threads(),
-        Mode::Userspace | Mode::Sockmap => 1,
-    };
+    let count = DataPath::listeners_planned(&cfg.datapath);
     for (i, svc) in cfg.service.iter().enumerate() {
         let l = service::bind_std(svc.listen, count, svc.share_listen).with_context(|| {
             format!(
@@ -415,8 +394,7 @@ pub fn bind(cfg: &Config) -> anyhow::Result<Bound> {
 /// Runs until SIGTERM or SIGINT; SIGHUP reloads `path`. Fails before serving anything if the
 /// requested data path cannot run here.
 pub async fn run(cfg: Config, budget: Budget, path: PathBuf, bound: Bound) -> anyhow::Result<()> {
-    let selected = DataPath::select(&cfg.datapath, cfg.sockmap_sessions(), &budget)
-        .map_err(anyhow::Error::msg)?;
+    let selected = DataPath::select(&cfg.datapath, cfg.sockmap_sessions(), &budget)?;
     let shutdown = CancellationToken::new();
     let admin_listener = bound.admin.map(TcpListener::from_std).transpose()?;
 

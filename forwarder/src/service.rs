@@ -1,5 +1,7 @@
-//! One service at run time: its listener, admission, router, and the life of each connection
-//! up to the point where the data path takes over.
+//! One service at run time: admission, router, counters, and the decisions every data path's
+//! front asks of it (where an admitted client goes now, when it gives up, how a refused or failed
+//! one is counted and logged). It binds listeners but knows nothing of how they are accepted on
+//! or how bytes move: that is `datapath`, which depends on this, never the other way round.
 
 use std::io;
 use std::net::SocketAddr;
@@ -7,13 +9,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::admission::{Gate, Permit};
+use crate::admission::Gate;
 use crate::config::{Service, Timeouts};
-use crate::datapath::{DataPath, Session};
 use crate::metrics::{GlobalStats, Reject, ServiceStats};
 use crate::router::{Route, Router};
 pub use health::RateLimit;
@@ -26,7 +25,7 @@ pub struct ServiceRuntime {
     pub router: Router,
     pub stats: Arc<ServiceStats>,
     pub global: Arc<GlobalStats>,
-    pub datapath: DataPath,
+    /// The daemon's shutdown token, to tell a shutdown from a master change.
     pub shutdown: CancellationToken,
     reject_log: RateLimit,
 }
@@ -37,7 +36,6 @@ impl ServiceRuntime {
         router: Router,
         stats: Arc<ServiceStats>,
         global: Arc<GlobalStats>,
-        datapath: DataPath,
         shutdown: CancellationToken,
     ) -> ServiceRuntime {
         ServiceRuntime {
@@ -52,7 +50,6 @@ impl ServiceRuntime {
             router,
             stats,
             global,
-            datapath,
             shutdown,
             reject_log: RateLimit::default(),
         }
@@ -187,36 +184,6 @@ fn proc_ip(hex: &str) -> Option<std::net::IpAddr> {
     }
 }
 
-/// Accepts clients until `accepting` is cancelled (drain, or the service removed by a reload);
-/// the listener is closed on return. Each client goes to the runtime current when it arrives: a
-/// reload swaps the runtime without closing the listener or touching established sessions.
-pub async fn serve(
-    listener: TcpListener,
-    runtimes: watch::Receiver<Arc<ServiceRuntime>>,
-    accepting: CancellationToken,
-) {
-    let accept_log = RateLimit::default();
-    loop {
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
-            _ = accepting.cancelled() => return,
-        };
-        let svc = Arc::clone(&runtimes.borrow());
-        match accepted {
-            Ok((client, peer)) => match svc.gate.admit(peer) {
-                Ok(permit) => {
-                    tokio::spawn(async move { connection(client, peer, permit, svc).await });
-                }
-                Err(why) => svc.refused(peer, why),
-            },
-            Err(e) => {
-                svc.accept_failed(&accept_log, &e);
-                tokio::time::sleep(ACCEPT_PAUSE).await;
-            }
-        }
-    }
-}
-
 /// How long accepting pauses after it failed (EMFILE and friends: the pending connection stays
 /// queued, so retrying at once would spin).
 pub const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
@@ -288,49 +255,6 @@ impl ServiceRuntime {
         }
         true
     }
-}
-
-/// Routes, connects, and hands the session to the data path.
-async fn connection(client: TcpStream, peer: SocketAddr, permit: Permit, svc: Arc<ServiceRuntime>) {
-    let deadline = svc.queue_deadline();
-    let mut after = None;
-    let (route, server) = loop {
-        let route = match svc.next(after, deadline) {
-            Next::Connect(r) => r,
-            Next::Wait => {
-                svc.router.wait(after, deadline.into()).await;
-                continue;
-            }
-            Next::GiveUp(why) => return svc.give_up(peer, why),
-        };
-        match tokio::time::timeout(svc.timeouts.connect, TcpStream::connect(route.master)).await {
-            Ok(Ok(server)) => break (route, server),
-            Ok(Err(e)) => {
-                tracing::debug!(service = %svc.name, master = %route.master, error = %e, "connect failed");
-            }
-            Err(_) => {
-                tracing::debug!(service = %svc.name, master = %route.master, "connect timed out");
-            }
-        }
-        after = Some(route.generation);
-    };
-    if !svc.still_routed(&route) {
-        return;
-    }
-    // Redis is request/response: never hold a small reply back for Nagle.
-    let _ = client.set_nodelay(true);
-    let _ = server.set_nodelay(true);
-    let session = Session {
-        client,
-        server,
-        timeouts: svc.timeouts,
-        cut: route.cut,
-        shutdown: svc.shutdown.clone(),
-        stats: Arc::clone(&svc.stats),
-        permit,
-        owner: Arc::clone(&svc) as Arc<dyn std::any::Any + Send + Sync>,
-    };
-    svc.datapath.run(session).await;
 }
 
 #[cfg(test)]

@@ -1,37 +1,66 @@
-//! The data paths: how bytes move between an admitted client and the master once both sockets
-//! exist. Admission, routing and connecting are shared (see `service.rs`); each path implements
-//! the same contract: half-close propagated, resets propagated, idle timeouts, and the session
-//! ends at once when its route's `cut` token is cancelled.
+//! The data paths: how a service's listeners are accepted on, and how bytes move between an
+//! admitted client and the master once both sockets exist. Admission and routing decisions are
+//! the service's (see `service.rs`, which knows nothing of this module); the tokio-driven paths
+//! share one front (`front.rs`), uring has its own on its rings. Each path implements the same
+//! contract: half-close propagated, resets propagated, idle timeouts, and the session ends at
+//! once when its route's `cut` token is cancelled.
 
+mod front;
 pub mod sockmap;
 pub mod uring;
 pub mod userspace;
 
+use std::os::fd::AsFd;
 use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::net::TcpStream;
+use socket2::SockRef;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::admission::Permit;
 use crate::budget::Budget;
-use crate::config::{Datapath, Mode, Timeouts};
-use crate::metrics::ServiceStats;
+use crate::config::{Datapath, Mode};
+use crate::metrics::End;
+use crate::service::ServiceRuntime;
 
 /// An established session: the accepted client and its connection to the master.
 pub struct Session {
     pub client: TcpStream,
     pub server: TcpStream,
-    pub timeouts: Timeouts,
     /// Cancelled when the master changes or the daemon shuts down.
     pub cut: CancellationToken,
-    /// The daemon's shutdown token, to tell a shutdown from a master change.
-    pub shutdown: CancellationToken,
-    pub stats: Arc<ServiceStats>,
     /// Holds the `maxconn` slot until the session ends.
     pub permit: Permit,
-    /// Keeps the service's runtime (its checks and router, hence the `cut` of this session)
-    /// alive while the session lives, even after a reload replaced it.
-    pub owner: Arc<dyn std::any::Any + Send + Sync>,
+    /// The service's runtime (timeouts, counters, shutdown token), kept alive with its checks and
+    /// router (hence the `cut` of this session) while the session lives, even after a reload
+    /// replaced it.
+    pub svc: Arc<ServiceRuntime>,
+}
+
+/// How a session whose `cut` was cancelled ended: the daemon shut down, or the master changed.
+fn cut_end(svc: &ServiceRuntime) -> End {
+    if svc.shutdown.is_cancelled() {
+        End::Shutdown
+    } else {
+        End::MasterChanged
+    }
+}
+
+/// Makes closing `sock` send a reset (SO_LINGER 0), so that the peer does not mistake a cut,
+/// timed out or failed session for a complete exchange. Errors only mean the socket is gone.
+fn reset(sock: &impl AsFd) {
+    let _ = SockRef::from(sock).set_linger(Some(Duration::ZERO));
+}
+
+/// Why the requested data path cannot run here.
+#[derive(Debug, thiserror::Error)]
+pub enum SelectError {
+    #[error("datapath mode \"uring\" cannot run here: {0}")]
+    Uring(uring::UringError),
+    #[error("datapath mode \"sockmap\" cannot run here: {0}")]
+    Sockmap(sockmap::LoadError),
 }
 
 /// The data path chosen at startup.
@@ -57,7 +86,7 @@ impl DataPath {
         cfg: &Datapath,
         sockmap_sessions: u32,
         budget: &Budget,
-    ) -> Result<Selected, String> {
+    ) -> Result<Selected, SelectError> {
         let threads = cfg.threads();
         let pipes = budget.pipes_per_worker;
         let uring = || uring::Uring::start(threads, pipes).map(|u| DataPath::Uring(Arc::new(u)));
@@ -73,12 +102,8 @@ impl DataPath {
         };
         match cfg.mode {
             Mode::Userspace => Ok(path(DataPath::Userspace)),
-            Mode::Uring => uring()
-                .map(path)
-                .map_err(|e| format!("datapath mode \"uring\" cannot run here: {e}")),
-            Mode::Sockmap => sockmap()
-                .map(path)
-                .map_err(|e| format!("datapath mode \"sockmap\" cannot run here: {e}")),
+            Mode::Uring => uring().map(path).map_err(SelectError::Uring),
+            Mode::Sockmap => sockmap().map(path).map_err(SelectError::Sockmap),
             // sockmap is not a candidate: under concurrent load on kernel 6.18 the kernel was
             // seen redirecting one skb twice (see README, "Data paths"). It runs only when asked.
             Mode::Auto => match uring() {
@@ -107,6 +132,51 @@ impl DataPath {
         }
     }
 
+    /// How many sockets each service listens on (bound with SO_REUSEPORT when more than one):
+    /// one per uring worker, which accepts on its own; one for the tokio front.
+    pub fn listeners_needed(&self) -> usize {
+        match self {
+            DataPath::Uring(u) => u.workers(),
+            _ => 1,
+        }
+    }
+
+    /// How many sockets per service to bind before the path is chosen (and before privileges
+    /// are dropped): one per uring worker where uring may run. When `auto` then falls back,
+    /// the tokio front accepts on all of them.
+    pub fn listeners_planned(cfg: &Datapath) -> usize {
+        match cfg.mode {
+            Mode::Auto | Mode::Uring => cfg.threads(),
+            Mode::Userspace | Mode::Sockmap => 1,
+        }
+    }
+
+    /// Starts accepting on `listeners` (the sockets of one service) until `accepting` is
+    /// cancelled, each client going to the runtime current in `runtimes`: on the uring workers'
+    /// rings, or in tokio.
+    pub fn listen(
+        &self,
+        listeners: Vec<std::net::TcpListener>,
+        runtimes: watch::Receiver<Arc<ServiceRuntime>>,
+        accepting: CancellationToken,
+    ) -> std::io::Result<()> {
+        match self {
+            DataPath::Uring(u) => u.listen(listeners, runtimes, accepting),
+            _ => {
+                for l in listeners {
+                    let l = TcpListener::from_std(l)?;
+                    tokio::spawn(front::serve(
+                        l,
+                        self.clone(),
+                        runtimes.clone(),
+                        accepting.clone(),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Kernel-side byte totals, when the path keeps them.
     pub fn bpf_totals(&self) -> Option<sockmap::Totals> {
         match self {
@@ -118,14 +188,13 @@ impl DataPath {
     /// Runs the session to its end and counts how it ended. The uring path returns at once: its
     /// worker owns the session from then on (no task per session on tokio) and counts the end.
     pub async fn run(&self, session: Session) {
-        let stats = Arc::clone(&session.stats);
+        let stats = Arc::clone(&session.svc.stats);
         let end = match self {
             DataPath::Userspace => userspace::relay(session).await,
             DataPath::Uring(u) => return u.hand_off(session),
             DataPath::Sockmap(m, next) => match m.attach(&session) {
                 Ok(a) => m.relay(session, a).await,
                 Err(why) => {
-                    let stats = std::sync::Arc::clone(&session.stats);
                     stats
                         .sockmap_fallbacks
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

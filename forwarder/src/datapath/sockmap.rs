@@ -31,7 +31,7 @@ use socket2::SockRef;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-use super::Session;
+use super::{cut_end, reset, Session};
 use crate::metrics::End;
 
 /// The program, compiled by `build.rs` (empty when clang-19 or the headers were missing).
@@ -81,52 +81,75 @@ pub enum AttachError {
     Other(String),
 }
 
+/// Why the program cannot be loaded and attached here.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(
+        "this binary was built without the BPF object: install clang-19, libbpf-dev \
+         and linux-libc-dev (`cargo xtask build-ebpf` does, as root), then rebuild the \
+         forwarder"
+    )]
+    NoObject,
+    /// Loading the object failed (the error with its sources, on one line).
+    #[error("loading the BPF object failed: {0}")]
+    Object(String),
+    #[error("the BPF object has no `{0}` map")]
+    NoMap(&'static str),
+    #[error("map `{0}`: {1}")]
+    Map(&'static str, aya::maps::MapError),
+    #[error("the BPF object has no `redirect` program")]
+    NoProgram,
+    #[error("program `redirect`: {0}")]
+    Program(aya::programs::ProgramError),
+    /// The verifier's refusal, with its sources on one line.
+    #[error("the verifier rejected `redirect`: {0}")]
+    Verifier(String),
+    #[error("dup of the map fd: {0}")]
+    Dup(io::Error),
+    /// The attach error, with its sources on one line.
+    #[error("attaching `redirect` as stream_verdict: {0}")]
+    Attach(String),
+    #[error("counting CPUs: {0}")]
+    Cpus(io::Error),
+}
+
 impl Sockmap {
     /// Loads the embedded program with room for `sessions` sessions and attaches it.
-    pub fn load(sessions: u32) -> Result<Sockmap, String> {
+    pub fn load(sessions: u32) -> Result<Sockmap, LoadError> {
         if OBJECT.is_empty() {
-            return Err(
-                "this binary was built without the BPF object: install clang-19, libbpf-dev \
-                 and linux-libc-dev (`cargo xtask build-ebpf` does, as root), then rebuild the \
-                 forwarder"
-                    .to_string(),
-            );
+            return Err(LoadError::NoObject);
         }
         let entries = sessions.saturating_mul(2).max(2);
         let mut ebpf = aya::EbpfLoader::new()
             .set_max_entries("peers", entries)
             .set_max_entries("activity", entries)
             .load(OBJECT)
-            .map_err(|e| format!("loading the BPF object failed: {}", chain(&e)))?;
+            .map_err(|e| LoadError::Object(chain(&e)))?;
         let peers: SockHash<MapData, u64> = ebpf
             .take_map("peers")
-            .ok_or("the BPF object has no `peers` map")?
+            .ok_or(LoadError::NoMap("peers"))?
             .try_into()
-            .map_err(|e| format!("map `peers`: {e}"))?;
+            .map_err(|e| LoadError::Map("peers", e))?;
         let activity: PerCpuHashMap<MapData, u64, Activity> = ebpf
             .take_map("activity")
-            .ok_or("the BPF object has no `activity` map")?
+            .ok_or(LoadError::NoMap("activity"))?
             .try_into()
-            .map_err(|e| format!("map `activity`: {e}"))?;
+            .map_err(|e| LoadError::Map("activity", e))?;
         let totals: PerCpuArray<MapData, u64> = ebpf
             .take_map("totals")
-            .ok_or("the BPF object has no `totals` map")?
+            .ok_or(LoadError::NoMap("totals"))?
             .try_into()
-            .map_err(|e| format!("map `totals`: {e}"))?;
+            .map_err(|e| LoadError::Map("totals", e))?;
         let prog: &mut SkSkb = ebpf
             .program_mut("redirect")
-            .ok_or("the BPF object has no `redirect` program")?
+            .ok_or(LoadError::NoProgram)?
             .try_into()
-            .map_err(|e| format!("program `redirect`: {e}"))?;
-        prog.load()
-            .map_err(|e| format!("the verifier rejected `redirect`: {}", chain(&e)))?;
-        let map_fd = peers
-            .fd()
-            .try_clone()
-            .map_err(|e| format!("dup of the map fd: {e}"))?;
+            .map_err(LoadError::Program)?;
+        prog.load().map_err(|e| LoadError::Verifier(chain(&e)))?;
+        let map_fd = peers.fd().try_clone().map_err(LoadError::Dup)?;
         prog.attach(&map_fd)
-            .map_err(|e| format!("attaching `redirect` as stream_verdict: {}", chain(&e)))?;
-        let ncpus = aya::util::nr_cpus().map_err(|(_, e)| format!("counting CPUs: {e}"))?;
+            .map_err(|e| LoadError::Attach(chain(&e)))?;
+        let ncpus = aya::util::nr_cpus().map_err(|(_, e)| LoadError::Cpus(e))?;
         Ok(Sockmap {
             peers: Mutex::new(peers),
             activity: Mutex::new(activity),
@@ -275,7 +298,7 @@ struct Run<'a> {
 impl Run<'_> {
     async fn until_end(&mut self) -> End {
         let s = self.s;
-        let t = &s.timeouts;
+        let t = &s.svc.timeouts;
         // Idle timeouts are checked this often (the BPF map holds the exact last activity).
         let tick =
             (t.client.min(t.server) / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
@@ -305,11 +328,7 @@ impl Run<'_> {
                 _ = tokio::time::sleep(tick) => {
                     if let Some(end) = self.idle() { return end; }
                 }
-                _ = s.cut.cancelled() => return if s.shutdown.is_cancelled() {
-                    End::Shutdown
-                } else {
-                    End::MasterChanged
-                },
+                _ = s.cut.cancelled() => return cut_end(&s.svc),
             }
             if done == [true, true] {
                 return End::Closed;
@@ -324,8 +343,8 @@ impl Run<'_> {
             self.map.activity(self.a.server),
         ];
         let counters = [
-            &self.s.stats.bytes_client_to_server,
-            &self.s.stats.bytes_server_to_client,
+            &self.s.svc.stats.bytes_client_to_server,
+            &self.s.svc.stats.bytes_server_to_client,
         ];
         for i in 0..2 {
             let new = acts[i].bytes.saturating_sub(self.counted[i]);
@@ -342,9 +361,9 @@ impl Run<'_> {
         self.count();
         let idle =
             Duration::from_nanos(now_ns().saturating_sub(self.last_ns[0].max(self.last_ns[1])));
-        if idle >= self.s.timeouts.client {
+        if idle >= self.s.svc.timeouts.client {
             Some(End::ClientTimeout)
-        } else if idle >= self.s.timeouts.server {
+        } else if idle >= self.s.svc.timeouts.server {
             Some(End::ServerTimeout)
         } else {
             None
@@ -357,9 +376,9 @@ impl Run<'_> {
         let s = self.s;
         let to = if from == 0 { &s.server } else { &s.client };
         let limit = if from == 0 {
-            s.timeouts.server
+            s.svc.timeouts.server
         } else {
-            s.timeouts.client
+            s.svc.timeouts.client
         };
         let start = tokio::time::Instant::now();
         let mut pause = Duration::from_micros(50);
@@ -383,11 +402,7 @@ impl Run<'_> {
             }
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
-                _ = s.cut.cancelled() => return Err(if s.shutdown.is_cancelled() {
-                    End::Shutdown
-                } else {
-                    End::MasterChanged
-                }),
+                _ = s.cut.cancelled() => return Err(cut_end(&s.svc)),
             }
             pause = (pause * 2).min(Duration::from_millis(10));
         }
@@ -471,10 +486,6 @@ fn set_rcvlowat(sock: &TcpStream, bytes: libc::c_int) {
 fn now_ns() -> u64 {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
     u64::try_from(t.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(t.tv_nsec).unwrap_or(0)
-}
-
-fn reset(sock: &TcpStream) {
-    let _ = SockRef::from(sock).set_linger(Some(Duration::ZERO));
 }
 
 /// An error with its sources, on one line (aya's errors nest the errno).

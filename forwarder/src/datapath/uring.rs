@@ -55,9 +55,9 @@ use socket2::{SockAddr, SockRef};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::Session;
+use super::{cut_end, reset, Session};
 use crate::admission::Permit;
-use crate::metrics::{End, ServiceStats};
+use crate::metrics::End;
 use crate::router::Route;
 use crate::service::{Next, RateLimit, ServiceRuntime, ACCEPT_PAUSE};
 
@@ -65,9 +65,6 @@ use crate::service::{Next, RateLimit, ServiceRuntime, ACCEPT_PAUSE};
 const PIPE_SIZE: usize = 256 * 1024;
 /// Empty pipes a worker keeps for reuse (at most; never more than its pipe budget).
 const PIPE_POOL_MAX: usize = 64;
-/// Pipes one worker may have open at most, pooled and held (two descriptors each); the
-/// descriptor budget may give it fewer (see `budget`).
-pub const PIPES_PER_WORKER_MAX: usize = 384;
 /// A read at least this large marks a stream: the direction's next poll is linked to its splices.
 const STREAM_READ: i32 = 64 * 1024;
 /// At most this much is read at once by a direction that found no pipe free (`copy_inline`).
@@ -141,12 +138,33 @@ fn op_bit(dir: usize, op: Op) -> u16 {
     1 << ((op as u16) * 2 + dir as u16)
 }
 
+/// Why the uring path cannot run here (the text goes into the fallback log line).
+#[derive(Debug, thiserror::Error)]
+pub enum UringError {
+    /// The probe ring could not be set up; `why` reads the errno.
+    #[error("{why}: {error}")]
+    Setup { why: &'static str, error: io::Error },
+    #[error("cannot probe io_uring opcodes (kernel older than 5.6?): {0}")]
+    Probe(io::Error),
+    #[error("io_uring has no {0} operation on this kernel")]
+    Unsupported(&'static str),
+    #[error("eventfd: {0}")]
+    Eventfd(rustix::io::Errno),
+    #[error("cannot start a uring worker thread: {0}")]
+    Thread(io::Error),
+    #[error("uring worker died while starting")]
+    WorkerDied,
+    /// A worker's own ring could not be set up.
+    #[error("io_uring_setup: {0}")]
+    Ring(io::Error),
+}
+
 /// Checks that this kernel (and whatever sandbox we run in) lets us use io_uring with the
 /// operations this path needs. The error says why not, for the fallback log line.
-pub fn probe() -> Result<(), String> {
+pub fn probe() -> Result<(), UringError> {
     use rustix::io::Errno;
-    let ring = IoUring::new(8).map_err(|e| {
-        let why = match Errno::from_io_error(&e) {
+    let ring = IoUring::new(8).map_err(|error| {
+        let why = match Errno::from_io_error(&error) {
             Some(Errno::NOSYS) => "the kernel has no io_uring (ENOSYS)",
             Some(Errno::PERM) => {
                 "io_uring_setup is forbidden (EPERM: a seccomp profile such as Docker's default, \
@@ -154,12 +172,12 @@ pub fn probe() -> Result<(), String> {
             }
             _ => "io_uring_setup failed",
         };
-        format!("{why}: {e}")
+        UringError::Setup { why, error }
     })?;
     let mut probe = io_uring::Probe::new();
     ring.submitter()
         .register_probe(&mut probe)
-        .map_err(|e| format!("cannot probe io_uring opcodes (kernel older than 5.6?): {e}"))?;
+        .map_err(UringError::Probe)?;
     for (code, name) in [
         (opcode::Splice::CODE, "SPLICE"),
         (opcode::PollAdd::CODE, "POLL_ADD"),
@@ -171,7 +189,7 @@ pub fn probe() -> Result<(), String> {
         (opcode::LinkTimeout::CODE, "LINK_TIMEOUT"),
     ] {
         if !probe.is_supported(code) {
-            return Err(format!("io_uring has no {name} operation on this kernel"));
+            return Err(UringError::Unsupported(name));
         }
     }
     Ok(())
@@ -181,14 +199,23 @@ pub fn probe() -> Result<(), String> {
 struct Job {
     /// 0: client, 1: server. Direction 0 is client -> server, direction 1 server -> client.
     fds: [OwnedFd; 2],
-    /// `timeout.client`, `timeout.server`.
-    timeouts: [Duration; 2],
     cut: CancellationToken,
-    shutdown: CancellationToken,
-    stats: Arc<ServiceStats>,
-    /// The `maxconn` slot and the service runtime, held until the session ends.
+    /// The `maxconn` slot, held until the session ends.
     _permit: Permit,
-    _owner: Arc<dyn std::any::Any + Send + Sync>,
+    /// The service runtime (timeouts, counters), kept alive until the session ends.
+    svc: Arc<ServiceRuntime>,
+}
+
+impl Job {
+    /// `timeout.client` (side 0) or `timeout.server` (side 1).
+    fn timeout(&self, side: usize) -> Duration {
+        let t = &self.svc.timeouts;
+        if side == 0 {
+            t.client
+        } else {
+            t.server
+        }
+    }
 }
 
 /// A listening socket of a service, for one worker to accept on.
@@ -232,12 +259,12 @@ pub struct Uring {
 impl Uring {
     /// Probes, then starts `n` worker threads, each with its own ring and at most `pipes` pipes
     /// open (its share of the descriptor budget).
-    pub fn start(n: usize, pipes: usize) -> Result<Uring, String> {
+    pub fn start(n: usize, pipes: usize) -> Result<Uring, UringError> {
         probe()?;
         let mut workers = Vec::with_capacity(n);
         for i in 0..n {
-            let wake = rustix::event::eventfd(0, EventfdFlags::CLOEXEC)
-                .map_err(|e| format!("eventfd: {e}"))?;
+            let wake =
+                rustix::event::eventfd(0, EventfdFlags::CLOEXEC).map_err(UringError::Eventfd)?;
             let wake = Arc::new(wake);
             let (tx, rx) = mpsc::channel();
             let (ready_tx, ready_rx) = mpsc::channel();
@@ -253,10 +280,8 @@ impl Uring {
                         let _ = ready_tx.send(Err(e));
                     }
                 })
-                .map_err(|e| format!("cannot start a uring worker thread: {e}"))?;
-            ready_rx
-                .recv()
-                .map_err(|_| "uring worker died while starting".to_string())??;
+                .map_err(UringError::Thread)?;
+            ready_rx.recv().map_err(|_| UringError::WorkerDied)??;
             workers.push(WorkerHandle { tx, wake });
         }
         Ok(Uring {
@@ -294,19 +319,16 @@ impl Uring {
     /// reaches the worker through `sweep` (and, as a backstop, its own tick).
     pub fn hand_off(&self, s: Session) {
         let (Ok(client), Ok(server)) = (s.client.into_std(), s.server.into_std()) else {
-            s.stats.end(End::Reset);
+            s.svc.stats.end(End::Reset);
             return;
         };
         let worker = &self.workers[self.next.fetch_add(1, Ordering::Relaxed) % self.workers.len()];
-        let stats = Arc::clone(&s.stats);
+        let stats = Arc::clone(&s.svc.stats);
         let job = Job {
             fds: [client.into(), server.into()],
-            timeouts: [s.timeouts.client, s.timeouts.server],
             cut: s.cut,
-            shutdown: s.shutdown,
-            stats: s.stats,
             _permit: s.permit,
-            _owner: s.owner,
+            svc: s.svc,
         };
         if !worker.send(Msg::Session(Box::new(job))) {
             tracing::error!("uring worker is gone; closing the session");
@@ -428,7 +450,7 @@ impl Worker {
         rx: mpsc::Receiver<Msg>,
         wake: Arc<OwnedFd>,
         pipes_max: usize,
-    ) -> Result<Worker, String> {
+    ) -> Result<Worker, UringError> {
         // The ring is created on its own thread: with SINGLE_ISSUER and DEFER_TASKRUN, completions
         // are processed only when this thread asks for them, without cross-CPU task work.
         let ring = IoUring::builder()
@@ -441,7 +463,7 @@ impl Worker {
                     .setup_cqsize(CQ_ENTRIES)
                     .build(RING_ENTRIES)
             })
-            .map_err(|e| format!("io_uring_setup: {e}"))?;
+            .map_err(UringError::Ring)?;
         let mut w = Worker {
             ring,
             conns: Slab::new(),
@@ -669,7 +691,8 @@ impl Worker {
                 if n > 0 {
                     d.pending = d.in_res.unsigned_abs();
                     last[dir] = Instant::now();
-                    job.stats
+                    job.svc
+                        .stats
                         .bytes_copied_in_userspace
                         .fetch_add(n as u64, Ordering::Relaxed);
                     let flags = rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL;
@@ -925,12 +948,9 @@ impl Worker {
         let _ = SockRef::from(&q.client).set_nodelay(true);
         self.add(Job {
             fds: [q.client, dial.server],
-            timeouts: [q.svc.timeouts.client, q.svc.timeouts.server],
             cut: dial.route.cut,
-            shutdown: q.svc.shutdown.clone(),
-            stats: Arc::clone(&q.svc.stats),
             _permit: q.permit,
-            _owner: q.svc,
+            svc: q.svc,
         });
     }
 
@@ -992,9 +1012,9 @@ impl Worker {
             d.pending -= n;
             c.last[1 - dir] = Instant::now();
             let counter = if dir == 0 {
-                &c.job.stats.bytes_client_to_server
+                &c.job.svc.stats.bytes_client_to_server
             } else {
-                &c.job.stats.bytes_server_to_client
+                &c.job.svc.stats.bytes_server_to_client
             };
             counter.fetch_add(u64::from(n), Ordering::Relaxed);
         }
@@ -1083,7 +1103,7 @@ impl Worker {
             // A cut, timed out or failed session ends with a reset on both sides, so neither peer
             // mistakes it for a complete exchange.
             for fd in &c.job.fds {
-                let _ = SockRef::from(fd).set_linger(Some(Duration::ZERO));
+                reset(fd);
             }
         }
         for d in &mut c.dirs {
@@ -1094,7 +1114,7 @@ impl Worker {
                 self.held -= 1; // a pipe with bytes left in it is closed with the session
             }
         }
-        c.job.stats.end(how);
+        c.job.svc.stats.end(how);
     }
 
     /// Ends sessions whose route was cut, or which were idle too long.
@@ -1106,14 +1126,10 @@ impl Worker {
                 continue;
             }
             let how = if c.job.cut.is_cancelled() {
-                Some(if c.job.shutdown.is_cancelled() {
-                    End::Shutdown
-                } else {
-                    End::MasterChanged
-                })
-            } else if now.saturating_duration_since(c.last[0]) >= c.job.timeouts[0] {
+                Some(cut_end(&c.job.svc))
+            } else if now.saturating_duration_since(c.last[0]) >= c.job.timeout(0) {
                 Some(End::ClientTimeout)
-            } else if now.saturating_duration_since(c.last[1]) >= c.job.timeouts[1] {
+            } else if now.saturating_duration_since(c.last[1]) >= c.job.timeout(1) {
                 Some(End::ServerTimeout)
             } else {
                 None

@@ -13,10 +13,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use socket2::SockRef;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::Session;
+use super::{cut_end, reset, Session};
 use crate::metrics::End;
 
 const BUF_SIZE: usize = 64 * 1024;
@@ -86,8 +85,8 @@ pub async fn relay(s: Session) -> End {
     tokio::pin!(c2s, s2c);
     let (mut c2s_done, mut s2c_done) = (false, false);
     let end = loop {
-        let client_deadline = act.at(&act.client) + s.timeouts.client;
-        let server_deadline = act.at(&act.server) + s.timeouts.server;
+        let client_deadline = act.at(&act.client) + s.svc.timeouts.client;
+        let server_deadline = act.at(&act.server) + s.svc.timeouts.server;
         tokio::select! {
             r = &mut c2s, if !c2s_done => match r {
                 Ok(()) => c2s_done = true,
@@ -100,18 +99,14 @@ pub async fn relay(s: Session) -> End {
             _ = tokio::time::sleep_until(client_deadline.min(server_deadline)) => {
                 // Activity may have moved the deadlines since they were read.
                 let now = Instant::now();
-                if act.at(&act.client) + s.timeouts.client <= now {
+                if act.at(&act.client) + s.svc.timeouts.client <= now {
                     break End::ClientTimeout;
                 }
-                if act.at(&act.server) + s.timeouts.server <= now {
+                if act.at(&act.server) + s.svc.timeouts.server <= now {
                     break End::ServerTimeout;
                 }
             }
-            _ = s.cut.cancelled() => break if s.shutdown.is_cancelled() {
-                End::Shutdown
-            } else {
-                End::MasterChanged
-            },
+            _ = s.cut.cancelled() => break cut_end(&s.svc),
         }
         if c2s_done && s2c_done {
             break End::Closed;
@@ -126,11 +121,6 @@ pub async fn relay(s: Session) -> End {
     end
 }
 
-fn reset(sock: &TcpStream) {
-    // Errors here only mean the socket is already gone.
-    let _ = SockRef::from(sock).set_linger(Some(Duration::ZERO));
-}
-
 /// Copies one direction until EOF (then half-closes the destination) or an error.
 async fn pump(s: &Session, act: &Activity, dir: Dir) -> io::Result<()> {
     let (from, to, from_side, to_side, counter) = match dir {
@@ -139,14 +129,14 @@ async fn pump(s: &Session, act: &Activity, dir: Dir) -> io::Result<()> {
             &s.server,
             &act.client,
             &act.server,
-            &s.stats.bytes_client_to_server,
+            &s.svc.stats.bytes_client_to_server,
         ),
         Dir::ServerToClient => (
             &s.server,
             &s.client,
             &act.server,
             &act.client,
-            &s.stats.bytes_server_to_client,
+            &s.svc.stats.bytes_server_to_client,
         ),
     };
     loop {
@@ -177,7 +167,8 @@ async fn pump(s: &Session, act: &Activity, dir: Dir) -> io::Result<()> {
         }
         act.touch(to_side);
         counter.fetch_add(n as u64, Ordering::Relaxed);
-        s.stats
+        s.svc
+            .stats
             .bytes_copied_in_userspace
             .fetch_add(n as u64, Ordering::Relaxed);
     }
