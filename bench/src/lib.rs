@@ -1,6 +1,7 @@
 //! Benchmark building blocks: statistics over rounds, parsers for the outputs of
 //! `redis-benchmark --csv` and `iperf3 --json`, and the load generators run by the `loadgen`
 //! binary (ping-pong latency, connection rate, echo server, idle connections).
+#![forbid(unsafe_code)]
 
 pub mod load;
 

@@ -6,6 +6,7 @@
 //! The data path under test comes from `FORWARDER_MODE` (set by `cargo xtask test`, which runs
 //! the suite once per mode); the binary from `FORWARDER_BIN` (default: the workspace's
 //! `target/debug/forwarder`).
+#![forbid(unsafe_code)]
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -66,12 +67,18 @@ impl Proc {
         self.child.as_ref().map_or(0, Child::id)
     }
 
-    /// Sends a signal (e.g. `libc::SIGKILL`, `libc::SIGSTOP`).
+    /// Sends a signal (e.g. `libc::SIGKILL`, `libc::SIGSTOP`); a no-op once the process is reaped.
+    /// Delivery errors are ignored: the child may have exited on its own.
+    ///
+    /// # Panics
+    /// If `sig` is not a named signal (real-time signals are not supported).
     pub fn signal(&self, sig: i32) {
+        let signal = rustix::process::Signal::from_named_raw(sig)
+            .unwrap_or_else(|| panic!("Proc::signal: {sig} is not a named signal number"));
         if let Some(c) = &self.child {
             let pid = i32::try_from(c.id()).expect("pid fits i32");
-            // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
-            unsafe { libc::kill(pid, sig) };
+            let pid = rustix::process::Pid::from_raw(pid).expect("a child's pid is positive");
+            let _ = rustix::process::kill_process(pid, signal);
         }
     }
 

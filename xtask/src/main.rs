@@ -1,4 +1,5 @@
 //! `cargo xtask build-ebpf | test | bench | lab`: the only build script a human runs.
+#![forbid(unsafe_code)]
 
 mod bench;
 mod ebpf;

@@ -1,5 +1,6 @@
 //! `loadgen`: the bench's own load generators and echo server (release build, run by
 //! `cargo xtask bench`). Results are printed as one JSON line.
+#![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
 use std::time::Duration;

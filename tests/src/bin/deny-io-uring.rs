@@ -1,5 +1,6 @@
 //! `deny-io-uring PROGRAM [ARGS...]`: runs PROGRAM with `io_uring_setup` failing with EPERM, as
 //! under Docker's default seccomp profile, so tests can prove the forwarder's fallback for real.
+#![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt;

@@ -51,9 +51,11 @@ impl Drop for Target {
     fn drop(&mut self) {
         // socat runs in its own process group: its per-connection children go with it.
         if let (Kind::Socat, Some(pid)) = (&self.kind, self.pid()) {
-            if let Ok(pid) = i32::try_from(pid) {
-                // SAFETY: kill(2) on the process group of our own child.
-                unsafe { libc::kill(-pid, libc::SIGKILL) };
+            if let Some(pid) = i32::try_from(pid)
+                .ok()
+                .and_then(rustix::process::Pid::from_raw)
+            {
+                let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
             }
         }
     }

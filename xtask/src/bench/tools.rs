@@ -121,10 +121,9 @@ pub fn connrate(loadgen: &Path, addr: SocketAddr, secs: u32) -> anyhow::Result<f
 pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let ticks = parse_proc_stat_ticks(&stat)?;
-    // SAFETY: sysconf has no memory-safety preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if hz <= 0 {
-        bail!("sysconf(_SC_CLK_TCK) = {hz}");
+    let hz = rustix::param::clock_ticks_per_second();
+    if hz == 0 {
+        bail!("sysconf(_SC_CLK_TCK) = 0");
     }
     Ok(ticks as f64 / hz as f64)
 }
