@@ -11,9 +11,13 @@ use serde::{Deserialize, Serialize};
 /// Median, minimum and maximum of one metric over the rounds of a run.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
+    /// The middle sample, or the mean of the two middle ones for an even count.
     pub median: f64,
+    /// The smallest sample.
     pub min: f64,
+    /// The largest sample.
     pub max: f64,
+    /// How many samples (rounds) it summarizes; at least 1.
     pub n: usize,
 }
 
@@ -68,7 +72,9 @@ pub fn parse_redis_benchmark_csv(out: &str) -> anyhow::Result<Vec<(String, f64)>
 /// What one `iperf3 --json` client run measured.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Iperf {
+    /// Throughput the server received, in bits per second.
     pub bits_per_second: f64,
+    /// Bytes the server received over the run.
     pub bytes: f64,
 }
 
@@ -169,9 +175,13 @@ pub fn utc_stamp(unix: u64) -> String {
 /// Latency percentiles in microseconds, as printed by `loadgen pingpong`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Latency {
+    /// Median round trip.
     pub p50_us: f64,
+    /// 99th percentile round trip.
     pub p99_us: f64,
+    /// 99.9th percentile round trip.
     pub p999_us: f64,
+    /// Round trips recorded (warm-up excluded); fewer than asked when the time limit hit.
     pub count: u64,
 }
 

@@ -3,8 +3,10 @@
 
 use crate::resp::{self, Reply};
 
+/// The `role:` of a Redis server in `INFO replication`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
+    /// Redis says `role:master`: it accepts writes (unless it is misconfigured).
     Master,
     /// Redis says `role:slave`.
     Replica,
@@ -20,50 +22,81 @@ impl Role {
     }
 }
 
+/// A replica's `master_link_status:`, its replication link to its master.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LinkStatus {
+    /// `up`: the replica is synchronised and streaming from its master.
     Up,
+    /// `down`: not connected, or still in the initial sync.
     Down,
 }
 
 /// One `slaveN:` line of a master.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SlaveInfo {
+    /// The address the replica announced (`replica-announce-ip` or `REPLCONF ip-address`),
+    /// verbatim: any client can claim one, so it is not proof of anything.
     pub ip: String,
+    /// The port the replica announced (its listening port, not the connection's).
     pub port: u16,
+    /// The master's view of the sync, e.g. `online`, `wait_bgsave`, `send_bulk`.
     pub state: String,
+    /// The replication offset the replica last acknowledged, in bytes of the stream.
     pub offset: i64,
+    /// Seconds since the replica's last acknowledgement; `None` when Redis omits it.
     pub lag: Option<i64>,
 }
 
 /// The fields of `INFO replication` the forwarder uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Replication {
+    /// The `role:` field, which every reply has (else [`InfoError::NoRole`]).
     pub role: Role,
+    /// How many replicas are connected; `None` when the field is absent.
     pub connected_slaves: Option<u32>,
+    /// The `slaveN:` lines, in reply order (a master's; empty on a replica without replicas).
     pub slaves: Vec<SlaveInfo>,
+    /// The master a replica follows, as configured; `None` on a master.
     pub master_host: Option<String>,
+    /// The port of [`master_host`](Self::master_host); `None` on a master.
     pub master_port: Option<u16>,
+    /// A replica's link to its master; `None` on a master.
     pub master_link_status: Option<LinkStatus>,
+    /// This server's replication offset, in bytes of the replication stream.
     pub master_repl_offset: Option<i64>,
+    /// The replication ID of the history this server's data belongs to.
     pub master_replid: Option<String>,
+    /// A replica's `slave_read_only:` (`true` for `1`); `None` on a master.
     pub slave_read_only: Option<bool>,
 }
 
+/// Why an `INFO replication` reply could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InfoError {
+    /// No `role:` field (in the first `# Replication` section, for the role-only readers).
     #[error("no role field in INFO replication")]
     NoRole,
+    /// A `role:` other than `master`, `slave` or `replica`: the value.
     #[error("unknown role {0:?}")]
     BadRole(String),
+    /// A known field whose value does not parse (a number, or a link status).
     #[error("field {field}: {value:?} is not valid")]
-    BadField { field: String, value: String },
+    BadField {
+        /// The field's name, e.g. `master_port`.
+        field: String,
+        /// Its value, verbatim.
+        value: String,
+    },
+    /// A `slaveN:` line without `ip`, `port`, `state` and `offset`, or with a bad number: the line.
     #[error("malformed slave line {0:?}")]
     BadSlave(String),
+    /// The reply is RESP but not a bulk string (e.g. `-NOAUTH`): what it is, or its start.
     #[error("reply is not a bulk string: {0}")]
     NotBulk(String),
+    /// The reply has not all arrived.
     #[error("reply is incomplete")]
     Incomplete,
+    /// The bytes are not RESP.
     #[error("reply is not valid RESP: {0}")]
     Resp(#[from] resp::RespError),
 }

@@ -19,15 +19,23 @@ use crate::tcpcheck::{CheckReport, Program};
 /// What the last checks of a server said.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerStatus {
+    /// The server checked.
     pub addr: SocketAddr,
+    /// Where the server stands in rise/fall (routable while [`ServerState::is_up`]).
     pub state: ServerState,
+    /// Whether the last check that ran passed; `None` before the first one.
     pub last_ok: Option<bool>,
+    /// Why the last check failed; `None` when it passed or none has run.
     pub last_reason: Option<String>,
+    /// When the last check ended, counting those that could not run here.
     pub last_check: Option<SystemTime>,
+    /// How long the last check that ran took.
     pub last_elapsed: Option<Duration>,
     /// From the INFO reply, when the check saw one.
     pub role: Option<Role>,
+    /// Checks that passed, since the monitor started.
     pub checks_ok: u64,
+    /// Checks that failed because of the server (or the path to it).
     pub checks_failed: u64,
     /// Checks that could not run because of this host (see [`CheckReport::local`]): they leave
     /// the state as it was.
@@ -37,8 +45,11 @@ pub struct ServerStatus {
 /// The decider's counters, as the admin listener shows them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MonitorStats {
+    /// Changes of master, to none included (see [`Counters::changes`]).
     pub master_changes: u64,
+    /// Episodes of a second server passing the master check (see [`Counters::conflicts`]).
     pub conflicts: u64,
+    /// Since when the service has had no master; `None` while it has one.
     pub no_master_since: Option<Instant>,
     /// Addresses a Sentinel quorum reported that are not checked: past `max_servers`.
     pub discovered_over_cap: u64,
@@ -154,18 +165,23 @@ impl Monitor {
         self.sentinels.as_ref().map(Sentinels::view)
     }
 
+    /// A receiver of the master view, updated on every change of master.
     pub fn subscribe(&self) -> watch::Receiver<MasterView> {
         self.shared.tx.subscribe()
     }
 
+    /// The master view now.
     pub fn view(&self) -> MasterView {
         *self.shared.tx.borrow()
     }
 
+    /// A snapshot of the servers' statuses, configured ones first, then discovered ones in the
+    /// order they were found.
     pub fn servers(&self) -> Vec<ServerStatus> {
         lock(&self.shared.inner).servers.clone()
     }
 
+    /// A snapshot of the decider's counters.
     pub fn stats(&self) -> MonitorStats {
         let inner = lock(&self.shared.inner);
         let c = inner.decider.counters();

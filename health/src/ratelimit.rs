@@ -13,6 +13,8 @@ pub struct RateLimit {
 }
 
 impl RateLimit {
+    /// Calls `emit` with the number of calls suppressed since it last ran, if this is the first
+    /// call in the current second; otherwise counts this one as suppressed.
     pub fn log(&self, emit: impl FnOnce(u64)) {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

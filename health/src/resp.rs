@@ -3,8 +3,11 @@
 /// One RESP2 reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
+    /// `+OK`: a status line, without the `+`.
     Simple(String),
+    /// `-ERR ...`: the error line (its kind, e.g. `NOAUTH`, first), without the `-`.
     Error(String),
+    /// `:42`.
     Integer(i64),
     /// `None` is the null bulk string (`$-1`).
     Bulk(Option<Vec<u8>>),
@@ -15,20 +18,28 @@ pub enum Reply {
 /// Malformed RESP.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RespError {
+    /// A reply starts with a byte other than `+ - : $ *`: that byte.
     #[error("unknown RESP type byte 0x{0:02x}")]
     UnknownType(u8),
+    /// A bulk or array length that is not a number, or is below -1: its text.
     #[error("bad length {0:?}")]
     BadLength(String),
+    /// An `:` integer that is not an `i64`: its text.
     #[error("bad integer {0:?}")]
     BadInteger(String),
+    /// A bulk string longer than Redis's own 512 MiB limit: its declared length.
     #[error("bulk string of {0} bytes is over the 512 MiB limit")]
     TooLong(i64),
+    /// An array of more than a million elements: its declared length.
     #[error("array of {0} elements is over the 1M limit")]
     TooMany(i64),
+    /// Arrays nested past the depth limit (which bounds the parser's recursion).
     #[error("replies nested deeper than {MAX_DEPTH}")]
     TooDeep,
+    /// The bytes after a bulk string's declared length are not CRLF.
     #[error("bulk string not terminated by CRLF")]
     MissingCrlf,
+    /// A simple string or error line that is not UTF-8.
     #[error("line is not UTF-8")]
     NotUtf8,
 }

@@ -23,6 +23,7 @@ pub struct Schedule {
 /// What is wrong with a [`Schedule`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ScheduleError {
+    /// `rise` or `fall` is 0: a server could never change state.
     #[error("rise and fall must be at least 1")]
     ZeroRiseOrFall,
     /// Holds the name of the duration: `interval`, `fastinter`, `downinter` or `timeout`.
@@ -53,7 +54,9 @@ impl Schedule {
 /// Where a server stands. Counts are consecutive opposite results seen so far.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ServerState {
+    /// Routable: the last check passed, after at least `rise` in a row.
     Up,
+    /// Not routable: the last check failed, or none has passed yet (the initial state).
     Down,
     /// Down, with this many passing checks in a row (fewer than `rise`).
     Rising(u32),
@@ -82,7 +85,9 @@ impl ServerState {
 /// A change of a server's routable state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transition {
+    /// `rise` passing checks in a row: the server became routable.
     WentUp,
+    /// `fall` failing checks in a row: the server stopped being routable.
     WentDown,
 }
 
@@ -98,6 +103,7 @@ pub struct ServerHealth {
 }
 
 impl ServerHealth {
+    /// A server not yet checked: `Down`, with the schedule's `rise` and `fall` (at least 1).
     pub fn new(schedule: &Schedule) -> ServerHealth {
         ServerHealth {
             state: ServerState::Down,
@@ -106,10 +112,12 @@ impl ServerHealth {
         }
     }
 
+    /// Where the server stands now.
     pub fn state(&self) -> ServerState {
         self.state
     }
 
+    /// Whether traffic may go to the server (see [`ServerState::is_up`]).
     pub fn is_up(&self) -> bool {
         self.state.is_up()
     }

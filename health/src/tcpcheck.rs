@@ -20,7 +20,9 @@ pub const MAX_REPLY: usize = 64 * 1024;
 /// by their source text).
 #[derive(Debug, Clone)]
 pub enum Step {
+    /// Opens the TCP connection to the server; only as the first step.
     Connect,
+    /// Writes these bytes; what the next `expect` matches is what arrives after them.
     Send(Vec<u8>),
     /// The bytes received since the last `send` contain this string.
     ExpectString(String),
@@ -53,22 +55,30 @@ impl Eq for Step {}
 /// A step that does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StepError {
+    /// Not a step this checker knows (or `expect role` of something else): the whole line.
     #[error(
         "unknown step {0:?}: expected connect, send <data>, expect string|rstring|binary <pattern>, expect role master|replica"
     )]
     Unknown(String),
+    /// `send` or `expect ...` with nothing to send or match: the line.
     #[error("{0:?} needs an argument")]
     MissingArgument(String),
+    /// A backslash escape other than those listed: the argument it is in.
     #[error("bad escape in {0:?}: use \\r \\n \\t \\\\ \\\" \\<space> or \\xHH")]
     BadEscape(String),
+    /// An `expect rstring` pattern the regex crate rejects: the pattern, and why.
     #[error("bad regex {0:?}: {1}")]
     BadRegex(String, String),
+    /// An `expect binary` argument that is not pairs of hex digits: the argument.
     #[error("bad hex {0:?}: expected pairs of hex digits")]
     BadHex(String),
+    /// A program with no steps.
     #[error("a check program needs at least one step")]
     Empty,
+    /// A program that does not start with `connect`.
     #[error("the first step must be connect")]
     FirstNotConnect,
+    /// A `connect` after the first step (a program checks one connection).
     #[error("connect may only be the first step")]
     LaterConnect,
 }
@@ -197,6 +207,7 @@ fn hex(s: &str) -> Result<Vec<u8>, StepError> {
 pub struct Auth {
     /// Redis 6 ACL user; `None` for `requirepass`.
     pub user: Option<String>,
+    /// The password, sent in clear over the check's connection.
     pub password: String,
 }
 
@@ -212,18 +223,22 @@ pub struct Program {
 /// The outcome of one run of a program.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckReport {
+    /// Every step succeeded within the timeout.
     pub ok: bool,
     /// The run failed because of this host, not the server (out of descriptors, buffers or
     /// ports: EMFILE, ENFILE, ENOBUFS, ENOMEM, EADDRNOTAVAIL). Such a result says nothing about
     /// the server and must not move its rise/fall.
     pub local: bool,
-    /// Index of the step that failed.
+    /// Index (from 0) of the step that failed; `None` when the run passed.
     pub failed_step: Option<usize>,
+    /// Why the run failed, naming the step (`step 4 (expect role master): ...`); `None` when
+    /// it passed.
     pub reason: Option<String>,
     /// For each `expect` that matched, the bytes received when it matched.
     pub replies: Vec<Vec<u8>>,
     /// What the failed `expect` had received (e.g. a replica's INFO reply).
     pub partial: Vec<u8>,
+    /// How long the run took, connect included (at most about the timeout).
     pub elapsed: Duration,
 }
 
@@ -244,6 +259,7 @@ impl Program {
         })
     }
 
+    /// The steps, in order (the first is `connect`).
     pub fn steps(&self) -> &[Step] {
         &self.steps
     }

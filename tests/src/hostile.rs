@@ -13,7 +13,12 @@ use std::time::Duration;
 pub enum Lie {
     /// Names `master`, reports `replicas` made-up replicas, and pushes a `+switch-master` to
     /// `master` every millisecond on every subscription.
-    Flood { master: SocketAddr, replicas: u16 },
+    Flood {
+        /// The master it names and pushes.
+        master: SocketAddr,
+        /// How many made-up replicas `SENTINEL replicas` lists.
+        replicas: u16,
+    },
     /// Names `master`, quietly (no pushes, no replicas).
     Names(SocketAddr),
     /// Names `master`, and floods every subscription with `+sdown` events for it (not
@@ -30,6 +35,7 @@ pub enum Lie {
 /// A fake Sentinel on a free loopback port; stops with the test (its threads exit when
 /// dropped).
 pub struct HostileSentinel {
+    /// Where it listens (127.0.0.1, a free port): put it in the forwarder's `sentinels`.
     pub addr: SocketAddr,
     stop: Arc<AtomicBool>,
 }
@@ -54,6 +60,7 @@ fn addr_reply(a: SocketAddr) -> String {
 }
 
 impl HostileSentinel {
+    /// Starts listening at once, serving each connection on its own thread with `lie`.
     pub fn start(lie: Lie) -> HostileSentinel {
         let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
         let addr = l.local_addr().expect("addr");

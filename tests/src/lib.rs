@@ -63,6 +63,7 @@ impl Proc {
         })
     }
 
+    /// The child's pid; 0 once it has been reaped.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
     }
@@ -114,16 +115,19 @@ impl Drop for Proc {
 
 /// A real redis-server on a free loopback port.
 pub struct Redis {
+    /// Its port on 127.0.0.1 (kept to restart it on the same one with [`Redis::start_on`]).
     pub port: u16,
     proc: Proc,
     _dir: tempfile::TempDir,
 }
 
 impl Redis {
+    /// Starts a server with no persistence on a free port; waits until it answers PING.
     pub fn start() -> Redis {
         Redis::start_with(&[])
     }
 
+    /// Like [`Redis::start`], with `extra` command-line arguments (e.g. `["--requirepass", "pw"]`).
     pub fn start_with(extra: &[&str]) -> Redis {
         let bin = require("redis-server", "redis-server");
         for _ in 0..20 {
@@ -206,6 +210,7 @@ impl Redis {
         })
     }
 
+    /// `127.0.0.1:port`.
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
     }
@@ -225,6 +230,8 @@ impl Redis {
         }
     }
 
+    /// Makes this server a replica of `master`, or a master again with `None` (`REPLICAOF NO
+    /// ONE`); panics unless Redis says OK. Does not wait for the sync.
     pub fn replicaof(&self, master: Option<&Redis>) {
         let r = match master {
             Some(m) => self.cmd(&["REPLICAOF", "127.0.0.1", &m.port.to_string()]),
@@ -233,6 +240,7 @@ impl Redis {
         assert_eq!(r, Reply::Simple("OK".into()), "REPLICAOF on {}", self.port);
     }
 
+    /// The server's process, to signal or kill it.
     pub fn proc(&mut self) -> &mut Proc {
         &mut self.proc
     }
@@ -255,11 +263,13 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// Connects to `addr` (within 5 s) and sets it up as [`Conn::from_stream`] does.
     pub fn open(addr: SocketAddr) -> io::Result<Conn> {
         let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
         Conn::from_stream(stream)
     }
 
+    /// Wraps a connected stream: 10 s read and write timeouts, `TCP_NODELAY`.
     pub fn from_stream(stream: TcpStream) -> io::Result<Conn> {
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
         stream.set_write_timeout(Some(Duration::from_secs(10)))?;
@@ -270,6 +280,7 @@ impl Conn {
         })
     }
 
+    /// Sends one command (as a RESP array of `args`) and reads its reply.
     pub fn cmd(&mut self, args: &[&str]) -> io::Result<Reply> {
         let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
         self.stream
@@ -277,6 +288,8 @@ impl Conn {
         self.read_reply()
     }
 
+    /// Reads the next reply (e.g. a pub/sub push); bytes past it stay buffered for the next
+    /// call. Malformed RESP is an `InvalidData` error, EOF an `UnexpectedEof` one.
     pub fn read_reply(&mut self) -> io::Result<Reply> {
         loop {
             match health::resp::parse(&self.buf) {
@@ -326,6 +339,8 @@ impl Conn {
         }
     }
 
+    /// The underlying socket (to shut it down or read its addresses); reading from it bypasses
+    /// the reply buffer.
     pub fn stream(&self) -> &TcpStream {
         &self.stream
     }
@@ -374,7 +389,9 @@ pub fn forwarder_bin() -> PathBuf {
 /// The forwarder binary, run as a real process.
 pub struct Forwarder {
     proc: Proc,
+    /// The admin listener (`/status`, `/metrics`), on a free loopback port.
     pub admin: SocketAddr,
+    /// The address each `{LISTEN}` became, in the order they appear in the services.
     pub listen: Vec<SocketAddr>,
     log: Arc<Mutex<Vec<String>>>,
     /// The `[datapath]` and `[admin]` sections of the configuration file.
@@ -513,6 +530,8 @@ impl Forwarder {
             .unwrap_or_default()
     }
 
+    /// The entry of `service` in `/status`; `None` when there is no such service or the admin
+    /// listener does not answer.
     pub fn service_status(&self, service: &str) -> Option<serde_json::Value> {
         let st = self.status()?;
         st["services"]
@@ -530,6 +549,7 @@ impl Forwarder {
             .ok()
     }
 
+    /// The forwarder's process, to signal it (SIGHUP reloads) or kill it.
     pub fn proc(&mut self) -> &mut Proc {
         &mut self.proc
     }
@@ -688,6 +708,7 @@ pub fn connect_from(local: Ipv4Addr, to: SocketAddr) -> io::Result<TcpStream> {
 
 /// A real Redis Sentinel on a free loopback port, monitoring one master.
 pub struct Sentinel {
+    /// Its port on 127.0.0.1.
     pub port: u16,
     _proc: Proc,
     _dir: tempfile::TempDir,
@@ -747,6 +768,7 @@ impl Sentinel {
         panic!("redis-sentinel did not start after 20 attempts");
     }
 
+    /// `127.0.0.1:port`.
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
     }

@@ -89,10 +89,12 @@ impl Sentinels {
         Sentinels { shared, tasks }
     }
 
+    /// A receiver of the agreed view, updated whenever it changes.
     pub fn subscribe(&self) -> watch::Receiver<SentinelView> {
         self.shared.tx.subscribe()
     }
 
+    /// The agreed view now.
     pub fn view(&self) -> SentinelView {
         *self.shared.tx.borrow()
     }

@@ -32,10 +32,13 @@ pub use view::SentinelView;
 /// How to reach the Sentinels of one master.
 #[derive(Debug, Clone)]
 pub struct SentinelConfig {
+    /// The Sentinels, each queried and subscribed to on its own.
     pub addresses: Vec<SocketAddr>,
+    /// The name the Sentinels monitor the master under (`sentinel monitor <name> ...`).
     pub master_name: String,
     /// Sentinels that must name the same master; 0 means a majority of `addresses`.
     pub quorum: usize,
+    /// Credentials for `AUTH` to the Sentinels (not the Redis servers'); `None` to send none.
     pub auth: Option<Auth>,
     /// Per request (connect, AUTH, query), for the whole reply: a Sentinel that trickles its
     /// answer is unreachable, not slow.

@@ -12,37 +12,60 @@ use crate::resp::Reply;
 /// Why a Sentinel's reply is not an answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReplyError {
+    /// The Sentinel answered with an error (e.g. `NOAUTH`, or an unknown master name for
+    /// `SENTINEL replicas`): its text.
     #[error("Sentinel error: {0}")]
     Sentinel(String),
     /// The reply is not the array the command answers with; holds what it is (`kind`).
     #[error("expected an array, got {0}")]
     NotArray(&'static str),
+    /// The address array is not two bulk strings `[ip, port]`; holds its length.
     #[error("expected [ip, port], got an array of {0} elements")]
     NotIpPort(usize),
+    /// The IP bulk string is not UTF-8.
     #[error("IP is not UTF-8")]
     IpNotUtf8,
+    /// The port bulk string is not UTF-8.
     #[error("port is not UTF-8")]
     PortNotUtf8,
+    /// The IP does not parse as an IPv4 or IPv6 address (a hostname, say): the text.
     #[error("{0:?} is not an IP address (hostnames from announce-hostnames are not supported)")]
     NotIp(String),
+    /// The port is not plain decimal digits in 0..=65535: the text.
     #[error("{0:?} is not a port")]
     NotPort(String),
+    /// Port 0, which no server listens on.
     #[error("port 0")]
     PortZero,
+    /// An unspecified (`0.0.0.0`, `::`) or multicast address, which does not name one server.
     #[error("{0} is not the address of one server")]
     NotOneServer(IpAddr),
+    /// An element of the `SENTINEL replicas` array is not a field/value array; holds what it is.
     #[error("expected a replica's fields, got {0}")]
     NotReplica(&'static str),
+    /// A replica's fields lack `ip` or `port` (or they are not UTF-8).
     #[error("a replica without ip or port")]
     ReplicaWithoutAddr,
+    /// A `+switch-master` for another master the Sentinel monitors: not ours to follow.
     #[error("+switch-master for {got:?}, not {want:?}")]
-    OtherMaster { got: String, want: String },
+    OtherMaster {
+        /// The master name in the payload.
+        got: String,
+        /// The name configured for this service.
+        want: String,
+    },
+    /// A `+switch-master` payload that is not `<name> <old ip> <old port> <new ip> <new port>`:
+    /// the payload.
     #[error("malformed +switch-master payload {0:?}")]
     MalformedSwitch(String),
+    /// A push on the subscription that is not an array; holds what it is.
     #[error("expected a pub/sub array, got {0}")]
     NotPubSub(&'static str),
+    /// A `message` push whose channel or payload is not a bulk string; holds what it is.
     #[error("expected a bulk string, got {0}")]
     NotBulk(&'static str),
+    /// A pub/sub array that is neither a `message` nor a (un)subscribe confirmation; holds its
+    /// length.
     #[error("unexpected pub/sub push of {0} elements")]
     UnexpectedPush(usize),
 }

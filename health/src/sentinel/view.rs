@@ -20,6 +20,7 @@ pub struct SentinelView {
     pub master: Option<SocketAddr>,
     /// Sentinels that answered their last query.
     pub reachable: usize,
+    /// Sentinels configured (the length of [`SentinelConfig::addresses`]).
     pub configured: usize,
     /// Fewer than a quorum reachable, or no quorum agrees: `master` is the last agreed one.
     pub degraded: bool,
