@@ -6,7 +6,6 @@
 //! [`Gate`]: crate::admission::Gate
 
 use std::io;
-use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,44 +14,11 @@ use io_uring::{opcode, squeue, types};
 use socket2::{SockAddr, SockRef};
 
 use super::ops::{user_data, Op};
+use super::state::{Dial, Listener, Queued};
 use super::worker::Worker;
 use super::{Job, Listen};
-use crate::admission::Permit;
 use crate::router::Route;
 use crate::service::{Next, ServiceRuntime, ACCEPT_PAUSE};
-
-/// A listener on this worker's ring.
-pub(super) struct Listener {
-    listen: Listen,
-    /// Its multishot accept is in flight.
-    armed: bool,
-    /// Accepting failed (EMFILE...): re-armed at the first tick after this.
-    paused_until: Option<Instant>,
-    /// Being closed: once `armed` is false, the listener is dropped.
-    closing: bool,
-}
-
-/// A client accepted and admitted, waiting for a master or connecting to it.
-pub(super) struct Queued {
-    client: OwnedFd,
-    peer: SocketAddr,
-    permit: Permit,
-    svc: Arc<ServiceRuntime>,
-    deadline: Instant,
-    /// Generation of the last master it failed to reach.
-    after: Option<u64>,
-    dial: Option<Dial>,
-}
-
-/// A connect in flight.
-struct Dial {
-    server: OwnedFd,
-    route: Route,
-    /// Read by the kernel while the `CONNECT` and `LINK_TIMEOUT` are prepared; kept until the
-    /// connect completes all the same.
-    _addr: Box<SockAddr>,
-    _timeout: Box<types::Timespec>,
-}
 
 impl Worker {
     /// Takes a listener of a service and arms its accept.

@@ -50,6 +50,7 @@ mod front;
 mod ops;
 mod pipes;
 mod session;
+mod state;
 mod worker;
 
 use std::io;

@@ -12,9 +12,9 @@ use io_uring::{opcode, squeue, types};
 use rustix::event::PollFlags;
 use rustix::pipe::SpliceFlags;
 
-use super::direction::{Event, Flow, Outcome, Room, Step};
+use super::direction::{Event, Outcome, Room, Step};
 use super::ops::{decode, op_bit, user_data, Op, SESSION_OPS};
-use super::pipes::Pipe;
+use super::state::{Conn, Dir};
 use super::worker::Worker;
 use super::Job;
 use crate::datapath::{cut_end, reset};
@@ -24,29 +24,6 @@ use crate::metrics::End;
 const COPY_CHUNK: usize = 16 * 1024;
 /// A streaming direction idle this long gives its pipe back to the pool.
 const COOL_AFTER: Duration = Duration::from_secs(1);
-
-/// One direction of a session: `src` -> pipe (or spill) -> `dst`.
-#[derive(Default)]
-struct Dir {
-    pipe: Option<Pipe>,
-    /// Bytes read without a pipe (see `copy_inline`) and not yet written: then `flow.pending`
-    /// counts these, and the direction holds no pipe.
-    spill: Vec<u8>,
-    flow: Flow,
-}
-
-pub(super) struct Conn {
-    /// The sockets, limits and tokens handed over; dropped (sockets closed, permit given back)
-    /// when the session is freed.
-    job: Job,
-    dirs: [Dir; 2],
-    /// Operations in flight, one bit per (op, direction).
-    ops: u16,
-    /// Last activity of the client (0) and of the server (1).
-    last: [Instant; 2],
-    /// Set once the session is being torn down.
-    ending: Option<End>,
-}
 
 impl Worker {
     /// Takes a session over: both directions wait for bytes.

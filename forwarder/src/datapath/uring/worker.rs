@@ -11,10 +11,9 @@ use std::time::{Duration, Instant};
 use io_uring::{opcode, squeue, types, IoUring};
 use slab::Slab;
 
-use super::front::{Listener, Queued};
 use super::ops::{decode, Op, UD_TICK, UD_WAKE};
 use super::pipes::Pipes;
-use super::session::Conn;
+use super::state::{Conn, Listener, Queued};
 use super::{Msg, UringError};
 use crate::service::RateLimit;
 
