@@ -43,6 +43,8 @@ impl Drop for Permit {
 }
 
 impl Gate {
+    /// The rules of a service: `allow` (empty admits every source), `maxconn` sessions in all,
+    /// at most `per_source` from one IP (`None`: no per-source limit), counted in `stats`.
     pub fn new(
         allow: Vec<IpNet>,
         maxconn: u32,

@@ -43,7 +43,9 @@ pub struct Budget {
 #[derive(Debug, thiserror::Error)]
 #[error("{key}: {reason}")]
 pub struct BudgetError {
+    /// The configuration key to change, e.g. `service.cache.maxconn`; `-` for the whole file.
     pub key: String,
+    /// Why, with the numbers (limit, reserve, what was asked).
     pub reason: String,
 }
 

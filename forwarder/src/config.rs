@@ -16,9 +16,11 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, thiserror::Error)]
 #[error("{file}:{key}: {reason}")]
 pub struct ConfigError {
+    /// The file's path, as given (`--config`, or the default path).
     pub file: String,
     /// Key path such as `service[0].timeout.connect`, or `-` when the file itself is unreadable.
     pub key: String,
+    /// What is wrong and, where it helps, what would be right; one line.
     pub reason: String,
 }
 
@@ -26,9 +28,13 @@ pub struct ConfigError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
+    /// uring where this kernel (and sandbox) allows it, else userspace; never sockmap.
     Auto,
+    /// The BPF redirect in the kernel; sessions that do not fit the map take uring or userspace.
     Sockmap,
+    /// io_uring splices; a startup error where it cannot run.
     Uring,
+    /// Copies through userspace buffers in tokio; runs everywhere.
     Userspace,
 }
 
@@ -159,9 +165,13 @@ struct RawSentinel {
 /// The validated configuration the daemon runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Config {
+    /// `[datapath]`: how bytes move, for every service.
     pub datapath: Datapath,
+    /// `[admin]`: the HTTP status, metrics and reload listener; `None` when there is none.
     pub admin: Option<Admin>,
+    /// `[process]`: the user to run as after binding.
     pub process: Process,
+    /// The `[[service]]` tables, in file order; at least one, with distinct names.
     pub service: Vec<Service>,
 }
 
@@ -174,8 +184,10 @@ pub struct Process {
     pub group: Option<String>,
 }
 
+/// `[datapath]`: the data path and its threads.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Datapath {
+    /// The data path asked for; `auto` by default.
     pub mode: Mode,
     /// Data path threads; 0 in the file means one per core.
     pub workers: usize,
@@ -194,17 +206,24 @@ impl Datapath {
     }
 }
 
+/// `[admin]`: the HTTP listener of `/status`, `/metrics`, the status page and `POST /reload`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Admin {
+    /// Where it listens; must not overlap a service's listen address.
     pub listen: SocketAddr,
-    /// When set, every admin request needs `Authorization: Bearer <token>`.
+    /// When set, every admin request needs `Authorization: Bearer <token>` (at least 16
+    /// printable ASCII characters). Never rendered by [`Config::to_toml`].
     #[serde(skip)]
     pub token: Option<String>,
 }
 
+/// One `[[service]]`: a listen address forwarded to the current master of a set of servers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Service {
+    /// Unique among the services; letters, digits, `-`, `_` and `.` (it goes into metrics
+    /// labels and logs).
     pub name: String,
+    /// Where clients connect; unicast or unspecified, canonical (no IPv4-mapped IPv6).
     pub listen: SocketAddr,
     /// Let other processes listen on the same address (SO_REUSEPORT); by default a listen
     /// address another process serves is a startup (or reload) error.
@@ -220,14 +239,22 @@ pub struct Service {
     pub maxconn_auto: bool,
     /// Sessions one source address may hold at once (the guide's per-source iptables limit).
     pub maxconn_per_source: Option<u32>,
+    /// What a change of master does to established sessions; `shutdown-sessions` by default.
     pub on_master_change: OnMasterChange,
+    /// `[service.timeout]`.
     pub timeout: Timeouts,
+    /// `[service.check]`: how each server is checked.
     pub check: Check,
+    /// `[service.sentinel]`: the Sentinels that name the master; `None` to route to the one
+    /// server whose check passes.
     pub sentinel: Option<Sentinel>,
 }
 
+/// `[service.timeout]`: the limits of one session, each at most 24 days.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Timeouts {
+    /// How long connecting to the master may take (4s by default); after a failure the client
+    /// waits, within `queue`, for a newer master.
     #[serde(with = "humantime_serde")]
     pub connect: Duration,
     /// Idle time allowed on the client side (no byte read from or written to the client).
@@ -244,6 +271,7 @@ pub struct Timeouts {
     pub drain: Duration,
 }
 
+/// `check.kind`: how a server's health is judged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum CheckKind {
@@ -253,35 +281,52 @@ pub enum CheckKind {
     TcpCheck,
 }
 
+/// `[service.check]`: the health check of every server of a service, HAProxy-style.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Check {
+    /// `redis-master` by default.
     pub kind: CheckKind,
     /// The steps as written (tcp-check) or as generated (redis-master, password masked).
     pub steps: Vec<String>,
+    /// Between checks while the server is steadily up (HAProxy `inter`); 1s by default, at most
+    /// 1h.
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
+    /// Between checks while the server is rising or falling; defaults to `interval`.
     #[serde(with = "humantime_serde")]
     pub fastinter: Duration,
+    /// Between checks while the server is steadily down; defaults to `interval`.
     #[serde(with = "humantime_serde")]
     pub downinter: Duration,
+    /// Passing checks in a row for a server to become routable (1..=1000, 2 by default).
     pub rise: u32,
+    /// Failing checks in a row for a server to stop being routable (1..=1000, 3 by default).
     pub fall: u32,
+    /// Limit for one whole check, connect included (HAProxy `timeout check`); defaults to
+    /// `interval`.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// The steps, parsed, that every check runs (with the password in clear, hence not rendered).
     #[serde(skip)]
     pub program: health::Program,
 }
 
+/// `[service.sentinel]`: the Sentinels whose quorum names the master.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Sentinel {
+    /// The Sentinels, each one vote: at least one, none listed twice, none of our listeners.
     pub addresses: Vec<SocketAddr>,
+    /// The name they monitor the master under (`sentinel monitor <name> ...`); one word.
     pub master_name: String,
     /// Sentinels that must agree; defaults to a majority of `addresses`.
     pub quorum: usize,
     /// Servers learnt from the Sentinels that are checked at most (more are counted, not
     /// checked).
     pub max_servers: usize,
+    /// The ACL user to `AUTH` to the Sentinels as; needs `password`.
     pub user: Option<String>,
+    /// The Sentinels' password (not the Redis servers'); never rendered by
+    /// [`Config::to_toml`].
     #[serde(skip)]
     pub password: Option<String>,
 }

@@ -23,8 +23,10 @@ use crate::status::{BpfTotals, ServiceStatus, Status};
 /// Why a reload was refused; the running configuration stays.
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
+    /// The file cannot be read, or is not a valid configuration.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The new configuration does not fit the open-file limit the daemon started with.
     #[error(transparent)]
     Budget(#[from] budget::BudgetError),
     /// New listen addresses that cannot be served, one line each (nothing was changed).
@@ -34,7 +36,9 @@ pub enum ReloadError {
 
 /// A running service: its configuration, runtime and checks.
 pub struct ServiceHandle {
+    /// The service as configured (after budgeting, so `maxconn` is the effective one).
     pub config: Service,
+    /// What its connections use now: admission, router, counters, timeouts.
     pub runtime: Arc<ServiceRuntime>,
     /// Shared with the next runtime when a reload leaves servers, checks and Sentinels as they
     /// were: a reload then starts no new checks and forgets no master (the Sentinels may be

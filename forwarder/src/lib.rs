@@ -6,6 +6,8 @@
 //! queueing, connecting, moving bytes; depends on `service`), `metrics` (counters), `admin`
 //! (HTTP), `daemon` (wiring and signals).
 
+#![deny(unsafe_code)]
+
 pub mod admin;
 pub mod admission;
 pub mod budget;

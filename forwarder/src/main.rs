@@ -1,5 +1,7 @@
 //! `forwarder run|check|status --config FILE`.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -21,6 +21,7 @@ pub enum Reject {
 }
 
 impl Reject {
+    /// Every reason, in the order of the counters.
     pub const ALL: [Reject; 5] = [
         Reject::NotAllowed,
         Reject::Maxconn,
@@ -29,6 +30,7 @@ impl Reject {
         Reject::ConnectFailed,
     ];
 
+    /// The name in metrics labels and the status model, e.g. `per_source`.
     pub fn as_str(self) -> &'static str {
         match self {
             Reject::NotAllowed => "not_allowed",
@@ -58,6 +60,7 @@ pub enum End {
 }
 
 impl End {
+    /// Every way, in the order of the counters.
     pub const ALL: [End; 6] = [
         End::Closed,
         End::Reset,
@@ -67,6 +70,7 @@ impl End {
         End::Shutdown,
     ];
 
+    /// The name in metrics labels and the status model, e.g. `master_changed`.
     pub fn as_str(self) -> &'static str {
         match self {
             End::Closed => "closed",
@@ -82,12 +86,15 @@ impl End {
 /// Counters of one service.
 #[derive(Debug, Default)]
 pub struct ServiceStats {
+    /// Clients admitted (past the allow list and both limits), since the service first ran.
     pub accepted: AtomicU64,
     /// Sessions admitted and not yet ended (queued ones included).
     pub active: AtomicU64,
     rejected: [AtomicU64; Reject::ALL.len()],
     ended: [AtomicU64; End::ALL.len()],
+    /// Bytes forwarded from clients to the master, whatever the data path.
     pub bytes_client_to_server: AtomicU64,
+    /// Bytes forwarded from the master to clients, whatever the data path.
     pub bytes_server_to_client: AtomicU64,
     /// Bytes that passed through userspace buffers: the userspace data path, and uring
     /// directions that found no pipe free.
@@ -100,18 +107,22 @@ pub struct ServiceStats {
 }
 
 impl ServiceStats {
+    /// Counts a client turned away for `why`.
     pub fn reject(&self, why: Reject) {
         self.rejected[why as usize].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// How many clients were turned away for `why`.
     pub fn rejected(&self, why: Reject) -> u64 {
         self.rejected[why as usize].load(Ordering::Relaxed)
     }
 
+    /// Counts a session that ended `how`.
     pub fn end(&self, how: End) {
         self.ended[how as usize].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// How many sessions ended `how`.
     pub fn ended(&self, how: End) -> u64 {
         self.ended[how as usize].load(Ordering::Relaxed)
     }
@@ -141,15 +152,21 @@ impl ServiceStats {
 /// A point-in-time copy of [`ServiceStats`] (part of the status model, `status.rs`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatsSnapshot {
+    /// [`ServiceStats::accepted`].
     pub accepted: u64,
+    /// [`ServiceStats::active`].
     pub active: u64,
     /// By [`Reject::as_str`].
     pub rejected: std::collections::BTreeMap<String, u64>,
     /// By [`End::as_str`].
     pub ended: std::collections::BTreeMap<String, u64>,
+    /// [`ServiceStats::bytes_client_to_server`].
     pub bytes_client_to_server: u64,
+    /// [`ServiceStats::bytes_server_to_client`].
     pub bytes_server_to_client: u64,
+    /// [`ServiceStats::bytes_copied_in_userspace`].
     pub bytes_copied_in_userspace: u64,
+    /// [`ServiceStats::sockmap_fallbacks`].
     pub sockmap_fallbacks: u64,
 }
 
@@ -165,12 +182,14 @@ pub enum AdminReject {
 }
 
 impl AdminReject {
+    /// Every reason, in the order of [`GlobalStats::admin_rejected`].
     pub const ALL: [AdminReject; 3] = [
         AdminReject::Busy,
         AdminReject::Timeout,
         AdminReject::AcceptFailed,
     ];
 
+    /// The name in metrics labels and the status model, e.g. `accept_failed`.
     pub fn as_str(self) -> &'static str {
         match self {
             AdminReject::Busy => "busy",

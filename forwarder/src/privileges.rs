@@ -12,17 +12,28 @@ use crate::config::{Mode, Process};
 pub enum PrivilegeError {
     /// `process.user` or `process.group` names nobody, or the lookup failed.
     #[error("process.{key}: {what}")]
-    Lookup { key: &'static str, what: String },
+    Lookup {
+        /// `user` or `group`.
+        key: &'static str,
+        /// What went wrong, with the name looked up.
+        what: String,
+    },
     /// A step of the switch failed (after it, nothing of the old credentials may be left).
     #[error("dropping privileges to {user:?}: {step}: {source}")]
     Switch {
+        /// The configured user.
         user: String,
+        /// The step that failed, e.g. `setuid` or `permitted set`.
         step: &'static str,
+        /// Its error.
         source: std::io::Error,
     },
     /// Every call succeeded and yet the process still has its old uid.
     #[error("dropping privileges to {user:?}: the uid did not change")]
-    Unchanged { user: String },
+    Unchanged {
+        /// The configured user.
+        user: String,
+    },
 }
 
 /// The capabilities still needed after the switch: binding ports below 1024 (reloads add

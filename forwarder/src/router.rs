@@ -19,7 +19,9 @@ use crate::config::OnMasterChange;
 /// The master a session is sent to.
 #[derive(Debug, Clone)]
 pub struct Route {
+    /// Where new sessions connect: the master's address.
     pub master: SocketAddr,
+    /// health's count of master changes when this master was chosen; grows with every change.
     pub generation: u64,
     /// Cancelled when this master stops being the master (or the daemon shuts down).
     pub cut: CancellationToken,

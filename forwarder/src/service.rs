@@ -19,11 +19,17 @@ pub use health::RateLimit;
 
 /// Everything a connection of one service needs.
 pub struct ServiceRuntime {
+    /// The service's name, as in the configuration (`[[service]] name`), for logs and metrics.
     pub name: String,
+    /// Connect, queue and idle limits of its sessions.
     pub timeouts: Timeouts,
+    /// Who may open a session.
     pub gate: Gate,
+    /// Where an admitted client goes.
     pub router: Router,
+    /// The service's counters; shared with the next runtime across a reload.
     pub stats: Arc<ServiceStats>,
+    /// The daemon-wide counters.
     pub global: Arc<GlobalStats>,
     /// The daemon's shutdown token, to tell a shutdown from a master change.
     pub shutdown: CancellationToken,
@@ -31,6 +37,8 @@ pub struct ServiceRuntime {
 }
 
 impl ServiceRuntime {
+    /// The runtime of `cfg`, routing with `router` and counting into `stats` (the service's,
+    /// kept across reloads) and `global`.
     pub fn new(
         cfg: &Service,
         router: Router,

@@ -27,7 +27,9 @@ use crate::service::ServiceRuntime;
 
 /// An established session: the accepted client and its connection to the master.
 pub struct Session {
+    /// The accepted client socket.
     pub client: TcpStream,
+    /// The connected socket to the master of [`cut`](Self::cut)'s route.
     pub server: TcpStream,
     /// Cancelled when the master changes or the daemon shuts down.
     pub cut: CancellationToken,
@@ -57,8 +59,10 @@ fn reset(sock: &impl AsFd) {
 /// Why the requested data path cannot run here.
 #[derive(Debug, thiserror::Error)]
 pub enum SelectError {
+    /// `mode = "uring"` was asked for and the probe or a worker failed.
     #[error("datapath mode \"uring\" cannot run here: {0}")]
     Uring(uring::UringError),
+    /// `mode = "sockmap"` was asked for and the BPF program could not be loaded or attached.
     #[error("datapath mode \"sockmap\" cannot run here: {0}")]
     Sockmap(sockmap::LoadError),
 }
@@ -66,7 +70,9 @@ pub enum SelectError {
 /// The data path chosen at startup.
 #[derive(Clone)]
 pub enum DataPath {
+    /// tokio copies the bytes through userspace buffers; runs everywhere.
     Userspace,
+    /// io_uring worker threads splice the bytes through pipes, each accepting on its own listener.
     Uring(Arc<uring::Uring>),
     /// With the path a session takes when the sockmap is full.
     Sockmap(Arc<sockmap::Sockmap>, Box<DataPath>),
@@ -74,7 +80,10 @@ pub enum DataPath {
 
 /// What `select` chose, and why it is not the best path when it had to fall back.
 pub struct Selected {
+    /// The path sessions take.
     pub path: DataPath,
+    /// Why `auto` did not get the best path (e.g. `uring: ...`); `None` when it did, or when a
+    /// mode was named.
     pub fallback: Option<String>,
 }
 
@@ -124,6 +133,8 @@ impl DataPath {
         }
     }
 
+    /// The mode's name as in the configuration and the status page: `userspace`, `uring` or
+    /// `sockmap`.
     pub fn name(&self) -> &'static str {
         match self {
             DataPath::Userspace => "userspace",

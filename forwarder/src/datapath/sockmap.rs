@@ -16,6 +16,9 @@
 //! - Idle timeouts and byte counters come from the per-CPU `activity` map, read on the timer.
 //! - Map entries are always removed at the end (closing a socket would also unlink it).
 
+// unsafe: getsockopt(TCP_INFO), ioctl(SIOCOUTQ), setsockopt(SO_RCVLOWAT); aya::Pod for Activity.
+#![allow(unsafe_code)]
+
 use std::io;
 use std::mem::size_of;
 use std::net::Shutdown;
@@ -41,7 +44,9 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fo
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Activity {
+    /// Bytes the program redirected from this socket to its peer (on this CPU).
     pub bytes: u64,
+    /// When it last redirected some, in CLOCK_MONOTONIC ns (`bpf_ktime_get_ns`); 0 if never.
     pub last_ns: u64,
 }
 
@@ -78,12 +83,15 @@ pub enum AttachError {
     /// A socket is no longer ESTABLISHED (e.g. the client already half-closed): the kernel only
     /// takes established sockets, so the session goes to the next data path too.
     NotEstablished,
+    /// Anything else (a cookie or queue query, a map error): the reason, on one line. The session
+    /// is reset.
     Other(String),
 }
 
 /// Why the program cannot be loaded and attached here.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
+    /// `build.rs` could not compile the program, so the binary embeds none.
     #[error(
         "this binary was built without the BPF object: install clang-19, libbpf-dev \
          and linux-libc-dev (`cargo xtask build-ebpf` does, as root), then rebuild the \
@@ -93,22 +101,28 @@ pub enum LoadError {
     /// Loading the object failed (the error with its sources, on one line).
     #[error("loading the BPF object failed: {0}")]
     Object(String),
+    /// A map the loader expects is not in the object: its name.
     #[error("the BPF object has no `{0}` map")]
     NoMap(&'static str),
+    /// A map is not of the type the loader expects: its name and aya's error.
     #[error("map `{0}`: {1}")]
     Map(&'static str, aya::maps::MapError),
+    /// The object has no program named `redirect`.
     #[error("the BPF object has no `redirect` program")]
     NoProgram,
+    /// `redirect` is not an `sk_skb` program.
     #[error("program `redirect`: {0}")]
     Program(aya::programs::ProgramError),
     /// The verifier's refusal, with its sources on one line.
     #[error("the verifier rejected `redirect`: {0}")]
     Verifier(String),
+    /// Duplicating the `peers` map's descriptor to attach to failed.
     #[error("dup of the map fd: {0}")]
     Dup(io::Error),
     /// The attach error, with its sources on one line.
     #[error("attaching `redirect` as stream_verdict: {0}")]
     Attach(String),
+    /// The number of possible CPUs, which sizes the per-CPU values, could not be read.
     #[error("counting CPUs: {0}")]
     Cpus(io::Error),
 }

@@ -10,20 +10,32 @@ use super::Status;
 /// Why a request to the admin listener failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// The TCP connection failed or timed out.
     #[error("cannot reach the admin listener at {admin}: {source}")]
     Connect {
+        /// The admin listener's address, from the configuration.
         admin: SocketAddr,
+        /// Why.
         source: std::io::Error,
     },
+    /// Sending the request failed.
     #[error("write: {0}")]
     Write(std::io::Error),
+    /// Reading the answer failed or timed out.
     #[error("read: {0}")]
     Read(std::io::Error),
+    /// The answer has no blank line ending its headers.
     #[error("malformed HTTP response")]
     Malformed,
     /// Not a 200: the status line and the body (e.g. why a reload was refused).
     #[error("admin listener answered {status}: {body}")]
-    Refused { status: String, body: String },
+    Refused {
+        /// The status line, e.g. `HTTP/1.1 401 Unauthorized`.
+        status: String,
+        /// The body, verbatim.
+        body: String,
+    },
+    /// A 200 whose body is not the JSON of [`Status`] (another version of the forwarder?).
     #[error("/status is not the status of this version: {0}")]
     NotStatus(serde_json::Error),
 }

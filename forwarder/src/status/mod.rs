@@ -16,14 +16,19 @@ use crate::metrics::{ServiceStats, StatsSnapshot};
 /// The whole daemon.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
+    /// The data path sessions take: `userspace`, `uring` or `sockmap` ([`DataPath::name`]).
+    ///
+    /// [`DataPath::name`]: crate::datapath::DataPath::name
     pub datapath: String,
     /// Why the data path is not the best one `auto` knows, when it fell back.
     pub datapath_fallback: Option<String>,
     /// Kernel-side byte totals of the sockmap program (sockmap mode only).
     pub bpf: Option<BpfTotals>,
+    /// accept(2) failures on the services' listeners (EMFILE, ENFILE, ...), all services together.
     pub accept_errors: u64,
     /// Admin connections closed by the listener's limits, by reason.
     pub admin_rejected: BTreeMap<String, u64>,
+    /// The running services, in configuration order.
     pub services: Vec<ServiceStatus>,
 }
 
@@ -39,12 +44,21 @@ pub struct BpfTotals {
 /// One service.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceStatus {
+    /// The service's name in the configuration.
     pub name: String,
+    /// The address it listens on, `ip:port`.
     pub listen: String,
+    /// Where new sessions go now, `ip:port`; `None` while there is no master.
     pub master: Option<String>,
+    /// How many times the master changed when this one was chosen (see [`Route::generation`]).
+    ///
+    /// [`Route::generation`]: crate::router::Route::generation
     pub generation: u64,
+    /// Changes of master since the service first ran, to none included.
     pub master_changes: u64,
+    /// Episodes of a second server passing the master check while another is master.
     pub master_conflicts: u64,
+    /// How long the service has been without a master, in ms; `None` while it has one.
     pub no_master_for_ms: Option<u128>,
     /// Why the master the Sentinels name is not routed to, while that is so.
     pub note: Option<String>,
@@ -55,32 +69,45 @@ pub struct ServiceStatus {
     /// What the Sentinels agree on, when configured; `degraded` when fewer than a quorum answer
     /// or agree (the last agreed master is kept).
     pub sentinel: Option<SentinelStatus>,
+    /// The session counters.
     pub stats: StatsSnapshot,
+    /// The checked servers, configured or discovered, in the order the checks run.
     pub servers: Vec<ServerStatus>,
 }
 
 /// What the Sentinels of a service agree on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SentinelStatus {
+    /// The last master a quorum agreed on, `ip:port` (kept while degraded).
     pub master: Option<String>,
+    /// Sentinels that answered their last query.
     pub reachable: usize,
+    /// Sentinels configured.
     pub configured: usize,
+    /// Fewer than a quorum reachable, or no quorum agrees.
     pub degraded: bool,
 }
 
 /// One checked server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerStatus {
+    /// The server, `ip:port`.
     pub addr: String,
     /// `up`, `down`, `rising` or `falling` (see [`health::ServerState::as_str`]).
     pub state: String,
+    /// Whether it is routable: `up` or `falling`.
     pub up: bool,
     /// `master` or `replica`, from its last INFO reply.
     pub role: Option<String>,
+    /// Whether the last check that ran passed; `None` before the first one.
     pub last_ok: Option<bool>,
+    /// Why the last check failed; `None` when it passed or none has run.
     pub last_reason: Option<String>,
+    /// How long the last check that ran took, in ms.
     pub last_check_ms: Option<u128>,
+    /// Checks that passed.
     pub checks_ok: u64,
+    /// Checks that failed because of the server (or the path to it).
     pub checks_failed: u64,
     /// Checks that could not run because of this host (EMFILE, ...): they leave the state alone.
     pub checks_unknown: u64,

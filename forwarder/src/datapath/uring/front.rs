@@ -5,6 +5,9 @@
 //!
 //! [`Gate`]: crate::admission::Gate
 
+// unsafe: adopting the descriptor an io_uring ACCEPT (accept4) returned as an `OwnedFd`.
+#![allow(unsafe_code)]
+
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;

@@ -75,15 +75,25 @@ use worker::Worker;
 pub enum UringError {
     /// The probe ring could not be set up; `why` reads the errno.
     #[error("{why}: {error}")]
-    Setup { why: &'static str, error: io::Error },
+    Setup {
+        /// The likely cause, from the errno (no io_uring, forbidden, or other).
+        why: &'static str,
+        /// The error of `io_uring_setup`.
+        error: io::Error,
+    },
+    /// Registering an opcode probe failed (kernels before 5.6 have none).
     #[error("cannot probe io_uring opcodes (kernel older than 5.6?): {0}")]
     Probe(io::Error),
+    /// An opcode this path needs is missing: its name, e.g. `SPLICE`.
     #[error("io_uring has no {0} operation on this kernel")]
     Unsupported(&'static str),
+    /// A worker's wake-up eventfd could not be created.
     #[error("eventfd: {0}")]
     Eventfd(rustix::io::Errno),
+    /// A worker thread could not be spawned.
     #[error("cannot start a uring worker thread: {0}")]
     Thread(io::Error),
+    /// A worker thread ended before saying whether its ring is up.
     #[error("uring worker died while starting")]
     WorkerDied,
     /// A worker's own ring could not be set up.
@@ -268,6 +278,7 @@ impl Uring {
         }
     }
 
+    /// How many worker threads (and rings, and listeners per service) there are.
     pub fn workers(&self) -> usize {
         self.workers.len()
     }

@@ -3,6 +3,9 @@
 //! accepts, connects) or to its session (`session.rs`). The single place where entries are
 //! pushed to the submission queue is here, with what makes that sound.
 
+// unsafe: pushing io_uring submission entries, whose pointers and fds the kernel acts on.
+#![allow(unsafe_code)]
+
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::{mpsc, Arc};
