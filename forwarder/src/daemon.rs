@@ -223,7 +223,8 @@ impl Daemon {
         })
     }
 
-    /// Re-reads the configuration file and applies it; see [`Daemon::apply`].
+    /// Re-reads the configuration file and applies it: services added, removed or changed
+    /// without dropping sessions; every new listener is bound before anything changes.
     pub async fn reload(&self) -> Result<String, ReloadError> {
         let _one = self.reloading.lock().await;
         let mut cfg = Config::load(&self.path)?;

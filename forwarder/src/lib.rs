@@ -1,10 +1,12 @@
 //! The forwarder: listeners, admission, routing to the current Redis master, and the data paths.
 //!
-//! Rooms: `config` (TOML -> runtime types), `budget` (open-file limit -> maxconn), `admission`
-//! (allow list, maxconn), `router` (current master and the cut on change), `service` (a service's
-//! runtime: where a client goes, when it gives up, binding its listeners), `datapath` (accepting,
-//! queueing, connecting, moving bytes; depends on `service`), `metrics` (counters), `admin`
-//! (HTTP), `daemon` (wiring and signals).
+//! Rooms, each importing only from those before it: `config` (TOML as written -> validated ->
+//! runtime types), `budget` (open-file limit -> maxconn and pipes), `metrics` (counters),
+//! `admission` (allow list, maxconn), `router` (the decider's master as a route with a cut
+//! token), `service` (a service's runtime: where a client goes, when it gives up, binding its
+//! listeners), `datapath` (accepting, connecting, moving bytes), `status` (one typed status
+//! model and its renderers), `admin` (HTTP, through [`admin::Control`] only), `daemon` (wiring,
+//! reload, signals), `privileges`. `unsafe` is denied except in the modules that make syscalls.
 
 #![deny(unsafe_code)]
 
