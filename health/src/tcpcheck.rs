@@ -15,6 +15,8 @@ use crate::resp;
 
 /// Most bytes an `expect` step buffers before it gives up ("reply too large").
 pub const MAX_REPLY: usize = 64 * 1024;
+/// Most characters of a server's error reply quoted in a failed check's reason.
+const MAX_ERROR_SHOWN: usize = 200;
 
 /// One step of a check program. Two steps are equal when they do the same (regular expressions
 /// by their source text).
@@ -438,11 +440,25 @@ impl Run {
                             self.replies.push(self.buf.clone());
                             break;
                         }
-                        if program.resp_framed
-                            && matches!(resp::parse(&self.buf), Ok(Some(_)) | Err(_))
-                        {
-                            let n = self.buf.len();
-                            return Err(format!("not found in the {n}-byte reply").into());
+                        if program.resp_framed {
+                            match resp::parse(&self.buf) {
+                                Ok(None) => {}
+                                // The server's own words say why (-WRONGPASS, -NOAUTH, ...),
+                                // cut short and without control characters: they go to the
+                                // log and the status page.
+                                Ok(Some((resp::Reply::Error(e), _))) => {
+                                    let e: String = e
+                                        .chars()
+                                        .filter(|c| !c.is_control())
+                                        .take(MAX_ERROR_SHOWN)
+                                        .collect();
+                                    return Err(format!("the server answered -{e}").into());
+                                }
+                                Ok(Some(_)) | Err(_) => {
+                                    let n = self.buf.len();
+                                    return Err(format!("not found in the {n}-byte reply").into());
+                                }
+                            }
                         }
                         if self.buf.len() >= MAX_REPLY {
                             return Err(format!(
@@ -654,7 +670,23 @@ mod tests {
         assert!(String::from_utf8_lossy(&r.partial).contains("role:slave"));
 
         let locked = RedisServer::start(&["--requirepass", "s3cret pass"]);
-        assert!(!p.run(locked.addr(), t).await.ok);
+        let r = p.run(locked.addr(), t).await;
+        assert!(!r.ok);
+        let reason = r.reason.unwrap();
+        assert!(reason.contains("the server answered -NOAUTH"), "{reason}");
+        let wrong = Auth {
+            user: None,
+            password: "wrong".into(),
+        };
+        let r = Program::redis_master(Some(&wrong))
+            .run(locked.addr(), t)
+            .await;
+        assert_eq!(r.failed_step, Some(2), "{r:?}");
+        let reason = r.reason.unwrap();
+        assert!(
+            reason.contains("the server answered -WRONGPASS"),
+            "{reason}"
+        );
         let auth = Auth {
             user: None,
             password: "s3cret pass".into(),
