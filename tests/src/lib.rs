@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 pub use health::resp::Reply;
 
+pub mod endpoints;
 pub mod hostile;
 
 /// A port that was free a moment ago. Callers retry if it is taken by the time they bind.
