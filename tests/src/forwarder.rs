@@ -1,0 +1,295 @@
+//! The forwarder binary under test: [`Forwarder`] (a running daemon), `forwarder check|run` to
+//! completion, and the admin listener's HTTP.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::{free_port, wait_until, Proc};
+
+/// A command prefix that runs the rest of its arguments without the capabilities BPF needs.
+pub const WITHOUT_BPF_CAPS: &[&str] = &[
+    "capsh",
+    "--drop=cap_bpf,cap_sys_admin,cap_perfmon",
+    "--",
+    "-c",
+    "exec \"$0\" \"$@\"",
+];
+
+/// `text` with each `{LISTEN}` replaced by a free loopback address, and those addresses.
+fn with_free_ports(text: &str) -> (String, Vec<SocketAddr>) {
+    let mut text = text.to_string();
+    let mut listen = Vec::new();
+    while text.contains("{LISTEN}") {
+        let a = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+        text = text.replacen("{LISTEN}", &a.to_string(), 1);
+        listen.push(a);
+    }
+    (text, listen)
+}
+
+/// The data path mode the suite runs in.
+pub fn mode() -> String {
+    std::env::var("FORWARDER_MODE").unwrap_or_else(|_| "userspace".to_string())
+}
+
+/// The forwarder binary under test.
+pub fn forwarder_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("FORWARDER_BIN") {
+        return PathBuf::from(p);
+    }
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/forwarder");
+    assert!(
+        p.exists(),
+        "{} does not exist: run `cargo xtask test` (or `cargo build -p forwarder` first)",
+        p.display()
+    );
+    p
+}
+
+/// The forwarder binary, run as a real process.
+pub struct Forwarder {
+    proc: Proc,
+    /// The admin listener (`/status`, `/metrics`), on a free loopback port.
+    pub admin: SocketAddr,
+    /// The address each `{LISTEN}` became, in the order they appear in the services.
+    pub listen: Vec<SocketAddr>,
+    log: Arc<Mutex<Vec<String>>>,
+    /// The `[datapath]` and `[admin]` sections of the configuration file.
+    header: String,
+    dir: tempfile::TempDir,
+}
+
+impl Forwarder {
+    /// Rewrites the configuration file with `services` (same `[datapath]` and `[admin]`);
+    /// `{LISTEN}` becomes a free port each time. Returns those addresses. The daemon picks the
+    /// file up on SIGHUP or `forwarder reload`.
+    pub fn rewrite(&self, services: &str) -> Vec<SocketAddr> {
+        let (text, listen) = with_free_ports(services);
+        self.write_config(&format!("{}{text}", self.header));
+        listen
+    }
+
+    /// Replaces the configuration file with `text` as is.
+    pub fn write_config(&self, text: &str) {
+        std::fs::write(self.dir.path().join("forwarder.toml"), text).expect("write config");
+    }
+
+    /// Starts the forwarder with `services` (TOML `[[service]]` blocks in which `{LISTEN}` is
+    /// replaced by a free port, once per service). The `[datapath]` and `[admin]` sections are
+    /// added here. Waits until every listener accepts.
+    pub fn start(services: &str) -> Forwarder {
+        let m = mode();
+        Forwarder::launch(services, &format!("mode = \"{m}\""), &[], &[], Some(&m))
+    }
+
+    /// Like `start`, with extra environment variables for the forwarder process.
+    pub fn start_env(services: &str, env: &[(&str, &str)]) -> Forwarder {
+        let m = mode();
+        Forwarder::launch(services, &format!("mode = \"{m}\""), &[], env, Some(&m))
+    }
+
+    /// Like `start`, with `datapath` as the body of the `[datapath]` section, run through
+    /// `wrapper` (a command prefix that execs the rest of its arguments, e.g. `deny-io-uring`).
+    pub fn start_with(services: &str, datapath: &str, wrapper: &[&str]) -> Forwarder {
+        Forwarder::launch(services, datapath, wrapper, &[], None)
+    }
+
+    fn launch(
+        services: &str,
+        datapath: &str,
+        wrapper: &[&str],
+        env: &[(&str, &str)],
+        expect: Option<&str>,
+    ) -> Forwarder {
+        for _ in 0..10 {
+            match Forwarder::try_start(services, datapath, wrapper, env, expect) {
+                Ok(f) => return f,
+                Err(e) if e.contains("in use") => continue,
+                Err(e) => panic!("forwarder did not start: {e}"),
+            }
+        }
+        panic!("forwarder did not start: ports kept being taken");
+    }
+
+    fn try_start(
+        services: &str,
+        datapath: &str,
+        wrapper: &[&str],
+        env: &[(&str, &str)],
+        expect: Option<&str>,
+    ) -> Result<Forwarder, String> {
+        let (text, listen) = with_free_ports(services);
+        let admin = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+        let header = format!("[datapath]\n{datapath}\n\n[admin]\nlisten = \"{admin}\"\n\n");
+        let config = format!("{header}{text}");
+        let (proc, log, dir) = spawn_forwarder(wrapper, env, &["run"], &config);
+        let mut f = Forwarder {
+            proc,
+            admin,
+            listen,
+            log,
+            header,
+            dir,
+        };
+        // The admin listener starts after every service listener is bound, so an answer from
+        // it means the daemon is ready (probing the service ports would count as sessions).
+        let ready = wait_until(Duration::from_secs(10), || {
+            f.proc.wait_exit(Duration::ZERO).is_some() || f.status().is_some()
+        });
+        if !ready || f.proc.child.is_none() {
+            f.proc.kill();
+            return Err(f.log_text());
+        }
+        // The suite must exercise the mode it claims to: no silent fallback.
+        let running = f
+            .status()
+            .and_then(|s| s["datapath"].as_str().map(str::to_string));
+        if let Some(mode) = expect.filter(|m| *m != "auto") {
+            assert_eq!(
+                running.as_deref(),
+                Some(mode),
+                "the forwarder runs another data path than FORWARDER_MODE"
+            );
+        }
+        Ok(f)
+    }
+
+    /// The forwarder's stderr so far.
+    pub fn log_text(&self) -> String {
+        self.log.lock().map(|l| l.join("\n")).unwrap_or_default()
+    }
+
+    /// `GET /status` from the admin listener, parsed.
+    pub fn status(&self) -> Option<serde_json::Value> {
+        let body = http_get(self.admin, "/status").ok()?;
+        serde_json::from_str(&body).ok()
+    }
+
+    /// `GET /metrics` text.
+    pub fn metrics(&self) -> String {
+        http_get(self.admin, "/metrics").unwrap_or_default()
+    }
+
+    /// A service's counter from `/status`, e.g. `("mymaster", "rejected", "maxconn")`.
+    pub fn counter(&self, service: &str, group: &str, name: &str) -> u64 {
+        self.service_status(service)
+            .and_then(|s| s["stats"][group][name].as_u64())
+            .unwrap_or(0)
+    }
+
+    /// The servers `service` checks, per `/status`.
+    pub fn servers(&self, service: &str) -> Vec<String> {
+        self.service_status(service)
+            .and_then(|s| {
+                s["servers"].as_array().map(|a| {
+                    a.iter()
+                        .filter_map(|v| v["addr"].as_str().map(String::from))
+                        .collect()
+                })
+            })
+            .unwrap_or_default()
+    }
+
+    /// The entry of `service` in `/status`; `None` when there is no such service or the admin
+    /// listener does not answer.
+    pub fn service_status(&self, service: &str) -> Option<serde_json::Value> {
+        let st = self.status()?;
+        st["services"]
+            .as_array()?
+            .iter()
+            .find(|s| s["name"] == service)
+            .cloned()
+    }
+
+    /// The master the forwarder routes `service` to, per `/status`.
+    pub fn master(&self, service: &str) -> Option<SocketAddr> {
+        self.service_status(service)?["master"]
+            .as_str()?
+            .parse()
+            .ok()
+    }
+
+    /// The forwarder's process, to signal it (SIGHUP reloads) or kill it.
+    pub fn proc(&mut self) -> &mut Proc {
+        &mut self.proc
+    }
+}
+
+/// Runs `forwarder <args> --config <file with text>` and returns the process and its log lines.
+fn spawn_forwarder(
+    wrapper: &[&str],
+    env: &[(&str, &str)],
+    args: &[&str],
+    config: &str,
+) -> (Proc, Arc<Mutex<Vec<String>>>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("forwarder.toml");
+    std::fs::write(&path, config).expect("write config");
+    let mut cmd = match wrapper.split_first() {
+        Some((w, rest)) => {
+            let mut c = Command::new(w);
+            c.args(rest).arg(forwarder_bin());
+            c
+        }
+        None => Command::new(forwarder_bin()),
+    };
+    let mut child = cmd
+        .args(args)
+        .arg("--config")
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn forwarder");
+    let log = Arc::new(Mutex::new(Vec::new()));
+    if let Some(stderr) = child.stderr.take() {
+        let log = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(mut l) = log.lock() {
+                    l.push(line);
+                }
+            }
+        });
+    }
+    (Proc { child: Some(child) }, log, dir)
+}
+
+/// Runs `forwarder check --config` (or `run`) on `config` to completion; returns (exit code, stderr).
+pub fn forwarder_exit(subcommand: &str, config: &str) -> (i32, String) {
+    forwarder_exit_with(&[], subcommand, config)
+}
+
+/// `forwarder_exit` run through the command prefix `wrapper`.
+pub fn forwarder_exit_with(wrapper: &[&str], subcommand: &str, config: &str) -> (i32, String) {
+    let (mut proc, log, _dir) = spawn_forwarder(wrapper, &[], &[subcommand], config);
+    let code = proc.wait_exit(Duration::from_secs(20));
+    // Let the reader thread drain stderr.
+    std::thread::sleep(Duration::from_millis(100));
+    let text = log.lock().map(|l| l.join("\n")).unwrap_or_default();
+    (code.unwrap_or(-1), text)
+}
+
+/// A minimal HTTP/1.0 GET (the admin listener speaks HTTP/1.1 and answers it).
+pub fn http_get(addr: SocketAddr, path: &str) -> io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    match out.split_once("\r\n\r\n") {
+        Some((head, body))
+            if head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200") =>
+        {
+            Ok(body.to_string())
+        }
+        _ => Err(io::Error::other(format!("GET {path}: {out}"))),
+    }
+}

@@ -1,0 +1,240 @@
+//! Real `redis-server` and `redis-sentinel` processes on free loopback ports.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::{free_port, require, wait_until, Conn, Proc, Reply};
+
+/// A real redis-server on a free loopback port.
+pub struct Redis {
+    /// Its port on 127.0.0.1 (kept to restart it on the same one with [`Redis::start_on`]).
+    pub port: u16,
+    proc: Proc,
+    _dir: tempfile::TempDir,
+}
+
+impl Redis {
+    /// Starts a server with no persistence on a free port; waits until it answers PING.
+    pub fn start() -> Redis {
+        Redis::start_with(&[])
+    }
+
+    /// Like [`Redis::start`], with `extra` command-line arguments (e.g. `["--requirepass", "pw"]`).
+    pub fn start_with(extra: &[&str]) -> Redis {
+        let bin = require("redis-server", "redis-server");
+        for _ in 0..20 {
+            let port = free_port();
+            if let Some(r) = Redis::try_start(&bin, port, extra) {
+                return r;
+            }
+        }
+        panic!("redis-server did not start after 20 attempts");
+    }
+
+    /// A master and its replica, replication established.
+    pub fn pair() -> (Redis, Redis) {
+        let master = Redis::start();
+        let replica = Redis::start();
+        replica.replicaof(Some(&master));
+        assert!(
+            wait_until(Duration::from_secs(10), || replica
+                .info_field("replication", "master_link_status")
+                .as_deref()
+                == Some("up")),
+            "replication did not come up"
+        );
+        (master, replica)
+    }
+
+    /// Starts a server on `port` (e.g. to restart one that was killed).
+    pub fn start_on(port: u16, extra: &[&str]) -> Redis {
+        let bin = require("redis-server", "redis-server");
+        for _ in 0..50 {
+            if let Some(r) = Redis::try_start(&bin, port, extra) {
+                return r;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("redis-server did not start on port {port}");
+    }
+
+    fn try_start(bin: &PathBuf, port: u16, extra: &[&str]) -> Option<Redis> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port_s = port.to_string();
+        let mut args = vec![
+            "--port",
+            &port_s,
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+        ];
+        args.extend_from_slice(extra);
+        let child = Command::new(bin)
+            .args(&args)
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server");
+        let mut proc = Proc { child: Some(child) };
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let up = wait_until(Duration::from_secs(5), || {
+            if proc.wait_exit(Duration::ZERO).is_some() {
+                return true;
+            }
+            Conn::open(addr)
+                .and_then(|mut c| c.cmd(&["PING"]))
+                .is_ok_and(|r| r == Reply::Simple("PONG".into()))
+        });
+        if !up || proc.child.is_none() {
+            proc.kill();
+            return None;
+        }
+        Some(Redis {
+            port,
+            proc,
+            _dir: dir,
+        })
+    }
+
+    /// `127.0.0.1:port`.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+    }
+
+    /// Runs one command on a fresh direct connection.
+    pub fn cmd(&self, args: &[&str]) -> Reply {
+        Conn::open(self.addr())
+            .and_then(|mut c| c.cmd(args))
+            .unwrap_or_else(|e| panic!("redis {}: {args:?}: {e}", self.port))
+    }
+
+    /// The value of `field` in `INFO section`.
+    pub fn info_field(&self, section: &str, field: &str) -> Option<String> {
+        match self.cmd(&["INFO", section]) {
+            Reply::Bulk(Some(b)) => info_field(&String::from_utf8_lossy(&b), field),
+            _ => None,
+        }
+    }
+
+    /// Makes this server a replica of `master`, or a master again with `None` (`REPLICAOF NO
+    /// ONE`); panics unless Redis says OK. Does not wait for the sync.
+    pub fn replicaof(&self, master: Option<&Redis>) {
+        let r = match master {
+            Some(m) => self.cmd(&["REPLICAOF", "127.0.0.1", &m.port.to_string()]),
+            None => self.cmd(&["REPLICAOF", "NO", "ONE"]),
+        };
+        assert_eq!(r, Reply::Simple("OK".into()), "REPLICAOF on {}", self.port);
+    }
+
+    /// The server's process, to signal or kill it.
+    pub fn proc(&mut self) -> &mut Proc {
+        &mut self.proc
+    }
+}
+
+/// The value of `field` in INFO text.
+pub fn info_field(text: &str, field: &str) -> Option<String> {
+    text.lines().find_map(|l| {
+        l.trim_end()
+            .strip_prefix(field)
+            .and_then(|rest| rest.strip_prefix(':'))
+            .map(str::to_string)
+    })
+}
+
+/// A real Redis Sentinel on a free loopback port, monitoring one master.
+pub struct Sentinel {
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    _proc: Proc,
+    _dir: tempfile::TempDir,
+}
+
+impl Sentinel {
+    /// Starts a Sentinel watching `master` under `name` with `quorum` and `down_after_ms`.
+    pub fn start(name: &str, master: SocketAddr, quorum: u32, down_after_ms: u32) -> Sentinel {
+        Sentinel::start_many(&[(name, master)], quorum, down_after_ms)
+    }
+
+    /// Starts a Sentinel watching several masters, each under its name.
+    pub fn start_many(masters: &[(&str, SocketAddr)], quorum: u32, down_after_ms: u32) -> Sentinel {
+        let bin = require("redis-sentinel", "redis-sentinel");
+        for _ in 0..20 {
+            let port = free_port();
+            let dir = tempfile::tempdir().expect("tempdir");
+            let conf = dir.path().join("sentinel.conf");
+            let mut text = format!(
+                "port {port}\nbind 127.0.0.1\ndaemonize no\ndir {dir}\n",
+                dir = dir.path().display(),
+            );
+            for (name, master) in masters {
+                text.push_str(&format!(
+                    "sentinel monitor {name} {ip} {mport} {quorum}\n\
+                     sentinel down-after-milliseconds {name} {down_after_ms}\n\
+                     sentinel failover-timeout {name} 10000\n\
+                     sentinel parallel-syncs {name} 1\n",
+                    ip = master.ip(),
+                    mport = master.port(),
+                ));
+            }
+            std::fs::write(&conf, text).expect("write sentinel.conf");
+            let child = Command::new(&bin)
+                .arg(&conf)
+                .current_dir(dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn redis-sentinel");
+            let mut proc = Proc { child: Some(child) };
+            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+            let up = wait_until(Duration::from_secs(5), || {
+                proc.wait_exit(Duration::ZERO).is_some()
+                    || Conn::open(addr)
+                        .and_then(|mut c| c.cmd(&["PING"]))
+                        .is_ok_and(|r| r == Reply::Simple("PONG".into()))
+            });
+            if up && proc.child.is_some() {
+                return Sentinel {
+                    port,
+                    _proc: proc,
+                    _dir: dir,
+                };
+            }
+        }
+        panic!("redis-sentinel did not start after 20 attempts");
+    }
+
+    /// `127.0.0.1:port`.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+    }
+
+    /// Whether this Sentinel knows `name`'s replica and two other Sentinels, i.e. could take
+    /// part in a failover of it.
+    pub fn ready(&self, name: &str) -> bool {
+        let Ok(mut c) = Conn::open(self.addr()) else {
+            return false;
+        };
+        let Ok(Reply::Array(Some(info))) = c.cmd(&["SENTINEL", "master", name]) else {
+            return false;
+        };
+        let field = |key: &str| {
+            info.chunks(2).find_map(|kv| match kv {
+                [Reply::Bulk(Some(k)), Reply::Bulk(Some(v))] if k == key.as_bytes() => {
+                    String::from_utf8(v.clone()).ok()
+                }
+                _ => None,
+            })
+        };
+        field("num-slaves").as_deref() == Some("1")
+            && field("num-other-sentinels").as_deref() == Some("2")
+    }
+}
