@@ -4,8 +4,10 @@
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::PathBuf;
+use std::process::ChildStderr;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::{free_port, wait_until, Proc};
@@ -57,7 +59,7 @@ pub struct Forwarder {
     pub admin: SocketAddr,
     /// The address each `{LISTEN}` became, in the order they appear in the services.
     pub listen: Vec<SocketAddr>,
-    log: Arc<Mutex<Vec<String>>>,
+    log: Log,
     /// The `[datapath]` and `[admin]` sections of the configuration file.
     header: String,
     dir: tempfile::TempDir,
@@ -142,6 +144,8 @@ impl Forwarder {
         });
         if !ready || f.proc.child.is_none() {
             f.proc.kill();
+            // Dead: its stderr ends, and the whole log (the reason it did not start) is in.
+            f.log.finish();
             return Err(f.log_text());
         }
         // The suite must exercise the mode it claims to: no silent fallback.
@@ -160,7 +164,7 @@ impl Forwarder {
 
     /// The forwarder's stderr so far.
     pub fn log_text(&self) -> String {
-        self.log.lock().map(|l| l.join("\n")).unwrap_or_default()
+        self.log.text()
     }
 
     /// `GET /status` from the admin listener, parsed.
@@ -219,13 +223,55 @@ impl Forwarder {
     }
 }
 
-/// Runs `forwarder <args> --config <file with text>` and returns the process and its log lines.
+/// A child's stderr, collected line by line by a reader thread.
+struct Log {
+    lines: Arc<Mutex<Vec<String>>>,
+    /// The reader; it ends at EOF, i.e. once the child (and whatever inherited its stderr) exited.
+    reader: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Log {
+    /// Starts a thread reading `stderr` into the log.
+    fn read(stderr: ChildStderr) -> Log {
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let reader = std::thread::spawn({
+            let lines = Arc::clone(&lines);
+            move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if let Ok(mut l) = lines.lock() {
+                        l.push(line);
+                    }
+                }
+            }
+        });
+        Log {
+            lines,
+            reader: Mutex::new(Some(reader)),
+        }
+    }
+
+    /// The lines so far, joined by newlines.
+    fn text(&self) -> String {
+        self.lines.lock().map(|l| l.join("\n")).unwrap_or_default()
+    }
+
+    /// Waits for the reader to reach EOF: call it only once the child has exited, then the log
+    /// is complete.
+    fn finish(&self) {
+        let reader = self.reader.lock().ok().and_then(|mut r| r.take());
+        if let Some(r) = reader {
+            r.join().expect("the stderr reader thread panicked");
+        }
+    }
+}
+
+/// Runs `forwarder <args> --config <file with text>` and returns the process and its log.
 fn spawn_forwarder(
     wrapper: &[&str],
     env: &[(&str, &str)],
     args: &[&str],
     config: &str,
-) -> (Proc, Arc<Mutex<Vec<String>>>, tempfile::TempDir) {
+) -> (Proc, Log, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("forwarder.toml");
     std::fs::write(&path, config).expect("write config");
@@ -248,17 +294,7 @@ fn spawn_forwarder(
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn forwarder");
-    let log = Arc::new(Mutex::new(Vec::new()));
-    if let Some(stderr) = child.stderr.take() {
-        let log = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(mut l) = log.lock() {
-                    l.push(line);
-                }
-            }
-        });
-    }
+    let log = Log::read(child.stderr.take().expect("stderr is piped"));
     (Proc { child: Some(child) }, log, dir)
 }
 
@@ -271,10 +307,10 @@ pub fn forwarder_exit(subcommand: &str, config: &str) -> (i32, String) {
 pub fn forwarder_exit_with(wrapper: &[&str], subcommand: &str, config: &str) -> (i32, String) {
     let (mut proc, log, _dir) = spawn_forwarder(wrapper, &[], &[subcommand], config);
     let code = proc.wait_exit(Duration::from_secs(20));
-    // Let the reader thread drain stderr.
-    std::thread::sleep(Duration::from_millis(100));
-    let text = log.lock().map(|l| l.join("\n")).unwrap_or_default();
-    (code.unwrap_or(-1), text)
+    // Killed if it still runs; either way it has exited, so its stderr reaches EOF.
+    proc.kill();
+    log.finish();
+    (code.unwrap_or(-1), log.text())
 }
 
 /// A minimal HTTP/1.0 GET (the admin listener speaks HTTP/1.1 and answers it).
