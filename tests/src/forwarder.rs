@@ -167,6 +167,17 @@ impl Forwarder {
         self.log.text()
     }
 
+    /// Waits up to `limit` until the forwarder's stderr has a line containing `needle`; returns
+    /// whether it has. Use it rather than `log_text().contains(..)` right after the event that
+    /// logs the line: the reader thread may not have caught up yet. Gives up early once the
+    /// process has exited and its stderr is read to the end (no line can come any more).
+    pub fn wait_for_log(&self, needle: &str, limit: Duration) -> bool {
+        wait_until(limit, || {
+            self.log.text().contains(needle) || self.log.ended()
+        });
+        self.log.text().contains(needle)
+    }
+
     /// `GET /status` from the admin listener, parsed.
     pub fn status(&self) -> Option<serde_json::Value> {
         let body = http_get(self.admin, "/status").ok()?;
@@ -253,6 +264,14 @@ impl Log {
     /// The lines so far, joined by newlines.
     fn text(&self) -> String {
         self.lines.lock().map(|l| l.join("\n")).unwrap_or_default()
+    }
+
+    /// Whether the reader has reached EOF: nothing more will be logged.
+    fn ended(&self) -> bool {
+        self.reader
+            .lock()
+            .map(|r| r.as_ref().is_none_or(JoinHandle::is_finished))
+            .unwrap_or(true)
     }
 
     /// Waits for the reader to reach EOF: call it only once the child has exited, then the log

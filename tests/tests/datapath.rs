@@ -34,11 +34,9 @@ fn round_trip(f: &Forwarder) {
 
 /// The one log line in which `auto` says what it chose and why.
 fn auto_line(f: &Forwarder) -> String {
-    // The stderr reader thread may not have caught up with the daemon yet.
-    wait_until(Duration::from_secs(5), || {
-        f.log_text().contains("datapath auto: using")
-    });
+    let logged = f.wait_for_log("datapath auto: using", Duration::from_secs(5));
     let log = f.log_text();
+    assert!(logged, "auto never said what it chose: {log}");
     let lines: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("datapath auto: using"))

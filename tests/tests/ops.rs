@@ -75,7 +75,7 @@ fn sigterm_closes_the_listener_and_lets_sessions_finish() {
     drop(c);
     assert_eq!(f.proc().wait_exit(Duration::from_secs(10)), Some(0));
     assert!(
-        f.log_text().contains("all sessions drained"),
+        f.wait_for_log("all sessions drained", Duration::from_secs(5)),
         "{}",
         f.log_text()
     );
@@ -93,7 +93,7 @@ fn drain_time_limit_closes_the_rest_and_exits_cleanly() {
         "the session outlived the daemon"
     );
     assert!(
-        f.log_text().contains("drain time is up"),
+        f.wait_for_log("drain time is up", Duration::from_secs(5)),
         "{}",
         f.log_text()
     );
@@ -240,7 +240,7 @@ fn drops_privileges_to_the_configured_user() {
     assert_eq!(field("CapEff:"), vec![want], "{status}");
     assert_eq!(field("CapPrm:"), vec![want], "{status}");
     assert!(
-        fw.log_text().contains("privileges dropped"),
+        fw.wait_for_log("privileges dropped", Duration::from_secs(5)),
         "{}",
         fw.log_text()
     );

@@ -177,7 +177,11 @@ fn an_invalid_file_changes_nothing_and_says_why() {
         "{}",
         f.log_text()
     );
-    assert!(f.log_text().contains("colour"), "{}", f.log_text());
+    assert!(
+        f.wait_for_log("colour", Duration::from_secs(5)),
+        "{}",
+        f.log_text()
+    );
     assert!(
         tag_of(f.listen[0]).is_some_and(|(_, t)| t == b'1'),
         "the old configuration stopped serving"

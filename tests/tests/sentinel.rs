@@ -259,7 +259,12 @@ fn losing_sentinels_keeps_the_master_and_reports_degraded() {
         c.cmd(&["SET", "k", "v"]).unwrap(),
         Reply::Simple("OK".into())
     );
-    assert!(lab.f.log_text().contains("Sentinel view degraded"));
+    assert!(
+        lab.f
+            .wait_for_log("Sentinel view degraded", Duration::from_secs(5)),
+        "{}",
+        lab.f.log_text()
+    );
 }
 
 #[test]
