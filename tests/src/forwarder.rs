@@ -189,11 +189,30 @@ impl Forwarder {
         http_get(self.admin, "/metrics").unwrap_or_default()
     }
 
-    /// A service's counter from `/status`, e.g. `("mymaster", "rejected", "maxconn")`.
+    /// A service's counter from `/status` (`services[name].stats.<group>.<name>`), e.g.
+    /// `("mymaster", "rejected", "maxconn")`.
+    ///
+    /// # Panics
+    /// If the admin listener does not answer, or there is no such service or counter (a renamed
+    /// counter must fail the test, not read as 0); the message shows the status JSON.
     pub fn counter(&self, service: &str, group: &str, name: &str) -> u64 {
-        self.service_status(service)
-            .and_then(|s| s["stats"][group][name].as_u64())
-            .unwrap_or(0)
+        let what = format!("counter {group}.{name} of service {service:?}");
+        let Some(st) = self.status() else {
+            panic!(
+                "{what}: the admin listener at {} does not answer\n{}",
+                self.admin,
+                self.log_text()
+            );
+        };
+        let svc = st["services"]
+            .as_array()
+            .and_then(|a| a.iter().find(|s| s["name"] == service));
+        let Some(svc) = svc else {
+            panic!("{what}: no such service in /status: {st:#}");
+        };
+        svc["stats"][group][name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{what}: no such counter in /status: {st:#}"))
     }
 
     /// The servers `service` checks, per `/status`.
