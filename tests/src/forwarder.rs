@@ -336,7 +336,11 @@ fn spawn_forwarder(
     (Proc { child: Some(child) }, log, dir)
 }
 
-/// Runs `forwarder check --config` (or `run`) on `config` to completion; returns (exit code, stderr).
+/// Runs `forwarder check --config` (or `run`) on `config` to completion; returns (exit code,
+/// stderr); the code is -1 when a signal ended it.
+///
+/// # Panics
+/// If it is still running after 20 s (it is killed first); the message shows its stderr.
 pub fn forwarder_exit(subcommand: &str, config: &str) -> (i32, String) {
     forwarder_exit_with(&[], subcommand, config)
 }
@@ -344,11 +348,16 @@ pub fn forwarder_exit(subcommand: &str, config: &str) -> (i32, String) {
 /// `forwarder_exit` run through the command prefix `wrapper`.
 pub fn forwarder_exit_with(wrapper: &[&str], subcommand: &str, config: &str) -> (i32, String) {
     let (mut proc, log, _dir) = spawn_forwarder(wrapper, &[], &[subcommand], config);
-    let code = proc.wait_exit(Duration::from_secs(20));
+    let limit = Duration::from_secs(20);
+    let code = proc.wait_exit(limit);
     // Killed if it still runs; either way it has exited, so its stderr reaches EOF.
     proc.kill();
     log.finish();
-    (code.unwrap_or(-1), log.text())
+    let text = log.text();
+    match code {
+        Some(code) => (code, text),
+        None => panic!("`forwarder {subcommand}` did not exit within {limit:?}: killed\n{text}"),
+    }
 }
 
 /// A minimal HTTP/1.0 GET (the admin listener speaks HTTP/1.1 and answers it).

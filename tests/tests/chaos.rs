@@ -25,7 +25,7 @@ struct Netns {
 
 fn run(cmd: &str, args: &[&str]) {
     let tool = harness::require(cmd, if cmd == "ip" { "iproute2" } else { cmd });
-    let out = Command::new(tool).args(args).output().expect("run");
+    let out = harness::run_within(Command::new(tool).args(args), Duration::from_secs(30));
     assert!(
         out.status.success(),
         "{cmd} {args:?}: {}",
@@ -53,9 +53,10 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
+        harness::run_within(
+            Command::new("ip").args(["netns", "del", &self.name]),
+            Duration::from_secs(30),
+        );
     }
 }
 

@@ -251,11 +251,11 @@ fn port_in_use_is_a_startup_error() {
 fn an_endless_huge_or_blocking_file_is_refused_without_hanging() {
     let dir = tempfile::tempdir().unwrap();
     let fifo = dir.path().join("fifo.toml");
-    let made = std::process::Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .unwrap();
-    assert!(made.success());
+    let made = harness::run_within(
+        std::process::Command::new("mkfifo").arg(&fifo),
+        std::time::Duration::from_secs(10),
+    );
+    assert!(made.status.success(), "mkfifo: {made:?}");
     let fifo = fifo.to_str().unwrap().to_string();
     for (path, why) in [
         ("/dev/zero".to_string(), "larger than"),

@@ -103,13 +103,10 @@ fn drain_time_limit_closes_the_rest_and_exits_cleanly() {
 fn forwarder_status_prints_the_running_state() {
     let f = Forwarder::start(&service(tcp_server(echo), "1s"));
     let _c = session(&f);
-    let bin = std::env::var("FORWARDER_BIN").unwrap_or_else(|_| {
-        concat!(env!("CARGO_MANIFEST_DIR"), "/../target/debug/forwarder").to_string()
-    });
-    let out = Command::new(bin)
-        .args(["status", "--admin", &f.admin.to_string()])
-        .output()
-        .expect("run forwarder status");
+    let out = harness::run_within(
+        Command::new(harness::forwarder_bin()).args(["status", "--admin", &f.admin.to_string()]),
+        Duration::from_secs(20),
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -131,18 +128,19 @@ fn status_page_renders_in_a_real_browser() {
     let _c = session(&f);
     let master = f.master("plain").unwrap().to_string();
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(chromium)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-        ])
-        .arg(format!("--user-data-dir={}", dir.path().display()))
-        .arg("--dump-dom")
-        .arg(format!("http://{}/", f.admin))
-        .output()
-        .expect("run chromium");
+    let out = harness::run_within(
+        Command::new(chromium)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+            ])
+            .arg(format!("--user-data-dir={}", dir.path().display()))
+            .arg("--dump-dom")
+            .arg(format!("http://{}/", f.admin)),
+        Duration::from_secs(60),
+    );
     let dom = String::from_utf8_lossy(&out.stdout);
     assert!(
         dom.contains(&format!(

@@ -68,12 +68,6 @@ fn fnv(h: &mut u64, data: &[u8]) {
     }
 }
 
-fn forwarder_bin() -> String {
-    std::env::var("FORWARDER_BIN").unwrap_or_else(|_| {
-        concat!(env!("CARGO_MANIFEST_DIR"), "/../target/debug/forwarder").to_string()
-    })
-}
-
 #[test]
 fn reload_adds_changes_and_removes_services_without_dropping_sessions() {
     let (b1, b2) = (tcp_server(one), tcp_server(two));
@@ -189,10 +183,14 @@ fn an_invalid_file_changes_nothing_and_says_why() {
 
     // `forwarder reload` reports the refusal, then the success once the file is fixed.
     let reload = || {
-        Command::new(forwarder_bin())
-            .args(["reload", "--admin", &f.admin.to_string()])
-            .output()
-            .expect("run forwarder reload")
+        harness::run_within(
+            Command::new(harness::forwarder_bin()).args([
+                "reload",
+                "--admin",
+                &f.admin.to_string(),
+            ]),
+            Duration::from_secs(20),
+        )
     };
     let out = reload();
     assert!(!out.status.success());
