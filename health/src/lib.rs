@@ -14,8 +14,6 @@ pub mod resp;
 pub mod schedule;
 pub mod sentinel;
 pub mod tcpcheck;
-#[cfg(test)]
-mod testutil;
 
 pub use decider::MasterView;
 pub use monitor::{Monitor, MonitorStats, ServerStatus};

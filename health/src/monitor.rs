@@ -444,7 +444,7 @@ fn discover(shared: &Arc<Shared>, sm: &SentinelMode, addr: SocketAddr) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::RedisServer;
+    use harness::Redis;
 
     fn fast() -> Schedule {
         Schedule {
@@ -474,8 +474,8 @@ mod tests {
 
     #[tokio::test]
     async fn follows_a_manual_failover() {
-        let a = RedisServer::start(&[]);
-        let b = RedisServer::start(&["--replicaof", "127.0.0.1", &a.port.to_string()]);
+        let a = Redis::start();
+        let b = Redis::start_with(&["--replicaof", "127.0.0.1", &a.port.to_string()]);
         let m = Monitor::spawn(
             "test".into(),
             vec![b.addr(), a.addr()],
@@ -495,8 +495,8 @@ mod tests {
         assert_eq!(servers[1].role, Some(Role::Master));
         assert!(servers[1].checks_ok >= 1);
 
-        b.cmd(&["REPLICAOF", "NO", "ONE"]);
-        a.cmd(&["REPLICAOF", "127.0.0.1", &b.port.to_string()]);
+        b.replicaof(None);
+        a.replicaof(Some(&b));
         let v2 = wait_for(&m, b.addr()).await;
         assert!(v2.generation > v1.generation);
         assert!(m.stats().master_changes >= 2);

@@ -503,7 +503,7 @@ fn matches(step: &Step, buf: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::RedisServer;
+    use harness::Redis;
     use tokio::net::TcpListener;
 
     fn prog(steps: &[&str]) -> Program {
@@ -658,8 +658,8 @@ mod tests {
 
     #[tokio::test]
     async fn redis_master_program_against_real_redis() {
-        let master = RedisServer::start(&[]);
-        let replica = RedisServer::start(&["--replicaof", "127.0.0.1", &master.port.to_string()]);
+        let master = Redis::start();
+        let replica = Redis::start_with(&["--replicaof", "127.0.0.1", &master.port.to_string()]);
         let p = Program::redis_master(None);
         let t = Duration::from_secs(2);
         let r = p.run(master.addr(), t).await;
@@ -669,7 +669,7 @@ mod tests {
         assert_eq!(r.failed_step, Some(4), "{r:?}");
         assert!(String::from_utf8_lossy(&r.partial).contains("role:slave"));
 
-        let locked = RedisServer::start(&["--requirepass", "s3cret pass"]);
+        let locked = Redis::start_with(&["--requirepass", "s3cret pass"]);
         let r = p.run(locked.addr(), t).await;
         assert!(!r.ok);
         let reason = r.reason.unwrap();

@@ -2,19 +2,14 @@
 //! server: it is counted as unknown and leaves the server's state and the master as they were.
 //! (Its own test binary: it exhausts this process's descriptor table.)
 
-#[path = "../src/testutil.rs"]
-#[allow(dead_code)]
-mod testutil;
-
 use std::time::Duration;
 
-use health::resp; // for testutil
 use health::{Monitor, Program, Schedule, ServerState};
 use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
 
 #[tokio::test(flavor = "current_thread")]
 async fn running_out_of_descriptors_is_not_a_server_failure() {
-    let redis = testutil::RedisServer::start(&[]);
+    let redis = harness::Redis::start();
     let schedule = Schedule {
         interval: Duration::from_millis(100),
         fastinter: None,

@@ -21,7 +21,8 @@ impl Redis {
         Redis::start_with(&[])
     }
 
-    /// Like [`Redis::start`], with `extra` command-line arguments (e.g. `["--requirepass", "pw"]`).
+    /// Like [`Redis::start`], with `extra` command-line arguments (e.g. `["--requirepass", "pw"]`:
+    /// then it counts as started when PING says NOAUTH, and [`Redis::cmd`] cannot talk to it).
     pub fn start_with(extra: &[&str]) -> Redis {
         let bin = require("redis-server", "redis-server");
         for _ in 0..20 {
@@ -89,9 +90,14 @@ impl Redis {
             if proc.wait_exit(Duration::ZERO).is_some() {
                 return true;
             }
+            // Up when it answers: PONG, or NOAUTH under `--requirepass`.
             Conn::open(addr)
                 .and_then(|mut c| c.cmd(&["PING"]))
-                .is_ok_and(|r| r == Reply::Simple("PONG".into()))
+                .is_ok_and(|r| match r {
+                    Reply::Simple(s) => s == "PONG",
+                    Reply::Error(e) => e.starts_with("NOAUTH"),
+                    _ => false,
+                })
         });
         if !up || proc.child.is_none() {
             proc.kill();
