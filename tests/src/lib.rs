@@ -25,4 +25,4 @@ pub use health::resp::Reply;
 pub use net::{connect_from, echo, tcp_server};
 pub use process::{free_port, require, run_within, wait_until, Proc};
 pub use redis::{info_field, Redis, Sentinel};
-pub use service::{plain_service, sentinel_service};
+pub use service::{plain_service, sentinel_service, Service};

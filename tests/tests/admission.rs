@@ -3,23 +3,12 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use harness::{connect_from, wait_until, Conn, Forwarder, Redis, Reply};
+use harness::{connect_from, wait_until, Conn, Forwarder, Redis, Reply, Service};
 
 fn service(r: &Redis, extra: &str) -> String {
-    format!(
-        r#"[[service]]
-name = "mymaster"
-listen = "{{LISTEN}}"
-servers = ["{}"]
-{extra}
-
-[service.check]
-kind = "redis-master"
-interval = "200ms"
-rise = 1
-"#,
-        r.addr()
-    )
+    Service::redis("mymaster", &[r.addr()])
+        .lines(extra)
+        .to_string()
 }
 
 #[test]

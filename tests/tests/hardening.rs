@@ -9,24 +9,14 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use harness::hostile::{HostileSentinel, Lie};
-use harness::{sentinel_service, wait_until, Conn, Forwarder, Redis, Reply, Sentinel};
+use harness::{sentinel_service, wait_until, Conn, Forwarder, Redis, Reply, Sentinel, Service};
 
 /// A redis-master service over two servers, checked every 200 ms with rise and fall 1.
 fn pair_service(a: SocketAddr, b: SocketAddr) -> String {
-    format!(
-        r#"[[service]]
-name = "mymaster"
-listen = "{{LISTEN}}"
-servers = ["{a}", "{b}"]
-timeout = {{ queue = "1s" }}
-
-[service.check]
-kind = "redis-master"
-interval = "200ms"
-rise = 1
-fall = 1
-"#
-    )
+    Service::redis("mymaster", &[a, b])
+        .set("timeout", r#"{ queue = "1s" }"#)
+        .check("fall", "1")
+        .to_string()
 }
 
 fn checked_servers(f: &Forwarder) -> HashSet<String> {

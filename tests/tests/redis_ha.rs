@@ -3,29 +3,18 @@
 
 use std::time::Duration;
 
-use harness::{wait_until, Conn, Forwarder, Redis, Reply};
+use harness::{wait_until, Conn, Forwarder, Redis, Reply, Service};
 
 fn service(servers: &[&Redis], queue: &str) -> String {
-    let list: Vec<String> = servers
-        .iter()
-        .map(|r| format!("\"{}\"", r.addr()))
-        .collect();
-    format!(
-        r#"[[service]]
-name = "mymaster"
-listen = "{{LISTEN}}"
-servers = [{}]
-timeout = {{ connect = "1s", client = "30s", server = "30s", queue = "{queue}" }}
-
-[service.check]
-kind = "redis-master"
-interval = "200ms"
-rise = 1
-fall = 1
-timeout = "500ms"
-"#,
-        list.join(", ")
-    )
+    let addrs: Vec<_> = servers.iter().map(|r| r.addr()).collect();
+    Service::redis("mymaster", &addrs)
+        .set(
+            "timeout",
+            &format!(r#"{{ connect = "1s", client = "30s", server = "30s", queue = "{queue}" }}"#),
+        )
+        .check("fall", "1")
+        .check("timeout", "\"500ms\"")
+        .to_string()
 }
 
 fn wait_master(f: &Forwarder, r: &Redis) {

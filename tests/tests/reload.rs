@@ -9,21 +9,7 @@ use std::time::{Duration, Instant};
 use harness::{tcp_server, wait_until, Forwarder};
 
 fn service(name: &str, listen: &str, backend: SocketAddr, allow: &str) -> String {
-    format!(
-        r#"[[service]]
-name = "{name}"
-listen = "{listen}"
-servers = ["{backend}"]
-allow = [{allow}]
-
-[service.check]
-kind = "tcp-check"
-steps = ["connect"]
-interval = "200ms"
-rise = 1
-
-"#
-    )
+    harness::plain_service(name, listen, backend, &format!("allow = [{allow}]"))
 }
 
 fn echo_tagged(mut s: TcpStream, tag: u8) {
