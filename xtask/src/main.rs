@@ -24,7 +24,8 @@ enum Cmd {
     /// Install the BPF prerequisites (clang-19, libbpf-dev, linux-libc-dev) and build the
     /// forwarder, whose build.rs compiles the sockmap program (ebpf/forwarder.bpf.c).
     BuildEbpf,
-    /// Install prerequisites, build, and run every test (end-to-end suite once per data path).
+    /// Install prerequisites, build, and run every test (the end-to-end suite once per data path
+    /// mode; its files that do not depend on the mode once), then print what ran where.
     Test(test::TestArgs),
     /// Measure every data path side by side with a direct connection, HAProxy and socat.
     Bench(bench::BenchArgs),
