@@ -35,8 +35,12 @@ enum Runs {
 /// that mixes both kinds runs per mode. A unit test below checks that every file in tests/tests/
 /// is listed here exactly once, so a new file cannot be forgotten.
 const E2E_FILES: &[(&str, Runs)] = &[
+    // The admin listener's bearer token, and the CLI sending it.
+    ("admin_token", Runs::Once),
     // Admission and descriptor/pipe budgets: enforced by each path's front.
     ("admission", Runs::PerMode),
+    // The redis-master check and the Sentinel queries authenticating.
+    ("auth", Runs::Once),
     // Partitions under a write loop: sessions cut and resumed by the data path.
     ("chaos", Runs::PerMode),
     // Bad configurations: refused before any data path starts.
@@ -46,18 +50,28 @@ const E2E_FILES: &[(&str, Runs)] = &[
     // Mostly Sentinel and check behaviour, but a second instance meets the path's listener set
     // (one per uring worker) and clients are held and refused by the path's front.
     ("hardening", Runs::PerMode),
+    // IPv6 listeners, servers and allow lists: each path's front and dialer.
+    ("ipv6", Runs::PerMode),
+    // SIGINT drain, a reload onto a taken port, the privilege drop of every thread.
+    ("lifecycle", Runs::PerMode),
     // SIGTERM drain of sessions, metrics of the traffic, capabilities kept per path.
     ("ops", Runs::PerMode),
+    // Clients held while there is no master, and the queue timeout: each path's front.
+    ("queue", Runs::PerMode),
     // Sessions routed to the master and cut when it changes.
     ("redis_ha", Runs::PerMode),
     // Listeners and sessions carried across a reload.
     ("reload", Runs::PerMode),
+    // timeout.server, a client's reset, on_master_change = keep: how each path ends a session.
+    ("session_end", Runs::PerMode),
     // Failover drills: sessions cut and writes resumed through the data path.
     ("sentinel", Runs::PerMode),
     // The sockmap path, whatever FORWARDER_MODE says.
     ("sockmap", Runs::Once),
     // The data path contract itself: bytes, half-close, resets, timeouts.
     ("tcp", Runs::PerMode),
+    // systemd's WATCHDOG=1 keepalives, sent by the daemon whatever its path.
+    ("watchdog", Runs::Once),
 ];
 
 #[derive(Args)]
