@@ -223,6 +223,30 @@ impl Sentinel {
         SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
     }
 
+    /// Runs one command on a fresh connection; `None` when the Sentinel does not answer.
+    pub fn cmd(&self, args: &[&str]) -> Option<Reply> {
+        Conn::open(self.addr()).and_then(|mut c| c.cmd(args)).ok()
+    }
+
+    /// The master this Sentinel names for `name` (`SENTINEL get-master-addr-by-name`); `None`
+    /// when it names none or does not answer.
+    pub fn master_addr(&self, name: &str) -> Option<SocketAddr> {
+        let Some(Reply::Array(Some(a))) = self.cmd(&["SENTINEL", "get-master-addr-by-name", name])
+        else {
+            return None;
+        };
+        match a.as_slice() {
+            [Reply::Bulk(Some(ip)), Reply::Bulk(Some(port))] => format!(
+                "{}:{}",
+                String::from_utf8_lossy(ip),
+                String::from_utf8_lossy(port)
+            )
+            .parse()
+            .ok(),
+            _ => None,
+        }
+    }
+
     /// Whether this Sentinel knows `name`'s replica and two other Sentinels, i.e. could take
     /// part in a failover of it.
     pub fn ready(&self, name: &str) -> bool {
