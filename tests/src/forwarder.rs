@@ -228,6 +228,18 @@ impl Forwarder {
             .unwrap_or_default()
     }
 
+    /// How many checks of `server` in `service` passed, per `/status`; 0 while the daemon does
+    /// not list that server (yet).
+    pub fn checks_ok(&self, service: &str, server: SocketAddr) -> u64 {
+        self.service_status(service)
+            .and_then(|s| {
+                s["servers"].as_array()?.iter().find_map(|x| {
+                    (x["addr"].as_str()? == server.to_string()).then(|| x["checks_ok"].as_u64())?
+                })
+            })
+            .unwrap_or(0)
+    }
+
     /// The entry of `service` in `/status`; `None` when there is no such service or the admin
     /// listener does not answer.
     pub fn service_status(&self, service: &str) -> Option<serde_json::Value> {

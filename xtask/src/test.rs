@@ -47,8 +47,9 @@ const E2E_FILES: &[(&str, Runs)] = &[
     ("config", Runs::Once),
     // Chooses its own data path (`auto`, and uring and sockmap explicitly).
     ("datapath", Runs::Once),
-    // Mostly Sentinel and check behaviour, but a second instance meets the path's listener set
-    // (one per uring worker) and clients are held and refused by the path's front.
+    // Attacks that meet the data path: a second instance meets the path's listener set (one
+    // per uring worker), clients are held and refused by the path's front, attack bytes go
+    // through it.
     ("hardening", Runs::PerMode),
     // IPv6 listeners, servers and allow lists: each path's front and dialer.
     ("ipv6", Runs::PerMode),
@@ -70,6 +71,8 @@ const E2E_FILES: &[(&str, Runs)] = &[
     ("sockmap", Runs::Once),
     // The data path contract itself: bytes, half-close, resets, timeouts.
     ("tcp", Runs::PerMode),
+    // Lying Sentinels and an admin slowloris: the choice of master and the admin listener.
+    ("trust", Runs::Once),
     // systemd's WATCHDOG=1 keepalives, sent by the daemon whatever its path.
     ("watchdog", Runs::Once),
 ];
