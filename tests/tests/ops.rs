@@ -1,9 +1,9 @@
-//! Operating the daemon: systemd readiness, SIGTERM drain, `forwarder status`.
+//! Operating the daemon through the data path: SIGTERM drain and its time limit, metrics that
+//! follow the traffic, the privilege drop with the capabilities each path keeps. The admin
+//! interfaces are in `admin.rs`, systemd's notifications in `systemd.rs`.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::unix::net::UnixDatagram;
-use std::process::Command;
 use std::time::Duration;
 
 use harness::{echo, plain_service, tcp_server, wait_until, Forwarder};
@@ -33,27 +33,6 @@ fn session(f: &Forwarder) -> TcpStream {
     assert!(ping(&mut c));
     c
 }
-
-#[test]
-fn systemd_is_told_ready_and_stopping() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("notify.sock");
-    let sock = UnixDatagram::bind(&path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let mut f = Forwarder::start_env(
-        &service(tcp_server(echo), "1s"),
-        &[("NOTIFY_SOCKET", path.to_str().unwrap())],
-    );
-    let mut buf = [0u8; 256];
-    let n = sock.recv(&mut buf).expect("readiness notification");
-    assert!(String::from_utf8_lossy(&buf[..n]).contains("READY=1"));
-    f.proc().signal(libc::SIGTERM);
-    let n = sock.recv(&mut buf).expect("stopping notification");
-    assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
-    assert_eq!(f.proc().wait_exit(Duration::from_secs(10)), Some(0));
-}
-
 #[test]
 fn sigterm_closes_the_listener_and_lets_sessions_finish() {
     let mut f = Forwarder::start(&service(tcp_server(echo), "20s"));
@@ -99,60 +78,6 @@ fn drain_time_limit_closes_the_rest_and_exits_cleanly() {
     );
 }
 
-#[test]
-fn forwarder_status_prints_the_running_state() {
-    let f = Forwarder::start(&service(tcp_server(echo), "1s"));
-    let _c = session(&f);
-    let out = harness::run_within(
-        Command::new(harness::forwarder_bin()).args(["status", "--admin", &f.admin.to_string()]),
-        Duration::from_secs(20),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("service plain"), "{text}");
-    assert!(
-        text.contains(&format!("master {}", f.master("plain").unwrap())),
-        "{text}"
-    );
-    assert!(text.contains("sessions active 1"), "{text}");
-}
-
-#[test]
-fn status_page_renders_in_a_real_browser() {
-    let chromium = harness::require("chromium", "chromium");
-    let f = Forwarder::start(&service(tcp_server(echo), "1s"));
-    let _c = session(&f);
-    let master = f.master("plain").unwrap().to_string();
-    let dir = tempfile::tempdir().unwrap();
-    let out = harness::run_within(
-        Command::new(chromium)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-            ])
-            .arg(format!("--user-data-dir={}", dir.path().display()))
-            .arg("--dump-dom")
-            .arg(format!("http://{}/", f.admin)),
-        Duration::from_secs(60),
-    );
-    let dom = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        dom.contains(&format!(
-            "<td class=\"up\" id=\"master-plain\">{master}</td>"
-        )),
-        "master not shown: {dom}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(dom.contains("<h2 class=\"service\">plain</h2>"), "{dom}");
-    assert!(dom.contains("class=\"server up\""), "{dom}");
-}
-
 /// `/metrics` parsed by a Prometheus text parser: a sample's value, by name and labels.
 fn metric(f: &Forwarder, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     let text = f.metrics();
@@ -169,7 +94,6 @@ fn metric(f: &Forwarder, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
             _ => f64::NAN,
         })
 }
-
 #[test]
 fn metrics_parse_and_follow_the_traffic() {
     let f = Forwarder::start(&service(tcp_server(echo), "1s"));

@@ -35,8 +35,8 @@ enum Runs {
 /// that mixes both kinds runs per mode. A unit test below checks that every file in tests/tests/
 /// is listed here exactly once, so a new file cannot be forgotten.
 const E2E_FILES: &[(&str, Runs)] = &[
-    // The admin listener's bearer token, and the CLI sending it.
-    ("admin_token", Runs::Once),
+    // The status page, `forwarder status`, the admin token: the admin listener only.
+    ("admin", Runs::Once),
     // Admission and descriptor/pipe budgets: enforced by each path's front.
     ("admission", Runs::PerMode),
     // The redis-master check and the Sentinel queries authenticating.
@@ -69,12 +69,12 @@ const E2E_FILES: &[(&str, Runs)] = &[
     ("sentinel", Runs::PerMode),
     // The sockmap path, whatever FORWARDER_MODE says.
     ("sockmap", Runs::Once),
+    // systemd's READY=1, STOPPING=1 and WATCHDOG=1, sent by the daemon whatever its path.
+    ("systemd", Runs::Once),
     // The data path contract itself: bytes, half-close, resets, timeouts.
     ("tcp", Runs::PerMode),
     // Lying Sentinels and an admin slowloris: the choice of master and the admin listener.
     ("trust", Runs::Once),
-    // systemd's WATCHDOG=1 keepalives, sent by the daemon whatever its path.
-    ("watchdog", Runs::Once),
 ];
 
 #[derive(Args)]

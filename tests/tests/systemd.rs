@@ -1,8 +1,7 @@
-//! The systemd watchdog: started the way systemd starts a `Type=notify` unit with `WatchdogSec=`
-//! (`NOTIFY_SOCKET`, `WATCHDOG_USEC`, and `WATCHDOG_PID` naming the daemon itself), the forwarder
-//! sends `WATCHDOG=1` to the notify socket again and again after `READY=1`, and says
-//! `STOPPING=1` on the way out. Readiness and stopping alone are `ops.rs`'s; none of this depends
-//! on the data path.
+//! systemd's notifications, none of which depends on the data path: `READY=1` once listening and
+//! `STOPPING=1` on SIGTERM (`NOTIFY_SOCKET`), and, started the way systemd starts a `Type=notify`
+//! unit with `WatchdogSec=` (`WATCHDOG_USEC`, and `WATCHDOG_PID` naming the daemon itself),
+//! `WATCHDOG=1` again and again after `READY=1`.
 
 use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
@@ -47,4 +46,24 @@ fn watchdog_keepalives_are_sent_while_the_daemon_runs() {
     }
     assert!(msg.contains("STOPPING=1"), "{msg}");
     assert_eq!(f.proc().wait_exit(Duration::from_secs(15)), Some(0));
+}
+
+#[test]
+fn systemd_is_told_ready_and_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut f = Forwarder::start_env(
+        &plain_service("plain", "{LISTEN}", tcp_server(echo), ""),
+        &[("NOTIFY_SOCKET", path.to_str().unwrap())],
+    );
+    let mut buf = [0u8; 256];
+    let n = sock.recv(&mut buf).expect("readiness notification");
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("READY=1"));
+    f.proc().signal(libc::SIGTERM);
+    let n = sock.recv(&mut buf).expect("stopping notification");
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
+    assert_eq!(f.proc().wait_exit(Duration::from_secs(10)), Some(0));
 }

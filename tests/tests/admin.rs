@@ -1,15 +1,18 @@
-//! The admin token end to end: with `[admin] token` set, every admin endpoint (`/`, `/status`,
-//! `/metrics`, `POST /reload`) and the `forwarder status` and `forwarder reload` commands are
-//! refused (401) without the token or with a wrong one, and served with the right one. The admin
-//! listener does not depend on the data path.
+//! The admin interfaces, which do not depend on the data path: `forwarder status` and the status
+//! page in a real browser show the running state; with `[admin] token` set, every admin endpoint
+//! (`/`, `/status`, `/metrics`, `POST /reload`) and the `forwarder status` and `forwarder reload`
+//! commands are refused (401) without the token or with a wrong one, and served with the right one.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use harness::endpoints::admin_request;
-use harness::{echo, forwarder_bin, free_port, plain_service, tcp_server, wait_until, Proc};
+use harness::{
+    echo, forwarder_bin, free_port, plain_service, tcp_server, wait_until, Forwarder, Proc,
+};
 
 const TOKEN: &str = "the-right-admin-token";
 const WRONG: &str = "a-wrong-admin-token-x";
@@ -161,4 +164,74 @@ fn forwarder_status_and_reload_send_the_token_of_their_config() {
     let (ok, text) = cli("reload", &d.config, &[]);
     assert!(ok, "{text}");
     assert!(text.contains("reloaded: 1 unchanged"), "{text}");
+}
+
+/// A session through the forwarder's first listener to its echo server, shown to work.
+fn echo_session(f: &Forwarder) -> TcpStream {
+    assert!(
+        wait_until(Duration::from_secs(10), || f.master("plain").is_some()),
+        "{}",
+        f.log_text()
+    );
+    let mut c = TcpStream::connect(f.listen[0]).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut got = [0u8; 4];
+    c.write_all(b"ping").expect("write");
+    c.read_exact(&mut got).expect("echo");
+    assert_eq!(&got, b"ping");
+    c
+}
+
+#[test]
+fn forwarder_status_prints_the_running_state() {
+    let f = Forwarder::start(&plain_service("plain", "{LISTEN}", tcp_server(echo), ""));
+    let _c = echo_session(&f);
+    let out = harness::run_within(
+        Command::new(harness::forwarder_bin()).args(["status", "--admin", &f.admin.to_string()]),
+        Duration::from_secs(20),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("service plain"), "{text}");
+    assert!(
+        text.contains(&format!("master {}", f.master("plain").unwrap())),
+        "{text}"
+    );
+    assert!(text.contains("sessions active 1"), "{text}");
+}
+
+#[test]
+fn status_page_renders_in_a_real_browser() {
+    let chromium = harness::require("chromium", "chromium");
+    let f = Forwarder::start(&plain_service("plain", "{LISTEN}", tcp_server(echo), ""));
+    let _c = echo_session(&f);
+    let master = f.master("plain").unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let out = harness::run_within(
+        Command::new(chromium)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+            ])
+            .arg(format!("--user-data-dir={}", dir.path().display()))
+            .arg("--dump-dom")
+            .arg(format!("http://{}/", f.admin)),
+        Duration::from_secs(60),
+    );
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        dom.contains(&format!(
+            "<td class=\"up\" id=\"master-plain\">{master}</td>"
+        )),
+        "master not shown: {dom}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dom.contains("<h2 class=\"service\">plain</h2>"), "{dom}");
+    assert!(dom.contains("class=\"server up\""), "{dom}");
 }
