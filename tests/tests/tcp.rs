@@ -233,6 +233,8 @@ fn sessions_keep_working_after_idle_pauses() {
         c.read_exact(&mut back).expect("echo after a pause");
         w.join().unwrap().unwrap();
         assert!(back == out, "round {round}: bytes differ");
+        // Pacing, and the point of the test: an idle pause longer than the 1 s after which the
+        // uring path gives an idle direction's pipe back (nothing observable marks that moment).
         std::thread::sleep(Duration::from_millis(1300));
     }
 }
@@ -318,11 +320,11 @@ fn bytes_of_a_reset_session_never_reach_another_session() {
     );
     let addr = f.listen[0];
     let mut wrong = Vec::new();
-    // Bounded: a stalled session costs its 5 s timeout, and the whole test stops after 60 s.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let late = || std::time::Instant::now() > deadline;
+    // Bounded by count (20 rounds of 16 resets and 40 echoes), each socket operation by a 5 s
+    // timeout: a session that stalls shows up as one that did not get its bytes back, and three
+    // of those end the test, so a stalled forwarder costs seconds, not 20 x 40 timeouts.
     for round in 0..20 {
-        if late() {
+        if wrong.len() >= 3 {
             break;
         }
         let blasters: Vec<_> = (0..16)
@@ -335,7 +337,7 @@ fn bytes_of_a_reset_session_never_reach_another_session() {
                     let chunk = vec![b'X'; 64 * 1024];
                     let _ = s.write_all(b"R");
                     for _ in 0..200 {
-                        if std::time::Instant::now() > deadline || s.write_all(&chunk).is_err() {
+                        if s.write_all(&chunk).is_err() {
                             break;
                         }
                     }
@@ -346,9 +348,6 @@ fn bytes_of_a_reset_session_never_reach_another_session() {
             b.join().unwrap();
         }
         for i in 0..40 {
-            if late() {
-                break;
-            }
             let msg: Vec<u8> = format!("{round:02}-{i:02}-")
                 .bytes()
                 .cycle()
@@ -362,16 +361,14 @@ fn bytes_of_a_reset_session_never_reach_another_session() {
             let _ = s.read_to_end(&mut got);
             if got != msg {
                 wrong.push(String::from_utf8_lossy(&got[..got.len().min(70)]).into_owned());
+                if wrong.len() >= 3 {
+                    break;
+                }
             }
         }
     }
-    if late() {
-        wrong.push("the test ran out of time: sessions stalled".to_string());
-    }
     assert!(
         wrong.is_empty(),
-        "{} sessions did not get exactly their own 64 bytes back, e.g. {:?}",
-        wrong.len(),
-        &wrong[..wrong.len().min(3)]
+        "sessions did not get exactly their own 64 bytes back (the test stops at 3): {wrong:?}"
     );
 }
