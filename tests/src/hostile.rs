@@ -156,6 +156,7 @@ fn serve(mut c: TcpStream, lie: &Lie, stop: &AtomicBool) {
                         if stop.load(Ordering::Relaxed) || c.write_all(push.as_bytes()).is_err() {
                             return;
                         }
+                        // Pacing: the flood's rate, one push per millisecond.
                         std::thread::sleep(Duration::from_millis(1));
                     }
                 }
@@ -176,6 +177,7 @@ fn serve(mut c: TcpStream, lie: &Lie, stop: &AtomicBool) {
                         if stop.load(Ordering::Relaxed) || c.write_all(&[b]).is_err() {
                             return;
                         }
+                        // Pacing: the trickle, one byte per 300 ms.
                         std::thread::sleep(Duration::from_millis(300));
                     }
                     continue;
@@ -190,6 +192,7 @@ fn serve(mut c: TcpStream, lie: &Lie, stop: &AtomicBool) {
                     if stop.load(Ordering::Relaxed) || c.write_all(&junk).is_err() {
                         return;
                     }
+                    // Pacing: 64 KiB per 10 ms, a fast but finite sender.
                     std::thread::sleep(Duration::from_millis(10));
                 }
                 return;
