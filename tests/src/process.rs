@@ -26,6 +26,7 @@ pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
         if start.elapsed() > limit {
             return false;
         }
+        // Pacing: the poll interval.
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -200,6 +201,7 @@ impl Proc {
                     return Some(status.code().unwrap_or(-1));
                 }
             }
+            // Pacing: the poll interval (a child's exit has no waitable handle with a timeout).
             std::thread::sleep(Duration::from_millis(20));
         }
         None

@@ -56,6 +56,7 @@ impl Redis {
             if let Some(r) = Redis::try_start(&bin, port, extra) {
                 return r;
             }
+            // Pacing: the port of a killed server may still be in use for a moment; retry.
             std::thread::sleep(Duration::from_millis(100));
         }
         panic!("redis-server did not start on port {port}");
