@@ -104,14 +104,50 @@ fn uring_requested_where_it_is_forbidden_is_a_startup_error() {
     );
 }
 
+/// Whether this process holds every capability in `bits` (numbers, as in `capability.h`) in its
+/// effective set.
+fn holds_capabilities(bits: &[u32]) -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .expect("CapEff in /proc/self/status");
+    bits.iter().all(|b| eff & (1 << b) != 0)
+}
+
+/// The claim is that dropping CAP_BPF (with CAP_SYS_ADMIN and CAP_PERFMON) is what stops the
+/// sockmap path, so the same start must work with them: without root this test would pass for
+/// free, so it refuses to run instead.
 #[test]
 fn sockmap_requested_without_cap_bpf_is_a_startup_error() {
+    harness::require("capsh", "libcap2-bin");
+    // CAP_SYS_ADMIN 21, CAP_PERFMON 38, CAP_BPF 39: what WITHOUT_BPF_CAPS drops.
+    assert!(
+        holds_capabilities(&[21, 38, 39]),
+        "this test needs CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN to drop (it proves that dropping \
+         them is what stops sockmap): run it as root, e.g. `sudo cargo xtask test` or \
+         `sudo -E cargo test -p harness --test datapath`"
+    );
+    let backend = tcp_server(echo);
+    // With the capabilities, through capsh without dropping anything, sockmap runs.
+    let f = Forwarder::start_with(
+        &service(backend, "{LISTEN}"),
+        "mode = \"sockmap\"",
+        &["capsh", "--", "-c", "exec \"$0\" \"$@\""],
+    );
+    assert_eq!(
+        f.status().expect("status")["datapath"],
+        "sockmap",
+        "{}",
+        f.log_text()
+    );
+    round_trip(&f);
+    drop(f);
+    // The same, with them dropped: refused at startup.
     let config = format!(
         "[datapath]\nmode = \"sockmap\"\n\n{}",
-        service(
-            tcp_server(echo),
-            &format!("127.0.0.1:{}", harness::free_port())
-        )
+        service(backend, &format!("127.0.0.1:{}", harness::free_port()))
     );
     let (code, log) = forwarder_exit_with(WITHOUT_BPF_CAPS, "run", &config);
     assert_ne!(code, 0, "{log}");
@@ -119,4 +155,6 @@ fn sockmap_requested_without_cap_bpf_is_a_startup_error() {
         log.contains("datapath mode \"sockmap\" cannot run here"),
         "{log}"
     );
+    // And for want of the permission, not something else.
+    assert!(log.contains("Operation not permitted"), "{log}");
 }
