@@ -470,7 +470,13 @@ pub async fn run(cfg: Config, budget: Budget, path: PathBuf, bound: Bound) -> an
     while daemon.total_active() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    tracing::info!("stopped");
+    match daemon.total_active() {
+        0 => tracing::info!("stopped: every session closed"),
+        left => tracing::warn!(
+            left,
+            "stopped with sessions still open: the exit closes them"
+        ),
+    }
     Ok(())
 }
 
