@@ -88,26 +88,77 @@ fn client_arriving_while_no_master_is_held_then_served() {
     let (mut master, replica) = Redis::pair();
     let f = Forwarder::start(&service(&[&master, &replica], "15s"));
     wait_master(&f, &master);
-    master.proc().signal(libc::SIGKILL);
-    master.proc().kill();
-    // A client arriving now finds the master dead (or already no master): it must be held.
+    master.proc().kill(); // SIGKILL
+    assert!(
+        wait_until(Duration::from_secs(10), || f.master("mymaster").is_none()),
+        "the dead master is still routed to: {:?}",
+        f.service_status("mymaster")
+    );
+    let stats = || f.service_status("mymaster").expect("status")["stats"].clone();
+    let accepted = stats()["accepted"].as_u64().unwrap();
+
+    // A client arrives now, while there is no master, and sends a command.
+    let (tx, rx) = std::sync::mpsc::channel();
     let client = std::thread::spawn({
         let addr = f.listen[0];
         move || {
-            let mut c = Conn::open(addr)?;
-            let pong = c.cmd(&["PING"])?;
-            let port = c.server_port()?;
-            Ok::<_, std::io::Error>((pong, port))
+            let r = (|| {
+                let mut c = Conn::open(addr)?;
+                c.stream().set_read_timeout(Some(Duration::from_secs(30)))?;
+                let pong = c.cmd(&["PING"])?;
+                let port = c.server_port()?;
+                Ok::<_, std::io::Error>((pong, port))
+            })();
+            let _ = tx.send(r);
         }
     });
-    std::thread::sleep(Duration::from_millis(1500));
+    // It is held: admitted and active, and it stays unanswered and open for several check
+    // rounds that still find no master.
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let st = stats();
+            st["accepted"] == accepted + 1 && st["active"] == 1
+        }),
+        "the client was not admitted and held (accepted +1, active 1): {:?}",
+        f.service_status("mymaster")
+    );
+    let failed = |f: &Forwarder| {
+        f.service_status("mymaster").expect("status")["servers"][0]["checks_failed"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = failed(&f);
+    assert!(
+        wait_until(Duration::from_secs(10), || failed(&f) >= before + 3),
+        "the checks stopped: {:?}",
+        f.service_status("mymaster")
+    );
+    assert_eq!(
+        f.master("mymaster"),
+        None,
+        "a master appeared during the hold"
+    );
+    assert!(
+        rx.try_recv().is_err(),
+        "the client got an answer or was closed while there was no master"
+    );
+    let st = stats();
+    assert_eq!(st["active"], 1, "the held client is gone: {st}");
+    assert_eq!(st["rejected"]["no_master"], 0, "{st}");
+
+    // A master appears: the held client is served, by it.
     replica.replicaof(None);
-    let (pong, port) = client
-        .join()
-        .expect("client thread")
+    let (pong, port) = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the held client was never answered")
         .unwrap_or_else(|e| panic!("held client was not served: {e}\n{}", f.log_text()));
+    client.join().expect("client thread");
     assert_eq!(pong, Reply::Simple("PONG".into()));
-    assert_eq!(port, replica.port);
+    assert_eq!(
+        port, replica.port,
+        "served by another server than the new master"
+    );
+    assert_eq!(f.master("mymaster"), Some(replica.addr()));
     assert_eq!(f.counter("mymaster", "rejected", "no_master"), 0);
 }
 
