@@ -4,7 +4,9 @@
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use harness::{tcp_server, wait_until, Forwarder};
 
@@ -68,28 +70,66 @@ fn reload_adds_changes_and_removes_services_without_dropping_sessions() {
         .is_some()
         && f.master("gone").is_some()));
 
-    // A session streaming through "a" across the reload, checked byte for byte.
-    let (mut s, tag) = tag_of(a_addr).expect("session on a");
+    // A session streaming through "a" across the reload, checked byte for byte: bytes flow
+    // before the reload, and it keeps sending until the reload is seen applied, then 1 MiB more.
+    let (s, tag) = tag_of(a_addr).expect("session on a");
     assert_eq!(tag, b'1');
+    let applied = Arc::new(AtomicBool::new(false));
+    let received = Arc::new(AtomicU64::new(0));
     let mut w = s.try_clone().unwrap();
-    let writer = std::thread::spawn(move || {
-        let mut h = 0xcbf29ce484222325u64;
-        let mut sent = 0u64;
-        let start = Instant::now();
-        let mut i = 0u64;
-        while start.elapsed() < Duration::from_secs(3) {
-            let chunk: Vec<u8> = (0..16 * 1024).map(|j| ((i * 31 + j) % 251) as u8).collect();
-            w.write_all(&chunk).unwrap();
-            fnv(&mut h, &chunk);
-            sent += chunk.len() as u64;
-            i += 1;
+    let writer = std::thread::spawn({
+        let applied = Arc::clone(&applied);
+        move || {
+            let mut h = 0xcbf29ce484222325u64;
+            let mut sent = 0u64;
+            let mut sent_when_applied = None;
+            // Bounded: at most 1 GiB; the test fails long before if the reload is not applied.
+            for i in 0..65_536u64 {
+                let chunk: Vec<u8> = (0..16 * 1024).map(|j| ((i * 31 + j) % 251) as u8).collect();
+                w.write_all(&chunk)
+                    .expect("the streaming session survives the reload (sending)");
+                fnv(&mut h, &chunk);
+                sent += chunk.len() as u64;
+                if applied.load(Ordering::Relaxed) {
+                    let at = *sent_when_applied.get_or_insert(sent);
+                    if sent >= at + (1 << 20) {
+                        break;
+                    }
+                }
+                // Pacing: a steady stream (about 1.6 MB/s), not a flood that starves the reload
+                // on a loaded machine.
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            w.shutdown(Shutdown::Write).unwrap();
+            (sent, h, sent_when_applied)
         }
-        w.shutdown(Shutdown::Write).unwrap();
-        (sent, h)
+    });
+    let reader = std::thread::spawn({
+        let (mut s, received) = (s, Arc::clone(&received));
+        move || {
+            let mut h = 0xcbf29ce484222325u64;
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = s
+                    .read(&mut buf)
+                    .expect("the streaming session survives the reload (receiving)");
+                if n == 0 {
+                    break;
+                }
+                fnv(&mut h, &buf[..n]);
+                received.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            h
+        }
     });
     let (mut g, _) = tag_of(gone_addr).expect("session on gone");
 
-    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        wait_until(Duration::from_secs(20), || received.load(Ordering::Relaxed)
+            >= 1 << 20),
+        "the stream did not get going before the reload"
+    );
+    let received_before = received.load(Ordering::Relaxed);
     let a_listen = a_addr.to_string();
     let new = f.rewrite(&format!(
         "{}{}",
@@ -117,20 +157,18 @@ fn reload_adds_changes_and_removes_services_without_dropping_sessions() {
     // The session of the removed service goes on.
     assert!(ping(&mut g), "a session of the removed service was dropped");
 
-    let mut h = 0xcbf29ce484222325u64;
-    let mut got = 0u64;
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = s
-            .read(&mut buf)
-            .expect("the streaming session survives the reload");
-        if n == 0 {
-            break;
-        }
-        fnv(&mut h, &buf[..n]);
-        got += n as u64;
-    }
-    let (sent, sent_h) = writer.join().unwrap();
+    // The reload is applied (new clients of "a" reach its new server): the stream finishes.
+    applied.store(true, Ordering::Relaxed);
+    let (sent, sent_h, sent_when_applied) = writer.join().expect("the stream's writer failed");
+    let h = reader.join().expect("the stream's reader failed");
+    let got = received.load(Ordering::Relaxed);
+    let sent_when_applied = sent_when_applied.expect("the writer stopped before the reload");
+    assert!(
+        received_before >= 1 << 20 && sent >= sent_when_applied + (1 << 20),
+        "the stream did not span the reload: {received_before} bytes echoed before it, \
+         {} sent after it was applied",
+        sent - sent_when_applied
+    );
     assert_eq!(got, sent);
     assert_eq!(h, sent_h, "bytes differ across the reload");
     // Counters carried over to the reconfigured service.
