@@ -1,6 +1,7 @@
 //! Redis HA behaviour through the forwarder: writes reach the master only, failover (manual and
 //! after a crash), and no split-brain routing.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use harness::{wait_until, Conn, Forwarder, Redis, Reply, Service};
@@ -162,22 +163,75 @@ fn client_arriving_while_no_master_is_held_then_served() {
     assert_eq!(f.counter("mymaster", "rejected", "no_master"), 0);
 }
 
+/// The servers' check rounds so far (passed and failed), per `/status`.
+fn checks_run(f: &Forwarder, server: SocketAddr) -> u64 {
+    f.service_status("mymaster")
+        .and_then(|st| {
+            st["servers"].as_array().and_then(|a| {
+                a.iter().find(|s| s["addr"] == server.to_string()).map(|s| {
+                    s["checks_ok"].as_u64().unwrap() + s["checks_failed"].as_u64().unwrap()
+                })
+            })
+        })
+        .unwrap_or(0)
+}
+
+/// New clients, one after another, all reach `port` while each of `watched` is checked `rounds`
+/// more times.
+fn clients_stay_on(f: &Forwarder, port: u16, watched: &[SocketAddr], rounds: u64) {
+    let start: Vec<u64> = watched.iter().map(|a| checks_run(f, *a)).collect();
+    let mut clients = 0u64;
+    let done = wait_until(Duration::from_secs(30), || {
+        let mut c = Conn::open(f.listen[0]).expect("connect through the forwarder");
+        assert_eq!(
+            c.server_port().unwrap(),
+            port,
+            "client {clients} reached the other master: {:?}",
+            f.service_status("mymaster")
+        );
+        clients += 1;
+        watched
+            .iter()
+            .zip(&start)
+            .all(|(a, s)| checks_run(f, *a) >= s + rounds)
+    });
+    assert!(
+        done && clients >= rounds,
+        "{rounds} check rounds did not pass ({clients} clients): {:?}",
+        f.service_status("mymaster")
+    );
+}
+
 #[test]
 fn split_brain_routes_every_client_to_one_master() {
     // Two servers that both say role:master (e.g. an old master restarted before demotion).
     let a = Redis::start();
     let b = Redis::start();
-    let f = Forwarder::start(&service(&[&a, &b], "5s"));
+    // HAProxy's fall 3 and a 2 s check timeout: on a loaded machine one slow check must not
+    // count as the master going away (that would be a real change of master, not split brain).
+    let f = Forwarder::start(&format!(
+        r#"[[service]]
+name = "mymaster"
+listen = "{{LISTEN}}"
+servers = ["{}", "{}"]
+timeout = {{ connect = "1s", client = "30s", server = "30s", queue = "5s" }}
+
+[service.check]
+kind = "redis-master"
+interval = "200ms"
+rise = 1
+fall = 3
+timeout = "2s"
+"#,
+        a.addr(),
+        b.addr()
+    ));
     assert!(wait_until(Duration::from_secs(10), || f
         .master("mymaster")
         .is_some()));
     let chosen = f.master("mymaster").unwrap();
-    // Let several check rounds pass: the choice must not alternate.
-    for _ in 0..40 {
-        let mut c = Conn::open(f.listen[0]).unwrap();
-        assert_eq!(c.server_port().unwrap(), chosen.port());
-        std::thread::sleep(Duration::from_millis(25));
-    }
+    // Several check rounds of both: the choice must not alternate.
+    clients_stay_on(&f, chosen.port(), &[a.addr(), b.addr()], 5);
     assert_eq!(f.master("mymaster"), Some(chosen));
     let st = f.service_status("mymaster").unwrap();
     assert!(
@@ -190,10 +244,15 @@ fn split_brain_routes_every_client_to_one_master() {
     let port = gone.port;
     drop(gone);
     wait_master(&f, &other);
-    let _back = Redis::start_on(port, &[]);
-    for _ in 0..20 {
-        let mut c = Conn::open(f.listen[0]).unwrap();
-        assert_eq!(c.server_port().unwrap(), other.port);
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let back = Redis::start_on(port, &[]);
+    // It passes its checks again, as a master: a conflict again, never the master.
+    assert!(
+        wait_until(Duration::from_secs(10), || f
+            .service_status("mymaster")
+            .is_some_and(|st| st["master_conflicts"].as_u64().unwrap() >= 2)),
+        "the returning master was not seen as a second master: {:?}",
+        f.service_status("mymaster")
+    );
+    clients_stay_on(&f, other.port, &[other.addr(), back.addr()], 5);
+    assert_eq!(f.master("mymaster"), Some(other.addr()));
 }
