@@ -93,6 +93,7 @@ impl admin::Control for Daemon {
                 redirected_bytes: t.redirected_bytes,
                 passed_bytes: t.passed_bytes,
             }),
+            pipes_held: self.datapath.pipes_held(),
             accept_errors: self.global.accept_errors.load(Ordering::Relaxed),
             admin_rejected: AdminReject::ALL
                 .iter()

@@ -188,6 +188,15 @@ impl DataPath {
         Ok(())
     }
 
+    /// Pipes the uring workers hold now, when sessions run on them.
+    pub fn pipes_held(&self) -> Option<usize> {
+        match self {
+            DataPath::Uring(u) => Some(u.pipes_held()),
+            DataPath::Sockmap(_, next) => next.pipes_held(),
+            DataPath::Userspace => None,
+        }
+    }
+
     /// Kernel-side byte totals, when the path keeps them.
     pub fn bpf_totals(&self) -> Option<sockmap::Totals> {
         match self {

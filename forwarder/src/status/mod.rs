@@ -24,6 +24,9 @@ pub struct Status {
     pub datapath_fallback: Option<String>,
     /// Kernel-side byte totals of the sockmap program (sockmap mode only).
     pub bpf: Option<BpfTotals>,
+    /// Pipes the uring workers' sessions hold now (uring only): a session keeps one per
+    /// streaming direction until it has been idle a second; an idle session holds none.
+    pub pipes_held: Option<usize>,
     /// accept(2) failures on the services' listeners (EMFILE, ENFILE, ...), all services together.
     pub accept_errors: u64,
     /// Admin connections closed by the listener's limits, by reason.
@@ -182,6 +185,7 @@ mod tests {
             datapath: "userspace".into(),
             datapath_fallback: Some("uring: EPERM".into()),
             bpf: None,
+            pipes_held: None,
             accept_errors: 0,
             admin_rejected: BTreeMap::from([("busy".to_string(), 4)]),
             services: vec![ServiceStatus {

@@ -196,6 +196,8 @@ impl WorkerHandle {
 pub struct Uring {
     workers: Vec<WorkerHandle>,
     next: AtomicUsize,
+    /// Pipes the workers' directions hold now, all workers together.
+    pipes_held: Arc<AtomicUsize>,
 }
 
 impl Uring {
@@ -204,16 +206,17 @@ impl Uring {
     pub fn start(n: usize, pipes: usize) -> Result<Uring, UringError> {
         probe()?;
         let mut workers = Vec::with_capacity(n);
+        let pipes_held = Arc::new(AtomicUsize::new(0));
         for i in 0..n {
             let wake =
                 rustix::event::eventfd(0, EventfdFlags::CLOEXEC).map_err(UringError::Eventfd)?;
             let wake = Arc::new(wake);
             let (tx, rx) = mpsc::channel();
             let (ready_tx, ready_rx) = mpsc::channel();
-            let w = Arc::clone(&wake);
+            let (w, held) = (Arc::clone(&wake), Arc::clone(&pipes_held));
             std::thread::Builder::new()
                 .name(format!("uring-{i}"))
-                .spawn(move || match Worker::new(rx, w, pipes) {
+                .spawn(move || match Worker::new(rx, w, pipes, held) {
                     Ok(mut worker) => {
                         let _ = ready_tx.send(Ok(()));
                         worker.run();
@@ -229,7 +232,13 @@ impl Uring {
         Ok(Uring {
             workers,
             next: AtomicUsize::new(0),
+            pipes_held,
         })
+    }
+
+    /// Pipes the workers' directions hold now (an idle session holds none).
+    pub fn pipes_held(&self) -> usize {
+        self.pipes_held.load(Ordering::Relaxed)
     }
 
     /// Gives each worker one of a service's listeners (bound with SO_REUSEPORT, one per worker) to

@@ -4,6 +4,8 @@
 //! is closed, so no session can ever receive another's bytes.
 
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 /// Bytes a pipe holds (`F_SETPIPE_SZ`): one splice moves at most this much.
 const PIPE_SIZE: usize = 256 * 1024;
@@ -29,15 +31,19 @@ pub(super) struct Pipes {
     held: usize,
     /// Pipes this worker may have open, pooled and held together.
     max: usize,
+    /// Pipes held by the directions of every worker together (`/status` `pipes_held`).
+    held_by_all: Arc<AtomicUsize>,
 }
 
 impl Pipes {
-    /// At most `max` pipes open (at least one).
-    pub(super) fn new(max: usize) -> Pipes {
+    /// At most `max` pipes open (at least one); the pipes held are also counted in
+    /// `held_by_all`, shared by the workers.
+    pub(super) fn new(max: usize, held_by_all: Arc<AtomicUsize>) -> Pipes {
         Pipes {
             pool: Vec::new(),
             held: 0,
             max: max.max(1),
+            held_by_all,
         }
     }
 
@@ -62,6 +68,7 @@ impl Pipes {
         }
         let p = self.pooled_or_new()?;
         self.held += 1;
+        self.held_by_all.fetch_add(1, Ordering::Relaxed);
         Ok(p)
     }
 
@@ -85,6 +92,7 @@ impl Pipes {
     pub(super) fn give(&mut self, pipe: Option<Pipe>) {
         if let Some(p) = pipe {
             self.held -= 1;
+            self.held_by_all.fetch_sub(1, Ordering::Relaxed);
             match rustix::io::ioctl_fionread(&p.r) {
                 Ok(0)
                     if self.pool.len() < PIPE_POOL_MAX.min(self.max.saturating_sub(self.held)) =>
@@ -101,6 +109,7 @@ impl Pipes {
     pub(super) fn close(&mut self, pipe: Option<Pipe>) {
         if pipe.is_some() {
             self.held -= 1;
+            self.held_by_all.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }

@@ -50,6 +50,7 @@ impl Worker {
         rx: mpsc::Receiver<Msg>,
         wake: Arc<OwnedFd>,
         pipes_max: usize,
+        pipes_held: Arc<std::sync::atomic::AtomicUsize>,
     ) -> Result<Worker, UringError> {
         // The ring is created on its own thread: with SINGLE_ISSUER and DEFER_TASKRUN, completions
         // are processed only when this thread asks for them, without cross-CPU task work.
@@ -70,7 +71,7 @@ impl Worker {
             listeners: Slab::new(),
             queued: Slab::new(),
             accept_log: RateLimit::default(),
-            pipes: Pipes::new(pipes_max),
+            pipes: Pipes::new(pipes_max, pipes_held),
             pipe_log: RateLimit::default(),
             rx,
             wake,
