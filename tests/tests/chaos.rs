@@ -120,6 +120,8 @@ fn partitions_from_the_master_and_the_sentinels_lose_no_acknowledged_write() {
                 let Some(c) = conn.as_mut() else {
                     conn = Conn::open(listen).ok();
                     if conn.is_none() {
+                        // Pacing: the forwarder refused (partition, no master); retry 50 times
+                        // a second.
                         std::thread::sleep(Duration::from_millis(20));
                     }
                     continue;
