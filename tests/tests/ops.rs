@@ -84,10 +84,7 @@ fn drain_time_limit_closes_the_rest_and_exits_cleanly() {
     // ... having closed it itself: a session left open at the exit (closed by the kernel, which
     // the client cannot tell apart) is counted in the last line instead.
     assert!(
-        wait_until(Duration::from_secs(5), || f
-            .log_text()
-            .lines()
-            .any(|l| l.contains("stopped: every session closed"))),
+        f.wait_for_log("stopped: every session closed", Duration::from_secs(5)),
         "the forwarder did not close the session itself before exiting:\n{}",
         f.log_text()
     );

@@ -209,23 +209,13 @@ fn split_brain_routes_every_client_to_one_master() {
     let b = Redis::start();
     // HAProxy's fall 3 and a 2 s check timeout: on a loaded machine one slow check must not
     // count as the master going away (that would be a real change of master, not split brain).
-    let f = Forwarder::start(&format!(
-        r#"[[service]]
-name = "mymaster"
-listen = "{{LISTEN}}"
-servers = ["{}", "{}"]
-timeout = {{ connect = "1s", client = "30s", server = "30s", queue = "5s" }}
-
-[service.check]
-kind = "redis-master"
-interval = "200ms"
-rise = 1
-fall = 3
-timeout = "2s"
-"#,
-        a.addr(),
-        b.addr()
-    ));
+    let f = Forwarder::start(
+        &Service::redis("mymaster", &[a.addr(), b.addr()])
+            .set("timeout", r#"{ connect = "1s", queue = "5s" }"#)
+            .check("fall", "3")
+            .check("timeout", "\"2s\"")
+            .to_string(),
+    );
     assert!(wait_until(Duration::from_secs(10), || f
         .master("mymaster")
         .is_some()));
