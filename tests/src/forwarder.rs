@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::{free_port, wait_until, Proc};
+use crate::{free_ports, wait_until, Proc};
 
 /// A command prefix that runs the rest of its arguments without the capabilities BPF needs.
 pub const WITHOUT_BPF_CAPS: &[&str] = &[
@@ -21,16 +21,20 @@ pub const WITHOUT_BPF_CAPS: &[&str] = &[
     "exec \"$0\" \"$@\"",
 ];
 
-/// `text` with each `{LISTEN}` replaced by a free loopback address, and those addresses.
-fn with_free_ports(text: &str) -> (String, Vec<SocketAddr>) {
+/// `text` with each `{LISTEN}` replaced by a free loopback address, those addresses, and
+/// `extra` more free loopback addresses, all distinct.
+fn with_free_ports(text: &str, extra: usize) -> (String, Vec<SocketAddr>, Vec<SocketAddr>) {
     let mut text = text.to_string();
+    let mut ports = free_ports(text.matches("{LISTEN}").count() + extra)
+        .into_iter()
+        .map(|p| SocketAddr::from((Ipv4Addr::LOCALHOST, p)));
     let mut listen = Vec::new();
     while text.contains("{LISTEN}") {
-        let a = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+        let a = ports.next().expect("a port per {LISTEN}");
         text = text.replacen("{LISTEN}", &a.to_string(), 1);
         listen.push(a);
     }
-    (text, listen)
+    (text, listen, ports.collect())
 }
 
 /// The data path mode the suite runs in.
@@ -70,7 +74,7 @@ impl Forwarder {
     /// `{LISTEN}` becomes a free port each time. Returns those addresses. The daemon picks the
     /// file up on SIGHUP or `forwarder reload`.
     pub fn rewrite(&self, services: &str) -> Vec<SocketAddr> {
-        let (text, listen) = with_free_ports(services);
+        let (text, listen, _) = with_free_ports(services, 0);
         self.write_config(&format!("{}{text}", self.header));
         listen
     }
@@ -124,8 +128,9 @@ impl Forwarder {
         env: &[(&str, &str)],
         expect: Option<&str>,
     ) -> Result<Forwarder, String> {
-        let (text, listen) = with_free_ports(services);
-        let admin = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+        // The admin port too, so that it cannot be one of the listeners'.
+        let (text, listen, admin) = with_free_ports(services, 1);
+        let admin = admin[0];
         let header = format!("[datapath]\n{datapath}\n\n[admin]\nlisten = \"{admin}\"\n\n");
         let config = format!("{header}{text}");
         let (proc, log, dir) = spawn_forwarder(wrapper, env, &["run"], &config);

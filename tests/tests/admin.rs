@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use harness::endpoints::admin_request;
 use harness::{
-    echo, forwarder_bin, free_port, plain_service, tcp_server, wait_until, Forwarder, Proc,
+    echo, forwarder_bin, free_ports, plain_service, tcp_server, wait_until, Forwarder, Proc,
 };
 
 const TOKEN: &str = "the-right-admin-token";
@@ -49,8 +49,9 @@ fn start() -> Daemon {
     let backend = tcp_server(echo);
     for _ in 0..10 {
         let dir = tempfile::tempdir().unwrap();
-        let admin = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
-        let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+        let ports = free_ports(2);
+        let at = |i: usize| SocketAddr::from((Ipv4Addr::LOCALHOST, ports[i]));
+        let (admin, listen) = (at(0), at(1));
         let path = dir.path().join("forwarder.toml");
         std::fs::write(&path, config(admin, listen, backend, TOKEN)).unwrap();
         let log = dir.path().join("forwarder.log");
