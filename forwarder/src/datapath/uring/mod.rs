@@ -6,26 +6,35 @@
 //! `LINK_TIMEOUT` of `timeout.connect`) on one thread, without a lock or a cross-thread hand-off.
 //! Sessions that another path passes on (the sockmap's overflow) arrive through `hand_off`.
 //!
-//! The bytes never reach userspace. Per direction a `POLL_ADD(src, POLLIN)` waits; when it
-//! fires, this thread splices `src -> pipe -> dst` at once with two non-blocking `splice(2)`
-//! calls. A direction whose reads reach `STREAM_READ` is a stream: it moves on ring operations
-//! instead, `POLL_ADD -> SPLICE(src -> pipe) -> SPLICE(pipe -> dst)` in one linked chain (no
-//! poll while the pipe comes back full), which the kernel runs on its io-wq threads, beside this
-//! one. The split is measured (bench/README.md): the kernel never runs `IORING_OP_SPLICE` inline
-//! (`REQ_F_FORCE_ASYNC`), and when every hop took io-wq a small Redis request paid +44 µs at p50;
-//! inline splicing after the poll costs what a `read` + `write` costs, with no copy, while
-//! streams gain from io-wq running beside the worker.
+//! Two ways to move a direction's bytes, chosen by what the direction does:
+//! - **Messages** (the default; `message.rs`): a multishot `RECV` takes whatever arrives into a
+//!   buffer of the worker's provided-buffer ring (`bufring.rs`) and a `SEND` passes it on. A
+//!   Redis request or reply costs two completions and no syscall of its own: the worker submits
+//!   the sends and reaps the receives of all its sessions in one `io_uring_enter` per loop. The
+//!   bytes are copied in and out once each, as `read` + `write` would. Measured against the
+//!   previous design (every message `POLL_ADD`, then two `splice(2)` calls through a pipe) this
+//!   cut the proxy's CPU per Redis request by about a fifth (bench/README.md).
+//! - **Streams** (zero copy): a direction that holds `HOLD_MAX` buffers (its destination takes
+//!   bytes slower than its source sends them) or finds the buffer ring empty moves to a pipe:
+//!   `POLL_ADD(src, POLLIN)`, then `splice src -> pipe -> dst` at once with two non-blocking
+//!   `splice(2)` calls; a direction whose reads reach `STREAM_READ` runs
+//!   `POLL_ADD -> SPLICE(src -> pipe) -> SPLICE(pipe -> dst)` as one linked chain on the kernel's
+//!   io-wq threads, beside this one. When the pipe is drained and the source has nothing more,
+//!   the direction goes back to messages.
 //!
 //! Rules that keep it correct:
 //! - Sockets stay non-blocking, so a splice never parks a thread (ours or a kernel one) on an
-//!   idle socket; the poll is what waits.
-//! - A direction reads from its source only when its pipe is empty, so bytes are never reordered,
-//!   and EOF is seen only after every earlier byte was written: then `shutdown(dst, SHUT_WR)`.
+//!   idle socket; the multishot receive or the poll is what waits.
+//! - A direction has one `SEND` in flight, always of its oldest held buffer, and reads into a
+//!   pipe only when it holds no buffer and its pipe is empty, so bytes are never reordered; EOF
+//!   is acted on only after every earlier byte was written: then `shutdown(dst, SHUT_WR)`.
+//! - A buffer is its direction's from the completion that names it until its bytes were sent;
+//!   a session that ends gives back what it held. An idle session holds no buffer.
 //! - A request/response direction holds a pipe only while bytes are in it; a drained pipe goes
 //!   back to the worker's pool at once. A stream keeps its pipe between bursts (at most
 //!   `PIPES_KEPT_MAX` per worker, so descriptors stay bounded) until `COOL_AFTER` without
 //!   traffic, when its linked poll is cancelled and the pipe goes back. An idle session holds
-//!   two sockets and a slab entry, nothing else.
+//!   two sockets, a slab entry and its two armed receives, nothing else.
 //! - A worker opens at most `pipes_max` pipes (its share of the descriptor budget). A direction
 //!   that finds none free copies through a `COPY_CHUNK` buffer instead (`copy_inline`); what
 //!   the destination does not take waits in the direction's `spill`, which, like a pipe, is
@@ -39,14 +48,17 @@
 //! `READ` on, so neither side blocks the other.
 //!
 //! The rooms: `ops.rs` (what an operation was, in its user_data), `worker.rs` (the ring and its
-//! loop), `front.rs` (accept, admit, queue, connect), `session.rs` (the directions of each
-//! session on the ring), `direction.rs` (what a direction does after each completion, as a pure
-//! function), `pipes.rs` (the pipe pool).
+//! loop), `front.rs` (accept, admit, queue, connect), `session.rs` (a session's directions on
+//! the ring), `message.rs` (their receives and sends), `bufring.rs` (the provided buffers),
+//! `direction.rs` (what a piped direction does after each completion, as a pure function),
+//! `pipes.rs` (the pipe pool).
 //!
 //! [`Gate`]: crate::admission::Gate
 
+mod bufring;
 mod direction;
 mod front;
+mod message;
 mod ops;
 mod pipes;
 mod session;
@@ -99,6 +111,9 @@ pub enum UringError {
     /// A worker's own ring could not be set up.
     #[error("io_uring_setup: {0}")]
     Ring(io::Error),
+    /// A worker's provided-buffer ring could not be mapped or registered.
+    #[error("cannot register a provided-buffer ring (kernel older than 5.19?): {0}")]
+    BufRing(io::Error),
 }
 
 /// Checks that this kernel (and whatever sandbox we run in) lets us use io_uring with the
@@ -122,6 +137,8 @@ pub fn probe() -> Result<(), UringError> {
         .map_err(UringError::Probe)?;
     for (code, name) in [
         (opcode::Splice::CODE, "SPLICE"),
+        (opcode::RecvMulti::CODE, "RECV"),
+        (opcode::Send::CODE, "SEND"),
         (opcode::PollAdd::CODE, "POLL_ADD"),
         (opcode::AsyncCancel::CODE, "ASYNC_CANCEL"),
         (opcode::Read::CODE, "READ"),

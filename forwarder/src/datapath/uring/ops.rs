@@ -19,19 +19,26 @@ pub(super) enum Op {
     OutPoll = 3,
     /// The poll at the head of a `ChainPoll -> SpliceIn -> SpliceOut` chain.
     ChainPoll = 4,
-    Cancel = 5,
-    Accept = 6,
-    Connect = 7,
-    ConnectTimeout = 8,
+    /// The multishot receive of a message-mode direction (in flight until a completion without
+    /// `IORING_CQE_F_MORE`).
+    Recv = 5,
+    /// The send of a message-mode direction's oldest received buffer.
+    Send = 6,
+    Cancel = 7,
+    Accept = 8,
+    Connect = 9,
+    ConnectTimeout = 10,
 }
 
 /// The session operations, in `end`'s cancelling order.
-pub(super) const SESSION_OPS: [Op; 5] = [
+pub(super) const SESSION_OPS: [Op; 7] = [
     Op::InPoll,
     Op::ChainPoll,
     Op::SpliceIn,
     Op::SpliceOut,
     Op::OutPoll,
+    Op::Recv,
+    Op::Send,
 ];
 
 const OP_BITS: u32 = 5;
@@ -48,9 +55,11 @@ pub(super) fn decode(ud: u64) -> (usize, usize, Op) {
         2 => Op::SpliceOut,
         3 => Op::OutPoll,
         4 => Op::ChainPoll,
-        5 => Op::Cancel,
-        6 => Op::Accept,
-        7 => Op::Connect,
+        5 => Op::Recv,
+        6 => Op::Send,
+        7 => Op::Cancel,
+        8 => Op::Accept,
+        9 => Op::Connect,
         _ => Op::ConnectTimeout,
     };
     ((ud >> OP_BITS) as usize, dir, op)
@@ -73,6 +82,8 @@ mod tests {
             Op::SpliceOut,
             Op::OutPoll,
             Op::ChainPoll,
+            Op::Recv,
+            Op::Send,
             Op::Cancel,
             Op::Accept,
             Op::Connect,

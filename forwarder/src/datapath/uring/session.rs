@@ -36,15 +36,21 @@ impl Worker {
             last: [now, now],
             ending: None,
         });
-        self.poll_in(slot, 0);
-        self.poll_in(slot, 1);
+        self.recv(slot, 0);
+        self.recv(slot, 1);
     }
 
-    fn fd(&self, slot: usize, side: usize) -> types::Fd {
+    pub(super) fn fd(&self, slot: usize, side: usize) -> types::Fd {
         types::Fd(self.conns[slot].job.fds[side].as_raw_fd())
     }
 
-    fn start(&mut self, slot: usize, dir: usize, op: Op, e: squeue::Entry) -> squeue::Entry {
+    pub(super) fn start(
+        &mut self,
+        slot: usize,
+        dir: usize,
+        op: Op,
+        e: squeue::Entry,
+    ) -> squeue::Entry {
         self.conns[slot].ops |= op_bit(dir, op);
         e.user_data(user_data(slot, dir, op))
     }
@@ -65,6 +71,8 @@ impl Worker {
                 res,
                 read_pending: c.ops & op_bit(dir, Op::SpliceIn) != 0,
             },
+            // Message-mode operations report to `on_recv` and `on_send`.
+            Op::Recv | Op::Send => return,
             Op::Cancel | Op::Accept | Op::Connect | Op::ConnectTimeout => return,
         };
         if c.ending.is_some() {
@@ -131,19 +139,23 @@ impl Worker {
             // in between.
             Step::Splice => self.splice_in_out(slot, dir),
             Step::Stream => self.poll_splice(slot, dir),
-            // The next bytes are spliced inline when the poll fires.
-            Step::Poll => self.poll_in(slot, dir),
-            Step::HalfClose => {
-                let c = &self.conns[slot];
-                match rustix::net::shutdown(&c.job.fds[1 - dir], rustix::net::Shutdown::Write) {
-                    Ok(()) | Err(rustix::io::Errno::NOTCONN) => {}
-                    Err(_) => return self.end(slot, End::Reset),
-                }
-                if c.dirs[1 - dir].flow.done {
-                    self.end(slot, End::Closed);
-                }
-            }
+            // Drained: the next bytes come as messages again (`message.rs`).
+            Step::Poll => self.recv(slot, dir),
+            Step::HalfClose => self.half_close(slot, dir),
             Step::Reset => self.end(slot, End::Reset),
+        }
+    }
+
+    /// EOF after every earlier byte was written: half-closes the destination, and ends the
+    /// session cleanly once the other direction did the same.
+    pub(super) fn half_close(&mut self, slot: usize, dir: usize) {
+        let c = &self.conns[slot];
+        match rustix::net::shutdown(&c.job.fds[1 - dir], rustix::net::Shutdown::Write) {
+            Ok(()) | Err(rustix::io::Errno::NOTCONN) => {}
+            Err(_) => return self.end(slot, End::Reset),
+        }
+        if c.dirs[1 - dir].flow.done {
+            self.end(slot, End::Closed);
         }
     }
 
@@ -153,8 +165,8 @@ impl Worker {
         self.pipes.give(pipe);
     }
 
-    /// Waits for bytes (or EOF, or an error) on the direction's source.
-    fn poll_in(&mut self, slot: usize, dir: usize) {
+    /// Waits for bytes (or EOF, or an error) on the direction's source, for the pipe path.
+    pub(super) fn poll_in(&mut self, slot: usize, dir: usize) {
         let e = opcode::PollAdd::new(self.fd(slot, dir), PollFlags::IN.bits().into()).build();
         let e = self.start(slot, dir, Op::InPoll, e);
         self.push(&[e]);
@@ -326,7 +338,7 @@ impl Worker {
     }
 
     /// Starts tearing a session down: cancels what is in flight, then `finish` closes it.
-    fn end(&mut self, slot: usize, how: End) {
+    pub(super) fn end(&mut self, slot: usize, how: End) {
         let c = &mut self.conns[slot];
         if c.ending.is_some() {
             return;
@@ -349,7 +361,7 @@ impl Worker {
     }
 
     /// Closes a session with no operation in flight and reports how it ended.
-    fn finish(&mut self, slot: usize) {
+    pub(super) fn finish(&mut self, slot: usize) {
         let mut c = self.conns.remove(slot);
         let how = c.ending.unwrap_or(End::Reset);
         if how != End::Closed {
@@ -360,6 +372,7 @@ impl Worker {
             }
         }
         for d in &mut c.dirs {
+            self.release_held(&mut d.held);
             let pipe = d.pipe.take();
             if d.flow.drained() {
                 self.pipes.give(pipe);

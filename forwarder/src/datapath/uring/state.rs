@@ -2,6 +2,7 @@
 //! connecting to it, and its sessions with their two directions. `front.rs` (accept, admit,
 //! connect) and `session.rs` (moving bytes, teardown) act on it; `worker.rs` owns it.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
@@ -51,9 +52,28 @@ pub(super) struct Dial {
     pub(super) _timeout: Box<types::Timespec>,
 }
 
-/// One direction of a session: `src` -> pipe (or spill) -> `dst`.
+/// A received buffer of a message-mode direction, not yet sent on in full.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Held {
+    /// Its id in the worker's buffer ring.
+    pub(super) bid: u16,
+    /// Bytes received into it.
+    pub(super) len: u32,
+    /// Bytes of it sent so far.
+    pub(super) sent: u32,
+}
+
+/// One direction of a session: in message mode `src` -> provided buffers -> `dst` (multishot
+/// `RECV`, then `SEND`); in pipe mode `src` -> pipe (or spill) -> `dst`.
 #[derive(Default)]
 pub(super) struct Dir {
+    /// Received buffers in order, the oldest (being sent) first; at most `bufring::HOLD_MAX`.
+    pub(super) held: VecDeque<Held>,
+    /// The direction leaves message mode when its receive has ended and `held` is sent: it is a
+    /// stream, or the buffer ring was empty.
+    pub(super) to_pipe: bool,
+    /// Its multishot receive reported EOF: half-close once `held` is sent.
+    pub(super) eof: bool,
     pub(super) pipe: Option<Pipe>,
     /// Bytes read without a pipe (see `copy_inline`) and not yet written: then `flow.pending`
     /// counts these, and the direction holds no pipe.

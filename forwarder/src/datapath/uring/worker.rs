@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use io_uring::{opcode, squeue, types, IoUring};
 use slab::Slab;
 
+use super::bufring::BufRing;
 use super::ops::{decode, Op, UD_TICK, UD_WAKE};
 use super::pipes::Pipes;
 use super::state::{Conn, Listener, Queued};
@@ -26,7 +27,9 @@ const RING_ENTRIES: u32 = 1024;
 const CQ_ENTRIES: u32 = 65536;
 
 pub(super) struct Worker {
+    /// Declared (so dropped) before `bufs`, whose memory the kernel uses until the ring is gone.
     pub(super) ring: IoUring,
+    pub(super) bufs: BufRing,
     pub(super) conns: Slab<Conn>,
     pub(super) listeners: Slab<Listener>,
     pub(super) queued: Slab<Queued>,
@@ -65,8 +68,10 @@ impl Worker {
                     .build(RING_ENTRIES)
             })
             .map_err(UringError::Ring)?;
+        let bufs = BufRing::new(&ring).map_err(UringError::BufRing)?;
         let mut w = Worker {
             ring,
+            bufs,
             conns: Slab::new(),
             listeners: Slab::new(),
             queued: Slab::new(),
@@ -115,6 +120,8 @@ impl Worker {
                     _ => match decode(ud) {
                         (slot, _, Op::Accept) => self.on_accept(slot, res, flags),
                         (slot, _, Op::Connect) => self.on_connect(slot, res),
+                        (slot, dir, Op::Recv) => self.on_recv(slot, dir, res, flags),
+                        (slot, dir, Op::Send) => self.on_send(slot, dir, res),
                         // The cancelled operation reports on its own; a linked timeout's result
                         // shows in the connect's (-ECANCELED when it fired).
                         (_, _, Op::Cancel | Op::ConnectTimeout) => {}
@@ -134,7 +141,8 @@ impl Worker {
     pub(super) fn push(&mut self, entries: &[squeue::Entry]) {
         loop {
             // SAFETY: every buffer an entry points to (the eventfd buffer, the timespecs, a
-            // connect's address) is boxed in this worker until its operation completed, and the
+            // connect's address) is boxed in this worker until its operation completed (a send's
+            // buffer is a provided buffer its direction holds until the send completed), and the
             // kernel copies addresses and timespecs when it prepares the entry anyway; fds stay
             // open until the ops on them have completed (a session is freed only when `ops` is
             // empty, a listener only after its accept's last completion, a dial after its connect).
