@@ -20,7 +20,9 @@ use bench::Summary;
 use clap::{Args, ValueEnum};
 use serde::Serialize;
 
-use crate::prereq::{self, HAPROXY, IPERF3, REDIS, REDIS_BENCHMARK, REDIS_CLI, SOCAT};
+use crate::prereq::{
+    self, HAPROXY, IPERF3, NGINX, NGINX_STREAM, REDIS, REDIS_BENCHMARK, REDIS_CLI, SOCAT,
+};
 use scenarios::Scenario;
 use targets::{start_targets, target_kinds, Bins};
 
@@ -99,10 +101,16 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     prereq::ensure(&[REDIS, REDIS_CLI, REDIS_BENCHMARK])?;
     // The comparison targets: installed when we can; otherwise their rows say why they are absent.
     let mut missing = BTreeMap::new();
-    for t in [HAPROXY, IPERF3, SOCAT] {
+    for t in [HAPROXY, IPERF3, NGINX, SOCAT] {
         let program = t.program;
         if let Err(e) = prereq::ensure(&[t]) {
             missing.insert(program, first_line(&format!("{e:#}")));
+        }
+    }
+    // An nginx installed without its stream module: the module alone.
+    if !missing.contains_key(NGINX.program) && targets::nginx_stream_module().is_none() {
+        if let Err(e) = prereq::ensure(&[NGINX_STREAM]) {
+            missing.insert(NGINX.program, first_line(&format!("{e:#}")));
         }
     }
     let settings = Settings {

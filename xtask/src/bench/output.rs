@@ -374,6 +374,8 @@ fn draw(
         RGBColor(148, 103, 189),
         RGBColor(140, 86, 75),
         RGBColor(227, 119, 194),
+        RGBColor(127, 127, 127),
+        RGBColor(188, 189, 34),
     ];
     // The scale follows the medians; a whisker (min-max over the rounds) may leave the plot.
     let top = bars.iter().map(|b| b.value).fold(0.0, f64::max);
