@@ -216,7 +216,7 @@ struct Chart {
     y: &'static str,
 }
 
-const CHARTS: [Chart; 8] = [
+const CHARTS: [Chart; 9] = [
     Chart {
         file: "redis.svg",
         title: "redis-benchmark -c 50: throughput, ratio to direct",
@@ -225,6 +225,15 @@ const CHARTS: [Chart; 8] = [
         suffix: "",
         value: Value::RatioToDirect,
         y: "ratio to direct (higher is better)",
+    },
+    Chart {
+        file: "redis-cpu.svg",
+        title: "Proxy CPU (user+sys) per Redis request (SET and GET runs)",
+        scenario: Scenario::Redis,
+        unit: "us/op",
+        suffix: "",
+        value: Value::Absolute,
+        y: "CPU µs per request (lower is better)",
     },
     Chart {
         file: "bulk.svg",
