@@ -214,8 +214,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     ));
     std::fs::write(&json, serde_json::to_string_pretty(&report)?)?;
     let charts = output::write_charts(&report, &dir)?;
+    let verdict = output::verdict(&report);
+    if !verdict.is_empty() {
+        println!("\n{verdict}");
+    }
     let md = output::summary_markdown(&report, &table, &charts, json_name(&json), "");
-    std::fs::write(dir.join("latest.md"), &md)?;
+    std::fs::write(dir.join("latest.md"), format!("{verdict}\n{md}"))?;
     if !report.quick && args.only.is_none() {
         let readme = crate::root().join("bench/README.md");
         let text = std::fs::read_to_string(&readme).unwrap_or_default();
@@ -226,6 +230,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             json_name(&json),
             "results/",
         ));
+        let text = output::replace_verdict(&text, &verdict);
         std::fs::write(&readme, output::replace_section(&text, &section))?;
     }
     eprintln!(
