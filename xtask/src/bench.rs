@@ -5,7 +5,8 @@
 //! `bench/results/quick/` (not committed).
 
 mod machine;
-mod output;
+/// Also draws the failover drills' chart.
+pub(crate) mod output;
 mod scenarios;
 mod targets;
 mod tools;

@@ -429,12 +429,23 @@ const CHARTS: [Chart; 9] = [
 ];
 
 /// A bar: metric index, target index, value and its spread over the rounds.
-struct Bar {
-    metric: usize,
-    target: usize,
-    value: f64,
-    low: f64,
-    high: f64,
+pub struct Bar {
+    pub metric: usize,
+    pub target: usize,
+    pub value: f64,
+    pub low: f64,
+    pub high: f64,
+}
+
+/// One plot of a chart file: its metrics along the x axis, a bar per target and metric.
+pub struct Panel<'a> {
+    pub title: &'a str,
+    /// The y axis' description.
+    pub y: &'a str,
+    pub metrics: &'a [String],
+    pub bars: &'a [Bar],
+    /// Draw the line at 1 (direct) of a ratio chart.
+    pub ratio_line: bool,
 }
 
 fn bars(r: &Report, c: &Chart, metrics: &[String], targets: &[&String]) -> Vec<Bar> {
@@ -488,18 +499,29 @@ pub fn write_charts(r: &Report, dir: &Path) -> anyhow::Result<Vec<String>> {
         if bars.is_empty() {
             continue;
         }
-        draw(&dir.join(c.file), c, &metrics, &targets, &bars)?;
+        let panel = Panel {
+            title: c.title,
+            y: c.y,
+            metrics: &metrics,
+            bars: &bars,
+            ratio_line: c.value == Value::RatioToDirect,
+        };
+        // A target keeps its colour across charts: direct (always first) is left out of the
+        // relative charts, so their indices are shifted by one.
+        let shift = usize::from(c.value != Value::Absolute);
+        draw(&dir.join(c.file), &[panel], &targets, shift)?;
         written.push(c.file.to_string());
     }
     Ok(written)
 }
 
-fn draw(
+/// Draws `panels` side by side into one SVG, with one legend: target `i` has colour
+/// `i + shift` of the palette.
+pub fn draw(
     path: &Path,
-    c: &Chart,
-    metrics: &[String],
+    panels: &[Panel],
     targets: &[&String],
-    bars: &[Bar],
+    shift: usize,
 ) -> anyhow::Result<()> {
     use plotters::prelude::*;
     use plotters::style::text_anchor::{HPos, Pos, VPos};
@@ -514,71 +536,82 @@ fn draw(
         RGBColor(127, 127, 127),
         RGBColor(188, 189, 34),
     ];
-    // The scale follows the medians; a whisker (min-max over the rounds) may leave the plot.
-    let top = bars.iter().map(|b| b.value).fold(0.0, f64::max);
-    let bottom = bars.iter().map(|b| b.value).fold(0.0, f64::min);
-    let mut ymax = top * 1.15;
-    if c.value == Value::RatioToDirect {
-        ymax = ymax.max(1.1);
-    }
-    if ymax <= 0.0 {
-        ymax = 1.0;
-    }
-    let ymin = if bottom < 0.0 { bottom * 1.15 } else { 0.0 };
     let legend_w = 190;
-    let width = 150 + legend_w + 170 * u32::try_from(metrics.len()).unwrap_or(1);
+    let widths: Vec<u32> = panels
+        .iter()
+        .map(|p| 150 + 170 * u32::try_from(p.metrics.len()).unwrap_or(1))
+        .collect();
+    let width = legend_w + widths.iter().sum::<u32>();
     let root = SVGBackend::new(path, (width, 460)).into_drawing_area();
     root.fill(&WHITE)?;
-    let (plot, legend) = root.split_horizontally(width - legend_w);
-    let nm = metrics.len() as f64;
-    let slots = targets.len() as f64 + 1.0;
-    let mut chart = ChartBuilder::on(&plot)
-        .caption(c.title, ("sans-serif", 18))
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0f64..nm, ymin..ymax)?;
-    chart
-        .configure_mesh()
-        .disable_x_mesh()
-        .x_labels(0)
-        .y_desc(c.y)
-        .draw()?;
-    let mut entries = Vec::new();
-    // A target keeps its colour across charts: direct (always first) is left out of the relative
-    // charts, so their indices are shifted by one.
-    let shift = usize::from(c.value != Value::Absolute);
-    for (ti, t) in targets.iter().enumerate() {
-        let color = colors[(ti + shift) % colors.len()];
-        let mine: Vec<&Bar> = bars.iter().filter(|b| b.target == ti).collect();
-        if mine.is_empty() {
-            continue;
+    let (mut rest, legend) = root.split_horizontally(width - legend_w);
+    let mut entries: Vec<(String, RGBColor)> = Vec::new();
+    let mut ratio_line = false;
+    for (p, w) in panels.iter().zip(&widths) {
+        let (plot, right) = rest.split_horizontally(*w);
+        rest = right;
+        // The scale follows the medians; a whisker (min-max over the rounds) may leave the plot.
+        let top = p.bars.iter().map(|b| b.value).fold(0.0, f64::max);
+        let bottom = p.bars.iter().map(|b| b.value).fold(0.0, f64::min);
+        let mut ymax = top * 1.15;
+        if p.ratio_line {
+            ymax = ymax.max(1.1);
         }
-        let x0 = |b: &Bar| b.metric as f64 + (ti as f64 + 0.5) / slots;
-        chart.draw_series(mine.iter().map(|b| {
-            Rectangle::new(
-                [(x0(b), 0.0), (x0(b) + 0.9 / slots, b.value)],
-                color.filled(),
-            )
-        }))?;
-        chart.draw_series(mine.iter().map(|b| {
-            let x = x0(b) + 0.45 / slots;
-            let clip = |y: f64| y.clamp(ymin, ymax);
-            PathElement::new([(x, clip(b.low)), (x, clip(b.high))], BLACK.stroke_width(1))
-        }))?;
-        entries.push((t.to_string(), color));
+        if ymax <= 0.0 {
+            ymax = 1.0;
+        }
+        let ymin = if bottom < 0.0 { bottom * 1.15 } else { 0.0 };
+        let nm = p.metrics.len() as f64;
+        let slots = targets.len() as f64 + 1.0;
+        let mut chart = ChartBuilder::on(&plot)
+            .caption(p.title, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0f64..nm, ymin..ymax)?;
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(0)
+            .y_desc(p.y)
+            .draw()?;
+        for (ti, t) in targets.iter().enumerate() {
+            let color = colors[(ti + shift) % colors.len()];
+            let mine: Vec<&Bar> = p.bars.iter().filter(|b| b.target == ti).collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let x0 = |b: &Bar| b.metric as f64 + (ti as f64 + 0.5) / slots;
+            chart.draw_series(mine.iter().map(|b| {
+                Rectangle::new(
+                    [(x0(b), 0.0), (x0(b) + 0.9 / slots, b.value)],
+                    color.filled(),
+                )
+            }))?;
+            chart.draw_series(mine.iter().filter(|b| b.low < b.high).map(|b| {
+                let x = x0(b) + 0.45 / slots;
+                let clip = |y: f64| y.clamp(ymin, ymax);
+                PathElement::new([(x, clip(b.low)), (x, clip(b.high))], BLACK.stroke_width(1))
+            }))?;
+            if !entries.iter().any(|(n, _)| n == *t) {
+                entries.push((t.to_string(), color));
+            }
+        }
+        if p.ratio_line {
+            chart.draw_series(LineSeries::new([(0.0, 1.0), (nm, 1.0)], BLACK))?;
+            ratio_line = true;
+        }
+        let label = ("sans-serif", 13)
+            .into_font()
+            .color(&BLACK)
+            .pos(Pos::new(HPos::Center, VPos::Top));
+        for (i, m) in p.metrics.iter().enumerate() {
+            let (x, y) = chart.backend_coord(&(i as f64 + 0.5, ymin));
+            plot.draw(&Text::new(m.clone(), (x, y + 8), label.clone()))?;
+        }
     }
-    if c.value == Value::RatioToDirect {
-        chart.draw_series(LineSeries::new([(0.0, 1.0), (nm, 1.0)], BLACK))?;
+    if ratio_line {
         entries.push(("direct = 1".to_string(), BLACK));
-    }
-    let label = ("sans-serif", 13)
-        .into_font()
-        .color(&BLACK)
-        .pos(Pos::new(HPos::Center, VPos::Top));
-    for (i, m) in metrics.iter().enumerate() {
-        let (x, y) = chart.backend_coord(&(i as f64 + 0.5, ymin));
-        plot.draw(&Text::new(m.clone(), (x, y + 8), label.clone()))?;
     }
     let text = ("sans-serif", 13).into_font().color(&BLACK);
     for (i, (name, color)) in entries.iter().enumerate() {
