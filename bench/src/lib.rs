@@ -146,25 +146,39 @@ pub fn parse_proc_stat_ppid_ticks(stat: &str) -> anyhow::Result<(u32, u64)> {
     Ok((ppid, parse_proc_stat_ticks(stat)?))
 }
 
+/// `root` and all its descendants, from `(pid, ppid, ticks)` of every process (as read from
+/// `/proc/*/stat`), `root` first; empty when `root` is not among the processes.
+pub fn tree_pids(procs: &[(u32, u32, u64)], root: u32) -> Vec<u32> {
+    if !procs.iter().any(|p| p.0 == root) {
+        return Vec::new();
+    }
+    let mut tree = vec![root];
+    let mut next = 0;
+    while let Some(&parent) = tree.get(next) {
+        next += 1;
+        for &(pid, ppid, _) in procs {
+            // A pid is never its own parent, but guard against cycles.
+            if ppid == parent && !tree.contains(&pid) {
+                tree.push(pid);
+            }
+        }
+    }
+    tree
+}
+
 /// The clock ticks of `root` and of all its descendants, from `(pid, ppid, ticks)` of every
 /// process (as read from `/proc/*/stat`). A child's own ticks are counted while it lives and,
 /// once its parent has reaped it, in the parent's cutime + cstime; either way once. `None` when
 /// `root` is not among the processes.
 pub fn tree_ticks(procs: &[(u32, u32, u64)], root: u32) -> Option<u64> {
-    let mut total = procs.iter().find(|p| p.0 == root)?.2;
-    let mut frontier = vec![root];
-    let mut seen = vec![root];
-    while let Some(parent) = frontier.pop() {
-        for &(pid, ppid, ticks) in procs {
-            // pid 0 has no parent; a pid is never its own parent, but guard against cycles.
-            if ppid == parent && pid != 0 && !seen.contains(&pid) {
-                seen.push(pid);
-                frontier.push(pid);
-                total += ticks;
-            }
-        }
-    }
-    Some(total)
+    let tree = tree_pids(procs, root);
+    (!tree.is_empty()).then(|| {
+        procs
+            .iter()
+            .filter(|p| tree.contains(&p.0))
+            .map(|p| p.2)
+            .sum()
+    })
 }
 
 /// Proxy CPU microseconds per request; `None` when no request completed.
@@ -324,6 +338,8 @@ mod tests {
             (20, 1, 50),
             (14, 20, 9),
         ];
+        assert_eq!(tree_pids(&procs, 10), [10, 11, 12, 13]);
+        assert_eq!(tree_pids(&procs, 99), Vec::<u32>::new());
         assert_eq!(tree_ticks(&procs, 10), Some(5 + 100 + 200 + 7));
         assert_eq!(tree_ticks(&procs, 12), Some(200));
         assert_eq!(tree_ticks(&procs, 99), None);
