@@ -1,7 +1,8 @@
 //! `cargo xtask bench`: every target measured side by side in one run, interleaved round by
 //! round (A B C A B C ...), reported as medians with min/max and ratios to a direct connection and
-//! to HAProxy. A full run writes `bench/results/<time>.json`, `bench/results/latest.md`, SVG charts
-//! and the latest-run section of `bench/README.md`; `--quick` writes the same under
+//! to the best peer of each row (HAProxy, HAProxy with splice, nginx), with a verdict. A full run
+//! writes `bench/results/<time>.json`, `bench/results/latest.md`, SVG charts and the verdict and
+//! latest-run sections of `bench/README.md`; `--quick` writes the same under
 //! `bench/results/quick/` (not committed).
 
 mod machine;
@@ -38,7 +39,7 @@ pub struct BenchArgs {
     /// Drills per target for `failover`.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
     drills: u32,
-    /// A smoke run (under 3 minutes): shorter measurements, written under bench/results/quick/.
+    /// A smoke run (about 6 minutes): shorter measurements, written under bench/results/quick/.
     #[arg(long)]
     quick: bool,
     /// Only this scenario.
@@ -48,7 +49,7 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "userspace,uring,sockmap")]
     modes: Vec<String>,
     /// Rounds per scenario (at least 3).
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(3..=50))]
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(3..=50))]
     rounds: u32,
 }
 
