@@ -471,5 +471,17 @@ mod tests {
         let svg = std::fs::read_to_string(&path).unwrap();
         assert!(svg.contains("<svg") && svg.contains("HAProxy (guide config)"));
         assert!(svg.contains("Acknowledged writes lost"));
+        // Each metric's label sits under its own bars: the second panel's are not piled up at
+        // its edge.
+        let label_x = |label: &str| -> f64 {
+            let at = svg.find(&format!("{label}\n</text>")).unwrap();
+            let tag = &svg[svg[..at].rfind("<text x=\"").unwrap() + 9..];
+            tag[..tag.find('"').unwrap()].parse().unwrap()
+        };
+        let (before, after) = (
+            label_x("acked before the kill"),
+            label_x("acked after the kill"),
+        );
+        assert!(label_x("beyond Sentinel") < before && before + 100.0 < after);
     }
 }

@@ -605,9 +605,10 @@ pub fn draw(
             .into_font()
             .color(&BLACK)
             .pos(Pos::new(HPos::Center, VPos::Top));
+        // backend_coord is in the whole picture's pixels, not the panel's: draw on the root.
         for (i, m) in p.metrics.iter().enumerate() {
             let (x, y) = chart.backend_coord(&(i as f64 + 0.5, ymin));
-            plot.draw(&Text::new(m.clone(), (x, y + 8), label.clone()))?;
+            root.draw(&Text::new(m.clone(), (x, y + 8), label.clone()))?;
         }
     }
     if ratio_line {
