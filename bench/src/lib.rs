@@ -133,6 +133,96 @@ pub fn parse_proc_stat_ticks(stat: &str) -> anyhow::Result<u64> {
     })
 }
 
+/// The parent pid and utime + stime + cutime + cstime (clock ticks) from the text of
+/// `/proc/PID/stat`: field 4 (ppid) and fields 14 to 17 of proc(5).
+pub fn parse_proc_stat_ppid_ticks(stat: &str) -> anyhow::Result<(u32, u64)> {
+    let close = stat.rfind(')').context("/proc/PID/stat: no ')'")?;
+    // fields[0] is field 3 (state), so field 4 (ppid) is fields[1].
+    let ppid = stat[close + 1..]
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .context("/proc/PID/stat: no ppid")?;
+    Ok((ppid, parse_proc_stat_ticks(stat)?))
+}
+
+/// `root` and all its descendants, from `(pid, ppid, ticks)` of every process (as read from
+/// `/proc/*/stat`), `root` first; empty when `root` is not among the processes.
+pub fn tree_pids(procs: &[(u32, u32, u64)], root: u32) -> Vec<u32> {
+    if !procs.iter().any(|p| p.0 == root) {
+        return Vec::new();
+    }
+    let mut tree = vec![root];
+    let mut next = 0;
+    while let Some(&parent) = tree.get(next) {
+        next += 1;
+        for &(pid, ppid, _) in procs {
+            // A pid is never its own parent, but guard against cycles.
+            if ppid == parent && !tree.contains(&pid) {
+                tree.push(pid);
+            }
+        }
+    }
+    tree
+}
+
+/// The clock ticks of `root` and of all its descendants, from `(pid, ppid, ticks)` of every
+/// process (as read from `/proc/*/stat`). A child's own ticks are counted while it lives and,
+/// once its parent has reaped it, in the parent's cutime + cstime; either way once. `None` when
+/// `root` is not among the processes.
+pub fn tree_ticks(procs: &[(u32, u32, u64)], root: u32) -> Option<u64> {
+    let tree = tree_pids(procs, root);
+    (!tree.is_empty()).then(|| {
+        procs
+            .iter()
+            .filter(|p| tree.contains(&p.0))
+            .map(|p| p.2)
+            .sum()
+    })
+}
+
+/// Proxy CPU microseconds per request; `None` when no request completed.
+pub fn cpu_us_per_op(cpu_seconds: f64, requests: u64) -> Option<f64> {
+    (requests > 0 && cpu_seconds >= 0.0).then(|| cpu_seconds * 1e6 / requests as f64)
+}
+
+/// The best of `candidates` (name, summary) by median: the highest when higher is better, the
+/// lowest otherwise; the first one wins a tie.
+pub fn best_by_median<'a>(
+    candidates: &[(&'a str, Summary)],
+    higher_is_better: bool,
+) -> Option<(&'a str, Summary)> {
+    candidates.iter().copied().reduce(|best, c| {
+        let better = if higher_is_better {
+            c.1.median > best.1.median
+        } else {
+            c.1.median < best.1.median
+        };
+        if better {
+            c
+        } else {
+            best
+        }
+    })
+}
+
+/// How many times better `a` is than `b` by median: `a / b` when higher is better, `b / a`
+/// otherwise, so that above 1 always means `a` is better.
+pub fn advantage(a: &Summary, b: &Summary, higher_is_better: bool) -> Option<f64> {
+    if higher_is_better {
+        ratio(a.median, b.median)
+    } else {
+        ratio(b.median, a.median)
+    }
+}
+
+/// The noise rule: two targets are not told apart when the difference of their medians is
+/// smaller than the larger of their spreads (max - min over the rounds).
+pub fn within_noise(a: &Summary, b: &Summary) -> bool {
+    let spread = (a.max - a.min).max(b.max - b.min);
+    (a.median - b.median).abs() < spread
+}
+
 /// `VmRSS` in KiB from the text of `/proc/PID/status`.
 pub fn parse_vmrss_kib(status: &str) -> anyhow::Result<f64> {
     let line = status
@@ -230,6 +320,73 @@ mod tests {
         assert_eq!(parse_vmrss_kib(status).unwrap(), 15624.0);
         assert!(parse_vmrss_kib("Name:\tx\n").is_err());
         assert!(parse_vmrss_kib("VmRSS:\t12 MB\n").is_err());
+    }
+
+    #[test]
+    fn process_trees() {
+        let stat = "77 (nginx: worker) S 76 76 76 0 -1 4194560 1 0 0 0 10 20 3 4 20 0 1 0 1 1 1";
+        assert_eq!(parse_proc_stat_ppid_ticks(stat).unwrap(), (76, 37));
+        assert!(parse_proc_stat_ppid_ticks("1 (x) S").is_err());
+        // 10 is the master; 11 and 12 its workers; 13 a worker's child; 20 unrelated; 14 a
+        // child of the unrelated one.
+        let procs = [
+            (1, 0, 1000),
+            (10, 1, 5),
+            (11, 10, 100),
+            (12, 10, 200),
+            (13, 11, 7),
+            (20, 1, 50),
+            (14, 20, 9),
+        ];
+        assert_eq!(tree_pids(&procs, 10), [10, 11, 12, 13]);
+        assert_eq!(tree_pids(&procs, 99), Vec::<u32>::new());
+        assert_eq!(tree_ticks(&procs, 10), Some(5 + 100 + 200 + 7));
+        assert_eq!(tree_ticks(&procs, 12), Some(200));
+        assert_eq!(tree_ticks(&procs, 99), None);
+        // A (corrupt) cycle does not loop.
+        assert_eq!(tree_ticks(&[(2, 3, 1), (3, 2, 1)], 2), Some(2));
+        // 0.25 s over 50,000 requests: 5 us each.
+        assert_eq!(cpu_us_per_op(0.25, 50_000), Some(5.0));
+        assert_eq!(cpu_us_per_op(0.25, 0), None);
+    }
+
+    #[test]
+    fn peers_and_noise() {
+        let s = |median, min, max| Summary {
+            median,
+            min,
+            max,
+            n: 3,
+        };
+        let peers = [
+            ("haproxy", s(100.0, 95.0, 105.0)),
+            ("haproxy-splice", s(120.0, 110.0, 121.0)),
+            ("nginx", s(90.0, 89.0, 91.0)),
+        ];
+        assert_eq!(best_by_median(&peers, true).unwrap().0, "haproxy-splice");
+        assert_eq!(best_by_median(&peers, false).unwrap().0, "nginx");
+        assert_eq!(best_by_median(&[], true), None);
+        // A tie keeps the first.
+        assert_eq!(
+            best_by_median(&[("a", s(1.0, 1.0, 1.0)), ("b", s(1.0, 1.0, 1.0))], true)
+                .unwrap()
+                .0,
+            "a"
+        );
+        let (a, b) = (s(120.0, 119.0, 121.0), s(100.0, 90.0, 110.0));
+        assert_eq!(advantage(&a, &b, true), Some(1.2));
+        assert_eq!(advantage(&b, &a, false), Some(1.2));
+        // 20 apart, spreads 2 and 20: exactly the spread is not noise; a wider spread is.
+        assert!(!within_noise(&a, &b));
+        assert!(within_noise(&a, &s(100.0, 90.0, 110.5)));
+        assert!(!within_noise(
+            &s(100.0, 100.0, 100.0),
+            &s(100.0, 100.0, 100.0)
+        ));
+        assert!(within_noise(
+            &s(100.0, 99.0, 101.0),
+            &s(101.0, 100.0, 102.0)
+        ));
     }
 
     #[test]

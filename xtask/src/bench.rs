@@ -1,11 +1,13 @@
 //! `cargo xtask bench`: every target measured side by side in one run, interleaved round by
 //! round (A B C A B C ...), reported as medians with min/max and ratios to a direct connection and
-//! to HAProxy. A full run writes `bench/results/<time>.json`, `bench/results/latest.md`, SVG charts
-//! and the latest-run section of `bench/README.md`; `--quick` writes the same under
+//! to the best peer of each row (HAProxy, HAProxy with splice, nginx), with a verdict. A full run
+//! writes `bench/results/<time>.json`, `bench/results/latest.md`, SVG charts and the verdict and
+//! latest-run sections of `bench/README.md`; `--quick` writes the same under
 //! `bench/results/quick/` (not committed).
 
 mod machine;
-mod output;
+/// Also draws the failover drills' chart.
+pub(crate) mod output;
 mod scenarios;
 mod targets;
 mod tools;
@@ -20,7 +22,9 @@ use bench::Summary;
 use clap::{Args, ValueEnum};
 use serde::Serialize;
 
-use crate::prereq::{self, HAPROXY, IPERF3, REDIS, REDIS_BENCHMARK, REDIS_CLI, SOCAT};
+use crate::prereq::{
+    self, HAPROXY, IPERF3, NGINX, NGINX_STREAM, REDIS, REDIS_BENCHMARK, REDIS_CLI, SOCAT,
+};
 use scenarios::Scenario;
 use targets::{start_targets, target_kinds, Bins};
 
@@ -35,7 +39,7 @@ pub struct BenchArgs {
     /// Drills per target for `failover`.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
     drills: u32,
-    /// A smoke run (under 3 minutes): shorter measurements, written under bench/results/quick/.
+    /// A smoke run (about 6 minutes): shorter measurements, written under bench/results/quick/.
     #[arg(long)]
     quick: bool,
     /// Only this scenario.
@@ -45,7 +49,7 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "userspace,uring,sockmap")]
     modes: Vec<String>,
     /// Rounds per scenario (at least 3).
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(3..=50))]
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(3..=50))]
     rounds: u32,
 }
 
@@ -99,10 +103,16 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     prereq::ensure(&[REDIS, REDIS_CLI, REDIS_BENCHMARK])?;
     // The comparison targets: installed when we can; otherwise their rows say why they are absent.
     let mut missing = BTreeMap::new();
-    for t in [HAPROXY, IPERF3, SOCAT] {
+    for t in [HAPROXY, IPERF3, NGINX, SOCAT] {
         let program = t.program;
         if let Err(e) = prereq::ensure(&[t]) {
             missing.insert(program, first_line(&format!("{e:#}")));
+        }
+    }
+    // An nginx installed without its stream module: the module alone.
+    if !missing.contains_key(NGINX.program) && targets::nginx_stream_module().is_none() {
+        if let Err(e) = prereq::ensure(&[NGINX_STREAM]) {
+            missing.insert(NGINX.program, first_line(&format!("{e:#}")));
         }
     }
     let settings = Settings {
@@ -206,8 +216,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     ));
     std::fs::write(&json, serde_json::to_string_pretty(&report)?)?;
     let charts = output::write_charts(&report, &dir)?;
+    let verdict = output::verdict(&report);
+    if !verdict.is_empty() {
+        println!("\n{verdict}");
+    }
     let md = output::summary_markdown(&report, &table, &charts, json_name(&json), "");
-    std::fs::write(dir.join("latest.md"), &md)?;
+    std::fs::write(dir.join("latest.md"), format!("{verdict}\n{md}"))?;
     if !report.quick && args.only.is_none() {
         let readme = crate::root().join("bench/README.md");
         let text = std::fs::read_to_string(&readme).unwrap_or_default();
@@ -218,6 +232,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             json_name(&json),
             "results/",
         ));
+        let text = output::replace_verdict(&text, &verdict);
         std::fs::write(&readme, output::replace_section(&text, &section))?;
     }
     eprintln!(

@@ -24,6 +24,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use harness::{wait_until, Conn, Forwarder, Proc, Redis, Reply, Sentinel};
 
+use bench::summarize;
+
+use crate::bench::output::{draw, Bar, Panel};
 use crate::prereq::{self, HAPROXY, REDIS, SENTINEL};
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -78,9 +81,91 @@ pub fn run(drills: u32) -> anyhow::Result<()> {
     println!("{table}");
     let dir = crate::root().join("bench/results");
     std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join("failover.md"), &table)?;
-    eprintln!("failover: wrote {}", dir.join("failover.md").display());
+    chart(&results, &dir.join(CHART))?;
+    std::fs::write(
+        dir.join("failover.md"),
+        format!("{table}\n![failover drills]({CHART})\n"),
+    )?;
+    eprintln!(
+        "failover: wrote {} and {}",
+        dir.join("failover.md").display(),
+        dir.join(CHART).display()
+    );
     Ok(())
+}
+
+/// The chart next to failover.md.
+const CHART: &str = "failover.svg";
+
+/// The chart's bars: per target, the write outage and the outage beyond Sentinel's decision
+/// (median, min-max over the drills, ms); and the acknowledged writes lost, before and after the
+/// kill (sums over the drills, as in the table).
+fn chart_bars(results: &[(Target, Vec<Drill>)]) -> (Vec<Bar>, Vec<Bar>) {
+    let ms = |d: Duration| d.as_nanos() as f64 / 1e6;
+    let (mut outage, mut lost) = (Vec::new(), Vec::new());
+    for (ti, (_, ds)) in results.iter().enumerate() {
+        let series = [
+            ds.iter().map(|d| ms(d.outage)).collect::<Vec<f64>>(),
+            ds.iter().map(|d| ms(d.outage) - ms(d.sentinel)).collect(),
+        ];
+        for (metric, v) in series.iter().enumerate() {
+            if let Some(s) = summarize(v) {
+                outage.push(Bar {
+                    metric,
+                    target: ti,
+                    value: s.median,
+                    low: s.min,
+                    high: s.max,
+                });
+            }
+        }
+        let sums = [
+            ds.iter().map(|d| d.lost_before_kill).sum::<u64>(),
+            ds.iter().map(|d| d.lost_after_kill).sum(),
+        ];
+        for (metric, n) in sums.into_iter().enumerate() {
+            let value = n as f64;
+            lost.push(Bar {
+                metric,
+                target: ti,
+                value,
+                low: value,
+                high: value,
+            });
+        }
+    }
+    (outage, lost)
+}
+
+/// failover.svg: the write outage and the lost acknowledged writes per target, drawn like the
+/// bench charts.
+fn chart(results: &[(Target, Vec<Drill>)], path: &Path) -> anyhow::Result<()> {
+    let (outage, lost) = chart_bars(results);
+    let outage_metrics = ["write outage".to_string(), "beyond Sentinel".to_string()];
+    let lost_metrics = [
+        "acked before the kill".to_string(),
+        "acked after the kill".to_string(),
+    ];
+    let panels = [
+        Panel {
+            title: "Write outage after kill -9 of the master",
+            y: "ms, median over the drills (lower is better)",
+            metrics: &outage_metrics,
+            bars: &outage,
+            ratio_line: false,
+        },
+        Panel {
+            title: "Acknowledged writes lost, all drills",
+            y: "writes (lower is better)",
+            metrics: &lost_metrics,
+            bars: &lost,
+            ratio_line: false,
+        },
+    ];
+    let names: Vec<String> = results.iter().map(|(t, _)| t.name().to_string()).collect();
+    let targets: Vec<&String> = names.iter().collect();
+    // The colours of forwarder-userspace and haproxy in the bench charts.
+    draw(path, &panels, &targets, 0)
 }
 
 fn drill(target: Target) -> anyhow::Result<Drill> {
@@ -331,4 +416,72 @@ fn render(results: &[(Target, Vec<Drill>)], drills: u32) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drill(outage_ms: u64, sentinel_ms: u64, lost_before: u64, lost_after: u64) -> Drill {
+        Drill {
+            sentinel: Duration::from_millis(sentinel_ms),
+            outage: Duration::from_millis(outage_ms),
+            failed: 2,
+            acked: 1000,
+            lost_before_kill: lost_before,
+            lost_after_kill: lost_after,
+        }
+    }
+
+    fn results() -> Vec<(Target, Vec<Drill>)> {
+        vec![
+            (
+                Target::Forwarder,
+                vec![
+                    drill(2246, 2245, 0, 0),
+                    drill(2285, 2240, 1, 0),
+                    drill(2242, 2238, 0, 0),
+                ],
+            ),
+            (
+                Target::Haproxy,
+                vec![drill(4084, 2238, 0, 1000), drill(4041, 2230, 0, 2458)],
+            ),
+        ]
+    }
+
+    #[test]
+    fn chart_has_the_table_numbers() {
+        let (outage, lost) = chart_bars(&results());
+        let v = |b: &[Bar], m: usize, t: usize| {
+            b.iter()
+                .find(|x| x.metric == m && x.target == t)
+                .map(|x| (x.value, x.low, x.high))
+        };
+        assert_eq!(v(&outage, 0, 0), Some((2246.0, 2242.0, 2285.0)));
+        // Beyond Sentinel: 1, 45, 4 ms.
+        assert_eq!(v(&outage, 1, 0), Some((4.0, 1.0, 45.0)));
+        // Two drills: the median is their mean.
+        assert_eq!(v(&outage, 0, 1), Some((4062.5, 4041.0, 4084.0)));
+        assert_eq!(v(&lost, 0, 0), Some((1.0, 1.0, 1.0)));
+        assert_eq!(v(&lost, 1, 1), Some((3458.0, 3458.0, 3458.0)));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(CHART);
+        chart(&results(), &path).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        assert!(svg.contains("<svg") && svg.contains("HAProxy (guide config)"));
+        assert!(svg.contains("Acknowledged writes lost"));
+        // Each metric's label sits under its own bars: the second panel's are not piled up at
+        // its edge.
+        let label_x = |label: &str| -> f64 {
+            let at = svg.find(&format!("{label}\n</text>")).unwrap();
+            let tag = &svg[svg[..at].rfind("<text x=\"").unwrap() + 9..];
+            tag[..tag.find('"').unwrap()].parse().unwrap()
+        };
+        let (before, after) = (
+            label_x("acked before the kill"),
+            label_x("acked after the kill"),
+        );
+        assert!(label_x("beyond Sentinel") < before && before + 100.0 < after);
+    }
 }

@@ -9,6 +9,7 @@ use anyhow::{bail, Context};
 /// A program (or, given as an absolute path, a file) and the Debian package that ships it.
 pub struct Tool {
     pub program: &'static str,
+    /// One package, or several separated by spaces, all installed together.
     pub package: &'static str,
 }
 
@@ -28,6 +29,16 @@ pub const REDIS_CLI: Tool = Tool {
 pub const HAPROXY: Tool = Tool {
     program: "haproxy",
     package: "haproxy",
+};
+/// nginx with its stream (TCP proxy) module, a comparison target of `cargo xtask bench`.
+pub const NGINX: Tool = Tool {
+    program: "nginx",
+    package: "nginx libnginx-mod-stream",
+};
+/// The stream module alone, for an nginx installed without it.
+pub const NGINX_STREAM: Tool = Tool {
+    program: "/usr/lib/nginx/modules/ngx_stream_module.so",
+    package: "libnginx-mod-stream",
 };
 pub const SOCAT: Tool = Tool {
     program: "socat",
@@ -104,7 +115,7 @@ pub fn ensure(tools: &[Tool]) -> anyhow::Result<()> {
                 !have(t.program)
             }
         })
-        .map(|t| t.package)
+        .flat_map(|t| t.package.split_whitespace())
         .collect();
     if missing.is_empty() {
         return Ok(());

@@ -55,6 +55,7 @@ pub fn machine_info() -> BTreeMap<String, String> {
     }
     m.insert("forwarder git rev".into(), rev);
     m.insert("haproxy".into(), version("haproxy", &["-v"], "version"));
+    m.insert("nginx".into(), version("nginx", &["-v"], "nginx version"));
     m.insert(
         "redis".into(),
         version("redis-server", &["--version"], "Redis"),

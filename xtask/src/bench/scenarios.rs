@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use bench::{cpu_seconds_per_gb, summarize, Latency};
+use bench::{cpu_seconds_per_gb, cpu_us_per_op, summarize, Latency};
 use clap::ValueEnum;
 use serde::Serialize;
 
@@ -48,6 +48,11 @@ fn metric(name: impl Into<String>, unit: &'static str, higher_is_better: bool) -
         unit,
         higher_is_better,
     }
+}
+
+/// The proxy's CPU per request of one redis-benchmark invocation (its SET and GET tests).
+fn redis_cpu_metric(variant: &str) -> Metric {
+    metric(format!("proxy CPU, {variant} -c 50"), "us/op", false)
 }
 
 const REDIS_VARIANTS: [(&str, &[&str], u64); 3] = [
@@ -102,6 +107,7 @@ impl Scenario {
                 .flat_map(|(v, _, _)| {
                     ["SET", "GET"].map(|op| metric(format!("{op} {v} -c 50"), "ops/s", true))
                 })
+                .chain(REDIS_VARIANTS.iter().map(|(v, _, _)| redis_cpu_metric(v)))
                 .collect(),
             Scenario::Bulk => vec![
                 metric("1 stream", "Gbit/s", true),
@@ -134,8 +140,28 @@ impl Scenario {
             Scenario::Redis => {
                 let scale = if s.quick { 10 } else { 1 };
                 let mut out = Vec::new();
+                let mut cpu = Vec::new();
                 for (name, extra, n) in REDIS_VARIANTS {
-                    let res = redis_benchmark(t.addr, extra, n / scale).map_err(err);
+                    let n = n / scale;
+                    let before = t.pid().map(cpu_seconds).transpose();
+                    let res = redis_benchmark(t.addr, extra, n).map_err(err);
+                    // socat reaps its per-connection children (counted in cutime) a moment later.
+                    if matches!(t.kind, Kind::Socat) {
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                    let after = t.pid().map(cpu_seconds).transpose();
+                    // One invocation runs SET then GET, n requests each: the CPU is over both.
+                    let c = match (&res, before, after) {
+                        (Err(e), _, _) => Err(e.clone()),
+                        (_, Err(e), _) | (_, _, Err(e)) => Err(err(e)),
+                        (Ok(_), Ok(None), _) | (Ok(_), _, Ok(None)) => {
+                            Err("no proxy process (direct)".to_string())
+                        }
+                        (Ok(_), Ok(Some(a)), Ok(Some(b))) => {
+                            cpu_us_per_op(b - a, 2 * n).ok_or_else(|| "no requests".to_string())
+                        }
+                    };
+                    cpu.push((redis_cpu_metric(name), c));
                     for op in ["SET", "GET"] {
                         let v = match &res {
                             Ok(rows) => rows
@@ -148,6 +174,7 @@ impl Scenario {
                         out.push((metric(format!("{op} {name} -c 50"), "ops/s", true), v));
                     }
                 }
+                out.extend(cpu);
                 out
             }
             Scenario::Bulk => {

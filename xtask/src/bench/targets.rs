@@ -14,7 +14,7 @@ use harness::{free_port, http_get, wait_until, Conn, Proc, Redis, Reply};
 
 use super::first_line;
 use super::tools::echo_once;
-use crate::prereq::{HAPROXY, IPERF3, SOCAT};
+use crate::prereq::{HAPROXY, IPERF3, NGINX, SOCAT};
 
 /// What the backend is, which decides the health check of each proxy and the readiness probe.
 #[derive(Clone, Copy, PartialEq)]
@@ -29,6 +29,7 @@ pub enum Kind {
     Direct,
     Forwarder(String),
     Haproxy { splice: bool },
+    Nginx,
     Socat,
 }
 
@@ -49,8 +50,9 @@ impl Target {
 
 impl Drop for Target {
     fn drop(&mut self) {
-        // socat runs in its own process group: its per-connection children go with it.
-        if let (Kind::Socat, Some(pid)) = (&self.kind, self.pid()) {
+        // socat and nginx run in their own process groups: socat's per-connection children and
+        // nginx's workers go with them.
+        if let (Kind::Socat | Kind::Nginx, Some(pid)) = (&self.kind, self.pid()) {
             if let Some(pid) = i32::try_from(pid)
                 .ok()
                 .and_then(rustix::process::Pid::from_raw)
@@ -174,6 +176,7 @@ pub fn target_kinds(modes: &[String]) -> Vec<(String, Kind)> {
     }
     kinds.push(("haproxy".into(), Kind::Haproxy { splice: false }));
     kinds.push(("haproxy-splice".into(), Kind::Haproxy { splice: true }));
+    kinds.push(("nginx".into(), Kind::Nginx));
     kinds.push(("socat".into(), Kind::Socat));
     kinds
 }
@@ -191,6 +194,7 @@ pub fn start_targets(
         .map(|(name, kind)| {
             let program = match &kind {
                 Kind::Haproxy { .. } => Some(HAPROXY.program),
+                Kind::Nginx => Some(NGINX.program),
                 Kind::Socat => Some(SOCAT.program),
                 Kind::Direct | Kind::Forwarder(_) => None,
             };
@@ -333,6 +337,44 @@ fn start_target(
             }
             Ok((listen, Some(p), Some(dir)))
         }
+        Kind::Nginx => {
+            let module = nginx_stream_module().context("ngx_stream_module.so not found")?;
+            let d = dir.path();
+            let conf = d.join("nginx.conf");
+            let log = d.join("error.log");
+            std::fs::write(&conf, nginx_config(&module, d, cpus(), listen, backend))?;
+            // -e: the startup error log too is ours, not /var/log/nginx/error.log. Its own process
+            // group, so that the workers can be killed with the master.
+            let mut p = Proc::spawn(
+                Command::new("nginx")
+                    .arg("-p")
+                    .arg(d)
+                    .arg("-c")
+                    .arg(&conf)
+                    .arg("-e")
+                    .arg(&log)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .process_group(0),
+            )?;
+            let ready =
+                wait_listening(listen, &mut p).and_then(|()| wait_ready(listen, bk, &mut p));
+            if let Err(e) = ready {
+                // Kill the workers too, now: the Target that would do it is not built.
+                if let Some(pid) = i32::try_from(p.pid())
+                    .ok()
+                    .and_then(rustix::process::Pid::from_raw)
+                {
+                    let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+                }
+                match log_error(&log, &["[emerg]", "[alert]", "[crit]"]) {
+                    Some(why) => bail!("{why} ({e})"),
+                    None => bail!("{e}"),
+                }
+            }
+            Ok((listen, Some(p), Some(dir)))
+        }
         Kind::Socat => {
             // nodelay on both sides: without it, 16 KiB Redis values stall on Nagle + delayed
             // ACKs (40 ms per request); and a listen backlog above socat's default of 5, which
@@ -374,6 +416,40 @@ fn forwarder_config(
          allow = [\"127.0.0.0/8\"]\nmaxconn = 9000\n\
          timeout = {{ connect = \"4s\", client = \"60s\", server = \"60s\", queue = \"5s\" }}\n\n\
          [service.check]\n{check}\ninterval = \"1s\"\n"
+    )
+}
+
+/// Where Debian's libnginx-mod-stream put the stream module (/usr/lib/nginx/modules, with a link
+/// in /usr/share/nginx/modules on some releases).
+pub fn nginx_stream_module() -> Option<PathBuf> {
+    ["/usr/lib/nginx/modules", "/usr/share/nginx/modules"]
+        .iter()
+        .map(|d| Path::new(d).join("ngx_stream_module.so"))
+        .find(|p| p.is_file())
+}
+
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+}
+
+/// nginx as a TCP proxy: one worker per CPU, `reuseport` (a listening socket per worker, as
+/// HAProxy's threads and the forwarder's workers share the accepts), Nagle off towards the
+/// server, timeouts like the others'.
+fn nginx_config(
+    module: &Path,
+    dir: &Path,
+    workers: usize,
+    listen: SocketAddr,
+    backend: SocketAddr,
+) -> String {
+    let (m, d) = (module.display(), dir.display());
+    format!(
+        "load_module {m};\nworker_processes {workers};\ndaemon off;\npid {d}/nginx.pid;\n\
+         error_log {d}/error.log warn;\nworker_rlimit_nofile 20000;\n\
+         events {{\n  worker_connections 10000;\n}}\n\
+         stream {{\n  server {{\n    listen {listen} reuseport backlog=1024;\n    \
+         proxy_pass {backend};\n    tcp_nodelay on;\n    proxy_timeout 60s;\n    \
+         proxy_connect_timeout 5s;\n  }}\n}}\n"
     )
 }
 
@@ -424,6 +500,17 @@ mod tests {
         assert!(h.contains("server redis1 127.0.0.1:2000 check inter 1s\n"));
         let h = haproxy_config(false, l, b, Backend::Echo);
         assert!(!h.contains("splice") && !h.contains("PING"));
+        let n = nginx_config(
+            Path::new("/usr/lib/nginx/modules/ngx_stream_module.so"),
+            Path::new("/tmp/x"),
+            2,
+            l,
+            b,
+        );
+        assert!(n.starts_with("load_module /usr/lib/nginx/modules/ngx_stream_module.so;\n"));
+        assert!(n.contains("worker_processes 2;\ndaemon off;\npid /tmp/x/nginx.pid;\n"));
+        assert!(n.contains("listen 127.0.0.1:1000 reuseport backlog=1024;\n"));
+        assert!(n.contains("proxy_pass 127.0.0.1:2000;\n"));
         let f = forwarder_config("uring", l, loopback(3000), b, Backend::Iperf);
         assert!(f.contains("mode = \"uring\"") && f.contains("kind = \"tcp-check\""));
     }

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use bench::{
-    parse_iperf3_json, parse_proc_stat_ticks, parse_redis_benchmark_csv, parse_vmrss_kib,
-    per_connection_kib, Latency,
+    parse_iperf3_json, parse_proc_stat_ppid_ticks, parse_redis_benchmark_csv, parse_vmrss_kib,
+    per_connection_kib, tree_pids, tree_ticks, Latency,
 };
 
 use super::{check_stop, first_line};
@@ -117,10 +117,34 @@ pub fn connrate(loadgen: &Path, addr: SocketAddr, secs: u32) -> anyhow::Result<f
         .context("loadgen connrate: no per_second")
 }
 
-/// user+sys CPU seconds of a process and of its reaped children, from /proc/PID/stat.
+/// `(pid, ppid, utime + stime + cutime + cstime)` of every process, from `/proc/*/stat`.
+fn processes() -> anyhow::Result<Vec<(u32, u32, u64)>> {
+    let mut procs = Vec::new();
+    for entry in std::fs::read_dir("/proc")? {
+        let Some(p) = entry?
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // A process may exit between the listing and the read: skip it (its parent, if in the
+        // tree, counts it in cutime once it has reaped it).
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        if let Ok((ppid, ticks)) = parse_proc_stat_ppid_ticks(&stat) {
+            procs.push((p, ppid, ticks));
+        }
+    }
+    Ok(procs)
+}
+
+/// user+sys CPU seconds of a process and of all its descendants (nginx's workers, socat's
+/// per-connection children), living or reaped: the sum over the process tree under `pid` of
+/// utime + stime + cutime + cstime.
 pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let ticks = parse_proc_stat_ticks(&stat)?;
+    let ticks = tree_ticks(&processes()?, pid).with_context(|| format!("no process {pid}"))?;
     let hz = rustix::param::clock_ticks_per_second();
     if hz == 0 {
         bail!("sysconf(_SC_CLK_TCK) = 0");
@@ -128,8 +152,19 @@ pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     Ok(ticks as f64 / hz as f64)
 }
 
+/// VmRSS of a process and of all its descendants (nginx's workers hold the connections, not its
+/// master). Pages they share are counted in each, but the growth the memory scenario measures is
+/// the workers' own.
 fn rss_kib(pid: u32) -> anyhow::Result<f64> {
-    parse_vmrss_kib(&std::fs::read_to_string(format!("/proc/{pid}/status"))?)
+    let tree = tree_pids(&processes()?, pid);
+    if tree.is_empty() {
+        bail!("no process {pid}");
+    }
+    let rss = |p: &u32| -> anyhow::Result<f64> {
+        parse_vmrss_kib(&std::fs::read_to_string(format!("/proc/{p}/status"))?)
+    };
+    // A descendant that exited (gone, or a zombie without VmRSS) holds no memory.
+    Ok(rss(&tree[0])? + tree[1..].iter().filter_map(|p| rss(p).ok()).sum::<f64>())
 }
 
 /// RSS growth of a fresh proxy per established, idle connection, each one proven end to end by a
