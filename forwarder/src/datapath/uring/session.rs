@@ -137,8 +137,14 @@ impl Worker {
             Step::WriteRest => self.write_rest(slot, dir),
             // Bulk goes on in ring splices, which io-wq runs beside this thread, without a poll
             // in between.
-            Step::Splice => self.splice_in_out(slot, dir),
-            Step::Stream => self.poll_splice(slot, dir),
+            Step::Splice => {
+                self.grow_pipe(slot, dir);
+                self.splice_in_out(slot, dir);
+            }
+            Step::Stream => {
+                self.grow_pipe(slot, dir);
+                self.poll_splice(slot, dir);
+            }
             // Drained: the next bytes come as messages again (`message.rs`).
             Step::Poll => self.recv(slot, dir),
             Step::HalfClose => self.half_close(slot, dir),
@@ -156,6 +162,13 @@ impl Worker {
         }
         if c.dirs[1 - dir].flow.done {
             self.end(slot, End::Closed);
+        }
+    }
+
+    /// A stream's pipe grows, so that each ring round trip moves more (see `Pipes::grow`).
+    fn grow_pipe(&mut self, slot: usize, dir: usize) {
+        if let Some(p) = self.conns[slot].dirs[dir].pipe.as_mut() {
+            self.pipes.grow(p);
         }
     }
 
