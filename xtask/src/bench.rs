@@ -5,6 +5,7 @@
 //! latest-run sections of `bench/README.md`; `--quick` writes the same under
 //! `bench/results/quick/` (not committed).
 
+pub(crate) mod charts;
 mod machine;
 /// Also draws the failover drills' chart.
 pub(crate) mod output;
@@ -215,7 +216,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         if report.quick { "-quick" } else { "" }
     ));
     std::fs::write(&json, serde_json::to_string_pretty(&report)?)?;
-    let charts = output::write_charts(&report, &dir)?;
+    let charts = charts::write_charts(&report, &dir)?;
     let verdict = output::verdict(&report);
     if !verdict.is_empty() {
         println!("\n{verdict}");

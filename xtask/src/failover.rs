@@ -26,7 +26,7 @@ use harness::{wait_until, Conn, Forwarder, Proc, Redis, Reply, Sentinel};
 
 use bench::summarize;
 
-use crate::bench::output::{draw, Bar, Panel};
+use crate::bench::charts::{draw, Bar, Panel};
 use crate::prereq::{self, HAPROXY, REDIS, SENTINEL};
 
 #[derive(Debug, Default, Clone, Copy)]
