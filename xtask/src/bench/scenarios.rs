@@ -18,6 +18,29 @@ use super::{check_stop, Row, Settings};
 const IDLE_CONNS_FULL: usize = 8000;
 const IDLE_CONNS_QUICK: usize = 2000;
 
+/// Runs one measurement through `t` and returns its result with the CPU seconds the proxy's
+/// process tree spent meanwhile, or why there are none: the run failed, `/proc` could not be
+/// read, or there is no proxy process (direct).
+fn with_proxy_cpu<T>(
+    t: &Target,
+    run: impl FnOnce() -> Result<T, String>,
+) -> (Result<T, String>, Result<f64, String>) {
+    let before = t.pid().map(cpu_seconds).transpose();
+    let res = run();
+    // socat reaps its per-connection children (counted in cutime) a moment later.
+    if matches!(t.kind, Kind::Socat) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let after = t.pid().map(cpu_seconds).transpose();
+    let cpu = match (&res, before, after) {
+        (Err(e), _, _) => Err(e.clone()),
+        (_, Err(e), _) | (_, _, Err(e)) => Err(format!("{e:#}")),
+        (Ok(_), Ok(None), _) | (Ok(_), _, Ok(None)) => Err("no proxy process (direct)".to_string()),
+        (Ok(_), Ok(Some(a)), Ok(Some(b))) => Ok(b - a),
+    };
+    (res, cpu)
+}
+
 /// A scenario, in the order a run measures them; `--only` names one.
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -143,24 +166,12 @@ impl Scenario {
                 let mut cpu = Vec::new();
                 for (name, extra, n) in REDIS_VARIANTS {
                     let n = n / scale;
-                    let before = t.pid().map(cpu_seconds).transpose();
-                    let res = redis_benchmark(t.addr, extra, n).map_err(err);
-                    // socat reaps its per-connection children (counted in cutime) a moment later.
-                    if matches!(t.kind, Kind::Socat) {
-                        std::thread::sleep(Duration::from_millis(200));
-                    }
-                    let after = t.pid().map(cpu_seconds).transpose();
+                    let (res, cpu_s) =
+                        with_proxy_cpu(t, || redis_benchmark(t.addr, extra, n).map_err(err));
                     // One invocation runs SET then GET, n requests each: the CPU is over both.
-                    let c = match (&res, before, after) {
-                        (Err(e), _, _) => Err(e.clone()),
-                        (_, Err(e), _) | (_, _, Err(e)) => Err(err(e)),
-                        (Ok(_), Ok(None), _) | (Ok(_), _, Ok(None)) => {
-                            Err("no proxy process (direct)".to_string())
-                        }
-                        (Ok(_), Ok(Some(a)), Ok(Some(b))) => {
-                            cpu_us_per_op(b - a, 2 * n).ok_or_else(|| "no requests".to_string())
-                        }
-                    };
+                    let c = cpu_s.and_then(|c| {
+                        cpu_us_per_op(c, 2 * n).ok_or_else(|| "no requests".to_string())
+                    });
                     cpu.push((redis_cpu_metric(name), c));
                     for op in ["SET", "GET"] {
                         let v = match &res {
@@ -182,13 +193,8 @@ impl Scenario {
                 let mut out = Vec::new();
                 let mut cpu = Vec::new();
                 for streams in [1, 8] {
-                    let before = t.pid().map(cpu_seconds).transpose();
-                    let r = iperf3(t.addr, streams, secs).map_err(err);
-                    // socat reaps its per-connection children (counted in cutime) a moment later.
-                    if matches!(t.kind, Kind::Socat) {
-                        std::thread::sleep(Duration::from_millis(200));
-                    }
-                    let after = t.pid().map(cpu_seconds).transpose();
+                    let (r, cpu_s) =
+                        with_proxy_cpu(t, || iperf3(t.addr, streams, secs).map_err(err));
                     let name = if streams == 1 {
                         "1 stream"
                     } else {
@@ -200,15 +206,12 @@ impl Scenario {
                             .map(|r| r.bits_per_second / 1e9)
                             .map_err(Clone::clone),
                     ));
-                    let c = match (&r, before, after) {
-                        (Err(e), _, _) => Err(e.clone()),
-                        (_, Err(e), _) | (_, _, Err(e)) => Err(err(e)),
-                        (Ok(_), Ok(None), _) | (Ok(_), _, Ok(None)) => {
-                            Err("no proxy process (direct)".to_string())
+                    let c = match (&r, cpu_s) {
+                        (Ok(r), Ok(c)) => {
+                            cpu_seconds_per_gb(c, r.bytes).ok_or_else(|| "no bytes".to_string())
                         }
-                        (Ok(r), Ok(Some(a)), Ok(Some(b))) => {
-                            cpu_seconds_per_gb(b - a, r.bytes).ok_or_else(|| "no bytes".to_string())
-                        }
+                        (_, Err(e)) => Err(e),
+                        (Err(e), _) => Err(e.clone()),
                     };
                     cpu.push((metric(format!("proxy CPU, {name}"), "s/GB", false), c));
                 }
