@@ -1,6 +1,8 @@
 //! The admin listener: `GET /` (status page), `GET /status` (JSON), `GET /metrics` (Prometheus
-//! text) and `POST /reload`. It knows the daemon only through [`Control`]: what it reports and
-//! how to reload, nothing else of it.
+//! text), `GET /live` and `GET /ready` (probes), and the operator's actions: `POST /reload`,
+//! `POST /servers/{service}/{server}/state` (body `ready`, `drain` or `maint`) and
+//! `POST /services/{service}/switchover`. It knows the daemon only through [`Control`]: what it
+//! reports and what it may be asked to do, nothing else of it.
 
 use std::future::Future;
 use std::sync::atomic::Ordering;
@@ -29,6 +31,47 @@ pub trait Control: Send + Sync + 'static {
     /// Re-reads the configuration file and applies it: a summary of what changed, or why
     /// nothing did.
     fn reload(&self) -> impl Future<Output = Result<String, Self::ReloadError>> + Send;
+    /// `Ok` when every listener is bound and every service routes new clients to a master;
+    /// otherwise why not, one line per service.
+    fn readiness(&self) -> Result<(), Vec<String>>;
+    /// Sets a server's operator state; what was done.
+    fn set_server_state(
+        &self,
+        service: &str,
+        server: &str,
+        state: health::AdminState,
+    ) -> Result<String, ControlError>;
+    /// Runs a planned switchover of a service's master; what was done (the pause included).
+    fn switchover(&self, service: &str) -> impl Future<Output = Result<String, ControlError>> + Send;
+}
+
+/// Why an operator's request was not done; each maps to an HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// No such service or server (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// The request makes no sense (400).
+    #[error("{0}")]
+    Invalid(String),
+    /// Not now: the state of the service forbids it (409).
+    #[error("{0}")]
+    Conflict(String),
+    /// Tried and failed: a server or Sentinel refused or did not answer in time (502).
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl ControlError {
+    fn status(&self) -> axum::http::StatusCode {
+        use axum::http::StatusCode;
+        match self {
+            ControlError::NotFound(_) => StatusCode::NOT_FOUND,
+            ControlError::Invalid(_) => StatusCode::BAD_REQUEST,
+            ControlError::Conflict(_) => StatusCode::CONFLICT,
+            ControlError::Failed(_) => StatusCode::BAD_GATEWAY,
+        }
+    }
 }
 
 /// Longest wait for a request's headers, on a new or a kept-alive connection.
@@ -54,6 +97,16 @@ pub async fn serve<C: Control>(
         .route("/metrics", get(metrics::<C>))
         .route("/status", get(status::<C>))
         .route("/reload", axum::routing::post(reload::<C>))
+        .route("/live", get(live))
+        .route("/ready", get(ready::<C>))
+        .route(
+            "/servers/{service}/{server}/state",
+            axum::routing::post(server_state::<C>),
+        )
+        .route(
+            "/services/{service}/switchover",
+            axum::routing::post(switchover::<C>),
+        )
         .with_state(control)
         .layer(axum::middleware::from_fn(move |req, next| {
             bearer(token.clone(), req, next)
@@ -149,6 +202,54 @@ async fn reload<C: Control>(AxState(control): AxState<Arc<C>>) -> impl IntoRespo
                 axum::http::StatusCode::UNPROCESSABLE_ENTITY,
                 format!("reload refused, the running configuration stays: {e}\n"),
             )
+        }
+    }
+}
+
+/// `GET /live`: the process answers (its runtime runs).
+async fn live() -> &'static str {
+    "live\n"
+}
+
+/// `GET /ready`: 200 when every service routes new clients, else 503 with the reasons.
+async fn ready<C: Control>(AxState(control): AxState<Arc<C>>) -> impl IntoResponse {
+    match control.readiness() {
+        Ok(()) => (axum::http::StatusCode::OK, "ready\n".to_string()),
+        Err(why) => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}\n", why.join("; ")),
+        ),
+    }
+}
+
+/// `POST /servers/{service}/{server}/state` with body `ready`, `drain` or `maint`.
+async fn server_state<C: Control>(
+    AxState(control): AxState<Arc<C>>,
+    axum::extract::Path((service, server)): axum::extract::Path<(String, String)>,
+    body: String,
+) -> impl IntoResponse {
+    let done = body
+        .parse::<health::AdminState>()
+        .map_err(ControlError::Invalid)
+        .and_then(|state| control.set_server_state(&service, &server, state));
+    answer(done)
+}
+
+/// `POST /services/{service}/switchover`: waits for the switchover to end (bounded) and says
+/// how it went.
+async fn switchover<C: Control>(
+    AxState(control): AxState<Arc<C>>,
+    axum::extract::Path(service): axum::extract::Path<String>,
+) -> impl IntoResponse {
+    answer(control.switchover(&service).await)
+}
+
+fn answer(done: Result<String, ControlError>) -> (axum::http::StatusCode, String) {
+    match done {
+        Ok(text) => (axum::http::StatusCode::OK, format!("{text}\n")),
+        Err(e) => {
+            tracing::warn!(error = %e, "admin request refused");
+            (e.status(), format!("{e}\n"))
         }
     }
 }

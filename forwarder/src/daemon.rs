@@ -1,6 +1,12 @@
 //! The daemon: turns a validated [`Config`] into running services, applies new configurations
-//! (SIGHUP, `POST /reload`) without dropping sessions, and drains on SIGTERM/SIGINT.
+//! (SIGHUP, `POST /reload`) without dropping sessions, and drains on SIGTERM/SIGINT. What the
+//! admin listener may ask of it (status, readiness, server states, switchovers) is in
+//! [`control`].
 
+mod control;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -15,10 +21,9 @@ use crate::admin;
 use crate::budget::{self, Budget};
 use crate::config::{Config, ConfigError, Service};
 use crate::datapath::DataPath;
-use crate::metrics::{AdminReject, GlobalStats};
+use crate::metrics::GlobalStats;
 use crate::router::Router;
 use crate::service::{self, ServiceRuntime};
-use crate::status::{BpfTotals, ServiceStatus, Status};
 
 /// Why a reload was refused; the running configuration stays.
 #[derive(Debug, thiserror::Error)]
@@ -71,46 +76,13 @@ pub struct Daemon {
     retiring: Mutex<Vec<Arc<ServiceHandle>>>,
     /// One reload at a time.
     reloading: tokio::sync::Mutex<()>,
+    /// The operator's server states (`POST /servers/...`), by service: they outlive the
+    /// monitors a reload replaces.
+    admin_states: Mutex<HashMap<String, HashMap<SocketAddr, health::AdminState>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-impl admin::Control for Daemon {
-    fn status(&self) -> Status {
-        let services = lock(&self.live)
-            .iter()
-            .map(|l| {
-                let h = &l.handle;
-                ServiceStatus::of(&h.config, &h.runtime.stats, &h.monitor)
-            })
-            .collect();
-        Status {
-            datapath: self.datapath.name().to_string(),
-            datapath_fallback: self.fallback.clone(),
-            bpf: self.datapath.bpf_totals().map(|t| BpfTotals {
-                redirected_bytes: t.redirected_bytes,
-                passed_bytes: t.passed_bytes,
-            }),
-            pipes_held: self.datapath.pipes_held(),
-            accept_errors: self.global.accept_errors.load(Ordering::Relaxed),
-            admin_rejected: AdminReject::ALL
-                .iter()
-                .map(|r| {
-                    let n = self.global.admin_rejected[*r as usize].load(Ordering::Relaxed);
-                    (r.as_str().to_string(), n)
-                })
-                .collect(),
-            services,
-        }
-    }
-
-    type ReloadError = ReloadError;
-
-    async fn reload(&self) -> Result<String, ReloadError> {
-        Daemon::reload(self).await
-    }
 }
 
 impl Daemon {
@@ -139,12 +111,17 @@ impl Daemon {
         });
         let monitor = kept.map_or_else(
             || {
+                let admin = lock(&self.admin_states)
+                    .get(&svc.name)
+                    .cloned()
+                    .unwrap_or_default();
                 let m = health::Monitor::spawn(
                     svc.name.clone(),
                     svc.servers.clone(),
                     svc.check.program.clone(),
                     svc.check.schedule(),
                     sentinel,
+                    admin,
                 );
                 if let Some(p) = previous {
                     m.carry_counts(&p.monitor);
@@ -154,7 +131,10 @@ impl Daemon {
             |p| Arc::clone(&p.monitor),
         );
         let router = match kept {
-            Some(p) if p.config.on_master_change == svc.on_master_change => {
+            Some(p)
+                if p.config.on_master_change == svc.on_master_change
+                    && p.config.timeout.drain == svc.timeout.drain =>
+            {
                 p.runtime.router.clone()
             }
             _ => {
@@ -163,6 +143,7 @@ impl Daemon {
                     svc.name.clone(),
                     monitor.subscribe(),
                     svc.on_master_change,
+                    svc.timeout.drain,
                     self.shutdown.clone(),
                     Arc::new(move || datapath.routes_changed()),
                 )
@@ -415,6 +396,7 @@ pub async fn run(cfg: Config, budget: Budget, path: PathBuf, bound: Bound) -> an
         live: Mutex::new(Vec::new()),
         retiring: Mutex::new(Vec::new()),
         reloading: tokio::sync::Mutex::new(()),
+        admin_states: Mutex::new(HashMap::new()),
     });
     let live = cfg
         .service

@@ -1,4 +1,4 @@
-//! `forwarder run|check|status --config FILE`.
+//! `forwarder run|check|status|reload|server|switchover --config FILE`.
 
 #![forbid(unsafe_code)]
 
@@ -49,6 +49,35 @@ enum Command {
         #[arg(long)]
         admin: Option<std::net::SocketAddr>,
     },
+    /// Set a server's state in the running daemon: `ready` (routed as the checks and Sentinels
+    /// say), `drain` (no new sessions; established ones run until they end or timeout.drain) or
+    /// `maint` (never routed, not checked). Kept across reloads, not across restarts.
+    Server {
+        /// The service's name.
+        service: String,
+        /// The server, ip:port as in /status.
+        server: String,
+        /// ready, drain or maint.
+        #[arg(value_parser = ["ready", "drain", "maint"])]
+        state: String,
+        #[arg(short, long, default_value_os_t = config::default_path())]
+        config: PathBuf,
+        /// The admin listener's address, instead of reading it from the configuration.
+        #[arg(long)]
+        admin: Option<std::net::SocketAddr>,
+    },
+    /// Hand a Sentinel-managed service's master to a replica without losing a write: new
+    /// clients are held, the replicas catch up, the Sentinels fail over, clients go to the new
+    /// master. Prints how long clients were held.
+    Switchover {
+        /// The service's name.
+        service: String,
+        #[arg(short, long, default_value_os_t = config::default_path())]
+        config: PathBuf,
+        /// The admin listener's address, instead of reading it from the configuration.
+        #[arg(long)]
+        admin: Option<std::net::SocketAddr>,
+    },
     /// Show the running daemon's services, masters, servers and counters (from its admin
     /// listener, found in the configuration unless --admin is given).
     Status {
@@ -78,21 +107,24 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Reload { config, admin } => {
-            let Some((admin, token)) = admin_of(&config, admin) else {
-                return ExitCode::from(2);
-            };
-            match forwarder::status::cli::request(admin, "POST", "/reload", token.as_deref()) {
-                Ok(text) => {
-                    print!("{text}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        Command::Reload { config, admin } => post(&config, admin, "/reload", ""),
+        Command::Server {
+            service,
+            server,
+            state,
+            config,
+            admin,
+        } => post(
+            &config,
+            admin,
+            &format!("/servers/{service}/{server}/state"),
+            &state,
+        ),
+        Command::Switchover {
+            service,
+            config,
+            admin,
+        } => post(&config, admin, &format!("/services/{service}/switchover"), ""),
         Command::Status { config, admin } => {
             let Some((admin, token)) = admin_of(&config, admin) else {
                 return ExitCode::from(2);
@@ -135,6 +167,28 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// POSTs `body` to `path` on the admin listener and prints the answer.
+fn post(
+    config: &std::path::Path,
+    admin: Option<std::net::SocketAddr>,
+    path: &str,
+    body: &str,
+) -> ExitCode {
+    let Some((admin, token)) = admin_of(config, admin) else {
+        return ExitCode::from(2);
+    };
+    match forwarder::status::cli::request(admin, "POST", path, body, token.as_deref()) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
         }
     }
 }

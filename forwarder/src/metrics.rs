@@ -57,17 +57,20 @@ pub enum End {
     MasterChanged,
     /// The daemon is shutting down.
     Shutdown,
+    /// Its server was set to `drain` and `timeout.drain` was up.
+    Drained,
 }
 
 impl End {
     /// Every way, in the order of the counters.
-    pub const ALL: [End; 6] = [
+    pub const ALL: [End; 7] = [
         End::Closed,
         End::Reset,
         End::ClientTimeout,
         End::ServerTimeout,
         End::MasterChanged,
         End::Shutdown,
+        End::Drained,
     ];
 
     /// The name in metrics labels and the status model, e.g. `master_changed`.
@@ -79,6 +82,7 @@ impl End {
             End::ServerTimeout => "server_timeout",
             End::MasterChanged => "master_changed",
             End::Shutdown => "shutdown",
+            End::Drained => "drained",
         }
     }
 }
@@ -101,6 +105,12 @@ pub struct ServiceStats {
     pub bytes_copied_in_userspace: AtomicU64,
     /// Sessions that did not fit the sockmap and ran on the next data path.
     pub sockmap_fallbacks: AtomicU64,
+    /// Planned switchovers done.
+    pub switchovers: AtomicU64,
+    /// Planned switchovers asked for and not done (refused, given up or timed out).
+    pub switchovers_failed: AtomicU64,
+    /// How long new clients were held in the last switchover done, in ms.
+    pub last_switchover_ms: AtomicU64,
     /// Open sessions per source address (only addresses with at least one), for
     /// `maxconn_per_source`; here rather than in the runtime's gate so they carry over a reload.
     pub sources: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, u32>>,
@@ -145,6 +155,9 @@ impl ServiceStats {
             bytes_server_to_client: load(&self.bytes_server_to_client),
             bytes_copied_in_userspace: load(&self.bytes_copied_in_userspace),
             sockmap_fallbacks: load(&self.sockmap_fallbacks),
+            switchovers: load(&self.switchovers),
+            switchovers_failed: load(&self.switchovers_failed),
+            last_switchover_ms: load(&self.last_switchover_ms),
         }
     }
 }
@@ -168,6 +181,12 @@ pub struct StatsSnapshot {
     pub bytes_copied_in_userspace: u64,
     /// [`ServiceStats::sockmap_fallbacks`].
     pub sockmap_fallbacks: u64,
+    /// [`ServiceStats::switchovers`].
+    pub switchovers: u64,
+    /// [`ServiceStats::switchovers_failed`].
+    pub switchovers_failed: u64,
+    /// [`ServiceStats::last_switchover_ms`].
+    pub last_switchover_ms: u64,
 }
 
 /// Why the admin listener closed a connection.

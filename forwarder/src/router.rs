@@ -8,8 +8,11 @@
 //! counts.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
+use health::decider::Hold;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -31,32 +34,37 @@ pub struct Route {
 #[derive(Debug, Clone)]
 pub struct Router {
     routes: watch::Receiver<Option<Route>>,
+    /// Set while the route's sessions were cut because the drain time of a drained master was
+    /// up (so that they end as `drained`, not `master_changed`).
+    drain_cut: Arc<AtomicBool>,
 }
 
 impl Router {
     /// Starts following `views`. `shutdown` is the parent of every route's token; `on_change`
-    /// runs after every change of route (a cut included).
+    /// runs after every change of route (a cut included). While the master is held
+    /// ([`health::decider::Hold`]) new sessions see no route: `Drain` lets its sessions run for
+    /// `drain`, then cuts them; `Switchover` cuts them at once. When the hold ends on the same
+    /// master, its route comes back (with a new cut token if the old one was cut).
     pub fn spawn(
         service: String,
         mut views: watch::Receiver<health::MasterView>,
         policy: OnMasterChange,
+        drain: Duration,
         shutdown: CancellationToken,
         on_change: Arc<dyn Fn() + Send + Sync>,
     ) -> Router {
         let (tx, rx) = watch::channel(None::<Route>);
+        let drain_flag = Arc::new(AtomicBool::new(false));
+        let drain_cut_flag = Arc::clone(&drain_flag);
         tokio::spawn(async move {
+            // The master's route, published or held.
+            let mut route: Option<Route> = None;
+            let mut drain_cut: Option<Instant> = None;
             loop {
                 let view = *views.borrow_and_update();
-                let current = tx.borrow().as_ref().map(|r| r.master);
-                if view.master != current {
-                    let old = tx.borrow().clone();
-                    let new = view.master.map(|master| Route {
-                        master,
-                        generation: view.generation,
-                        cut: shutdown.child_token(),
-                    });
-                    tx.send_replace(new);
-                    if let Some(old) = old {
+                let mut changed = false;
+                if view.master != route.as_ref().map(|r| r.master) {
+                    if let Some(old) = route.take() {
                         match policy {
                             OnMasterChange::ShutdownSessions => {
                                 tracing::info!(%service, old = %old.master,
@@ -69,16 +77,67 @@ impl Router {
                             }
                         }
                     }
+                    route = view.master.map(|master| Route {
+                        master,
+                        generation: view.generation,
+                        cut: shutdown.child_token(),
+                    });
+                    drain_cut = None;
+                    changed = true;
+                }
+                match (view.hold, &mut route) {
+                    (Some(Hold::Switchover), Some(r)) if !r.cut.is_cancelled() => {
+                        tracing::info!(%service, master = %r.master,
+                            "switchover: cutting the sessions to the master, holding new ones");
+                        r.cut.cancel();
+                    }
+                    (Some(Hold::Drain), Some(_)) if drain_cut.is_none() => {
+                        drain_cut = Some(Instant::now() + drain);
+                    }
+                    (None, Some(r)) if r.cut.is_cancelled() && !shutdown.is_cancelled() => {
+                        r.cut = shutdown.child_token(); // the hold ended: a fresh route
+                    }
+                    _ => {}
+                }
+                if view.hold != Some(Hold::Drain) {
+                    drain_cut = None;
+                    drain_flag.store(false, Ordering::Relaxed);
+                }
+                let published = route.clone().filter(|_| view.hold.is_none());
+                let was = tx.borrow().as_ref().map(|r| (r.master, r.generation));
+                if changed || was != published.as_ref().map(|r| (r.master, r.generation)) {
+                    tx.send_replace(published);
                     // Data paths outside tokio look at their cut tokens and queued clients now.
                     on_change();
+                } else if view.hold == Some(Hold::Switchover) {
+                    on_change(); // a cut without a change of route
                 }
+                let until = drain_cut.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
                 tokio::select! {
                     changed = views.changed() => if changed.is_err() { break },
+                    _ = tokio::time::sleep_until(until), if drain_cut.is_some() => {
+                        if let Some(r) = &route {
+                            tracing::warn!(%service, master = %r.master, ?drain,
+                                "drain time is up: cutting the sessions left on the drained master");
+                            drain_flag.store(true, Ordering::Relaxed);
+                            r.cut.cancel();
+                            on_change();
+                        }
+                        drain_cut = Some(Instant::now() + Duration::from_secs(86_400 * 365));
+                    }
                     _ = shutdown.cancelled() => break,
                 }
             }
         });
-        Router { routes: rx }
+        Router {
+            routes: rx,
+            drain_cut: drain_cut_flag,
+        }
+    }
+
+    /// Whether a session cut just now was cut because its drained master's drain time was up.
+    pub fn drain_cut(&self) -> bool {
+        self.drain_cut.load(Ordering::Relaxed)
     }
 
     /// The current route, if the service has a master.

@@ -29,8 +29,72 @@ use std::time::Instant;
 pub struct MasterView {
     /// Grows by one on every change of master (to none included).
     pub generation: u64,
-    /// The server sessions go to; `None` while there is no master.
+    /// The master; `None` while there is none.
     pub master: Option<SocketAddr>,
+    /// Set while the master takes no new sessions (new clients are held as in a failover).
+    pub hold: Option<Hold>,
+}
+
+/// Why the master takes no new sessions for now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hold {
+    /// An operator set the master to `drain`: its established sessions go on (up to
+    /// `timeout.drain`), new ones wait.
+    Drain,
+    /// A planned switchover away from this master runs: its sessions are cut (so that no write
+    /// reaches it while the replicas catch up), new ones wait for the next master.
+    Switchover,
+}
+
+impl Hold {
+    /// `drain` or `switchover`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Hold::Drain => "drain",
+            Hold::Switchover => "switchover",
+        }
+    }
+}
+
+/// A server's state as an operator set it (HAProxy's `set server ... state`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum AdminState {
+    /// Checked and routed as the policy says.
+    #[default]
+    Ready,
+    /// Takes no new sessions; established ones go on until they end or `timeout.drain`.
+    Drain,
+    /// Never routed, not checked: out for maintenance. Wins over the Sentinels.
+    Maint,
+}
+
+impl AdminState {
+    /// Every state, for metrics.
+    pub const ALL: [AdminState; 3] = [AdminState::Ready, AdminState::Drain, AdminState::Maint];
+
+    /// `ready`, `drain` or `maint`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminState::Ready => "ready",
+            AdminState::Drain => "drain",
+            AdminState::Maint => "maint",
+        }
+    }
+}
+
+impl std::str::FromStr for AdminState {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<AdminState, String> {
+        match s.trim() {
+            "ready" => Ok(AdminState::Ready),
+            "drain" => Ok(AdminState::Drain),
+            "maint" => Ok(AdminState::Maint),
+            other => Err(format!(
+                "unknown server state {other:?}: expected ready, drain or maint"
+            )),
+        }
+    }
 }
 
 /// How the master is chosen.
@@ -51,8 +115,11 @@ pub enum Policy {
 pub struct Counters {
     /// Changes of master, to none included.
     pub changes: u64,
-    /// Episodes of a server passing the master check while another is (or is named) master.
+    /// Episodes of a server passing the master check while another, alive, is master (Checks:
+    /// up by its checks; Sentinel: named by a quorum and not known to be down).
     pub conflicts: u64,
+    /// Episodes without a master after having had one (a failover counts one, however long).
+    pub no_master_episodes: u64,
     /// Addresses a Sentinel quorum reported that are not checked: past `max_servers`.
     pub over_cap: u64,
 }
@@ -81,6 +148,10 @@ struct Server {
     passing: bool,
     /// In a conflict episode (counted when it began).
     conflict: bool,
+    /// As the operator set it.
+    admin: AdminState,
+    /// Not yet checked by this decider (a carried conflict episode is kept until it is).
+    fresh: bool,
 }
 
 /// The master decider of one service; see the module docs for its rules.
@@ -96,6 +167,15 @@ pub struct Decider {
     counters: Counters,
     note: Option<String>,
     over_cap: HashSet<SocketAddr>,
+    /// The master a planned switchover moves away from, while it runs.
+    switching_from: Option<SocketAddr>,
+    /// That master, until it stops passing the master check (is demoted): its passing meanwhile
+    /// is expected, not a conflict.
+    demoting: Option<SocketAddr>,
+    /// The master of the decider this one replaced (a reload): finding it again is no change.
+    carried_master: Option<SocketAddr>,
+    /// The view last returned in an [`Outcome`] (what the caller published).
+    told: MasterView,
 }
 
 impl Decider {
@@ -111,6 +191,14 @@ impl Decider {
             counters: Counters::default(),
             note: None,
             over_cap: HashSet::new(),
+            switching_from: None,
+            demoting: None,
+            carried_master: None,
+            told: MasterView {
+                generation: 0,
+                master: None,
+                hold: None,
+            },
         }
     }
 
@@ -129,6 +217,8 @@ impl Decider {
             up_since: None,
             passing: false,
             conflict: false,
+            admin: AdminState::Ready,
+            fresh: true,
         });
         Some(self.servers.len() - 1)
     }
@@ -156,6 +246,7 @@ impl Decider {
         };
         s.up_since = if up { s.up_since.or(Some(now)) } else { None };
         s.passing = passing;
+        s.fresh = false;
         self.decide(now)
     }
 
@@ -177,18 +268,87 @@ impl Decider {
         counted
     }
 
-    /// Adds counts of a decider this one replaces (a reload that changed the servers).
-    pub fn carry(&mut self, from: Counters) {
+    /// Takes over from the decider this one replaces (a reload that changed the servers): its
+    /// counts are added, finding its master again first is not a change of master, and the
+    /// conflict episodes of `in_conflict` go on (they were counted).
+    pub fn carry(&mut self, from: Counters, master: Option<SocketAddr>, in_conflict: &[SocketAddr]) {
+        for s in &mut self.servers {
+            s.conflict |= in_conflict.contains(&s.addr);
+        }
         self.counters.changes += from.changes;
         self.counters.conflicts += from.conflicts;
+        self.counters.no_master_episodes += from.no_master_episodes;
         self.counters.over_cap += from.over_cap;
+        self.carried_master = master;
+    }
+
+    /// The operator set server `index` to `state`. A server in `maint` is never the master and
+    /// its checks say nothing (the caller stops running them; on leaving `maint` the server is
+    /// down until its checks say otherwise); a `drain`ed master stays the master but takes no
+    /// new sessions ([`Hold::Drain`]).
+    pub fn set_admin(&mut self, index: usize, state: AdminState, now: Instant) -> Outcome {
+        let Some(s) = self.servers.get_mut(index) else {
+            return Outcome::default();
+        };
+        if state == AdminState::Maint || s.admin == AdminState::Maint {
+            s.up_since = None;
+            s.passing = false;
+        }
+        s.admin = state;
+        self.decide(now)
+    }
+
+    /// The servers in a conflict episode now.
+    pub fn in_conflict(&self) -> Vec<SocketAddr> {
+        self.servers
+            .iter()
+            .filter(|s| s.conflict)
+            .map(|s| s.addr)
+            .collect()
+    }
+
+    /// The operator state of server `index`.
+    pub fn admin(&self, index: usize) -> AdminState {
+        self.servers
+            .get(index)
+            .map_or(AdminState::Ready, |s| s.admin)
+    }
+
+    /// A planned switchover starts (`true`) or is given up (`false`): while it runs, the
+    /// current master takes no new sessions ([`Hold::Switchover`]), and its passing the master
+    /// check after the Sentinels name its successor is expected, not a conflict. It ends by
+    /// itself when another server becomes the master. Returns `false` (and changes nothing)
+    /// when starting without a master or while one runs.
+    pub fn switchover(&mut self, start: bool, now: Instant) -> (bool, Outcome) {
+        if start {
+            let Some(m) = self.master.filter(|_| self.switching_from.is_none()) else {
+                return (false, Outcome::default());
+            };
+            self.switching_from = Some(self.servers[m].addr);
+            self.demoting = self.switching_from;
+        } else {
+            self.switching_from = None;
+            self.demoting = None;
+        }
+        (true, self.decide(now))
     }
 
     /// Who the master is now.
     pub fn view(&self) -> MasterView {
+        let master = self.master.map(|i| &self.servers[i]);
+        let hold = master.and_then(|m| {
+            if self.switching_from == Some(m.addr) {
+                Some(Hold::Switchover)
+            } else if m.admin == AdminState::Drain {
+                Some(Hold::Drain)
+            } else {
+                None
+            }
+        });
         MasterView {
             generation: self.generation,
-            master: self.master.map(|i| self.servers[i].addr),
+            master: master.map(|m| m.addr),
+            hold,
         }
     }
 
@@ -210,31 +370,51 @@ impl Decider {
 
     fn decide(&mut self, now: Instant) -> Outcome {
         let mut out = Outcome::default();
+        let eligible = |s: &Server| s.admin != AdminState::Maint;
         let master = match self.policy {
             Policy::Checks => self
                 .master
-                .filter(|m| self.servers[*m].up_since.is_some())
+                .filter(|m| eligible(&self.servers[*m]) && self.servers[*m].up_since.is_some())
                 .or_else(|| {
                     self.servers
                         .iter()
                         .enumerate()
+                        .filter(|(_, s)| eligible(s))
                         .filter_map(|(i, s)| s.up_since.map(|t| (t, i)))
                         .min()
                         .map(|(_, i)| i)
                 }),
             Policy::Sentinel { .. } => self.named.and_then(|n| {
-                self.servers
-                    .iter()
-                    .position(|s| s.addr == n && (s.up_since.is_some() || s.passing))
+                self.servers.iter().position(|s| {
+                    s.addr == n && eligible(s) && (s.up_since.is_some() || s.passing)
+                })
             }),
         };
-        for (i, s) in self.servers.iter_mut().enumerate() {
-            let conflict = match self.policy {
-                Policy::Checks => s.up_since.is_some() && Some(i) != master,
-                // Only a master named by the Sentinels makes another one a rival: while they
-                // name none (startup, quorum lost) nobody is confirmed, and nobody conflicts.
-                Policy::Sentinel { .. } => s.passing && self.named.is_some_and(|n| n != s.addr),
-            };
+        // Sentinel: the named master is alive unless it is one of ours and its checks fail (an
+        // ordinary failover: the dead master is still named while its successor already passes).
+        let named_alive = self.named.is_some_and(|n| {
+            self.servers
+                .iter()
+                .find(|s| s.addr == n)
+                .is_none_or(|s| s.passing || s.up_since.is_some())
+        });
+        if let Some(d) = self.demoting {
+            if !self.servers.iter().any(|s| s.addr == d && s.passing) {
+                self.demoting = None; // demoted (or gone): conflicts count again
+            }
+        }
+        for (i, s) in self.servers.iter_mut().enumerate().filter(|(_, s)| !s.fresh) {
+            // During a switchover the successor passes before it is named, and the old master
+            // until it is demoted: both expected.
+            let conflict = eligible(s)
+                && self.switching_from.is_none()
+                && Some(s.addr) != self.demoting
+                && match self.policy {
+                    Policy::Checks => s.up_since.is_some() && Some(i) != master,
+                    Policy::Sentinel { .. } => {
+                        s.passing && named_alive && self.named.is_some_and(|n| n != s.addr)
+                    }
+                };
             if conflict && !s.conflict {
                 self.counters.conflicts += 1;
                 out.conflicts.push(s.addr);
@@ -242,21 +422,18 @@ impl Decider {
             s.conflict = conflict;
         }
         if let Policy::Sentinel { fenced } = self.policy {
-            let unchecked = self
-                .named
-                .filter(|n| !self.servers.iter().any(|s| s.addr == *n));
-            let note = unchecked.and_then(|n| {
-                if fenced {
-                    Some(format!(
-                        "the Sentinel quorum names {n}, which is not in servers: no master"
-                    ))
-                } else if self.over_cap.contains(&n) {
-                    Some(format!(
-                        "the Sentinel quorum names {n}, which is not checked (past max_servers): no master"
-                    ))
-                } else {
-                    None // reported a moment before it is discovered: it will be checked
-                }
+            let note = self.named.and_then(|n| match self.servers.iter().find(|s| s.addr == n) {
+                Some(s) if s.admin == AdminState::Maint => Some(format!(
+                    "the Sentinel quorum names {n}, which an operator put in maint: no master"
+                )),
+                Some(_) => None,
+                None if fenced => Some(format!(
+                    "the Sentinel quorum names {n}, which is not in servers: no master"
+                )),
+                None if self.over_cap.contains(&n) => Some(format!(
+                    "the Sentinel quorum names {n}, which is not checked (past max_servers): no master"
+                )),
+                None => None, // reported a moment before it is discovered: it will be checked
             });
             if note.is_some() && note != self.note {
                 out.note.clone_from(&note);
@@ -264,14 +441,30 @@ impl Decider {
             self.note = note;
         }
         if master != self.master {
+            let first = self.generation == 0;
+            let had = self.master.is_some();
             self.master = master;
             self.generation += 1;
-            self.counters.changes += 1;
+            let found_again = first && master.is_some() && self.view().master == self.carried_master;
+            self.carried_master = None;
+            if !found_again {
+                self.counters.changes += 1;
+            }
+            if had && master.is_none() {
+                self.counters.no_master_episodes += 1;
+            }
             self.no_master_since = match master {
                 Some(_) => None,
                 None => Some(now),
             };
-            out.view = Some(self.view());
+            if master.is_some_and(|m| Some(self.servers[m].addr) != self.switching_from) {
+                self.switching_from = None; // the switchover is done
+            }
+        }
+        let after = self.view();
+        if after != self.told {
+            self.told = after;
+            out.view = Some(after);
         }
         out
     }
@@ -298,7 +491,11 @@ mod tests {
     }
 
     fn view(generation: u64, master: Option<SocketAddr>) -> Option<MasterView> {
-        Some(MasterView { generation, master })
+        Some(MasterView {
+            generation,
+            master,
+            hold: None,
+        })
     }
 
     // ---- checks only ----
@@ -311,7 +508,8 @@ mod tests {
             d.view(),
             MasterView {
                 generation: 0,
-                master: None
+                master: None,
+                hold: None,
             }
         );
         assert_eq!(d.checked(1, true, true, t).view, view(1, Some(a[1])));
@@ -438,7 +636,8 @@ mod tests {
             d.view(),
             MasterView {
                 generation: 1,
-                master: Some(a[1])
+                master: Some(a[1]),
+                hold: None,
             }
         );
     }
@@ -453,14 +652,17 @@ mod tests {
                                        // The Sentinels promote B: A is no longer named, B not yet confirmed.
         let o = d.named(Some(a[1]), t);
         assert_eq!(o.view, view(2, None));
+        assert_eq!(o.conflicts, vec![], "B is named but not yet confirmed");
+        assert_eq!(d.no_master_since(), Some(t));
+        let o = d.checked(1, false, true, t);
+        assert_eq!(o.view, view(3, Some(a[1])));
         assert_eq!(
             o.conflicts,
             vec![a[0]],
-            "A still passes: it is not yet demoted"
+            "A still passes while B is confirmed: two masters (a partition, say)"
         );
-        assert_eq!(d.no_master_since(), Some(t));
-        assert_eq!(d.checked(1, false, true, t).view, view(3, Some(a[1])));
         assert_eq!(d.counters().changes, 3);
+        assert_eq!(d.counters().no_master_episodes, 1);
     }
 
     #[test]
@@ -548,18 +750,134 @@ mod tests {
         let t = Instant::now();
         let (mut d, _) = with(Policy::Checks, 1, t);
         d.checked(0, true, true, t);
-        d.carry(Counters {
-            changes: 4,
-            conflicts: 2,
-            over_cap: 1,
-        });
+        d.carry(
+            Counters {
+                changes: 4,
+                conflicts: 2,
+                no_master_episodes: 3,
+                over_cap: 1,
+            },
+            None,
+            &[],
+        );
         assert_eq!(
             d.counters(),
             Counters {
                 changes: 5,
                 conflicts: 2,
+                no_master_episodes: 3,
                 over_cap: 1
             }
         );
+    }
+
+    #[test]
+    fn finding_the_carried_master_again_is_no_change() {
+        let t = Instant::now();
+        let (mut d, a) = with(Policy::Checks, 2, t);
+        d.carry(Counters::default(), Some(a[1]), &[a[0]]);
+        assert_eq!(d.checked(1, true, true, t).view, view(1, Some(a[1])));
+        assert_eq!(d.checked(0, true, true, t).conflicts, vec![], "the episode goes on");
+        assert_eq!(d.counters().changes, 0, "a reload found the same master");
+        d.checked(0, false, false, t);
+        d.checked(1, false, false, t);
+        assert_eq!(d.counters().changes, 1);
+        assert_eq!(d.counters().no_master_episodes, 1);
+        // Another master than the carried one is a change.
+        let (mut d, a) = with(Policy::Checks, 2, t);
+        d.carry(Counters::default(), Some(a[1]), &[]);
+        d.checked(0, true, true, t);
+        assert_eq!(d.counters().changes, 1);
+    }
+
+    #[test]
+    fn an_ordinary_failover_is_no_conflict() {
+        // A dies; the Sentinels still name A while B (promoted) already passes; then name B.
+        let t = Instant::now();
+        let (mut d, a) = with(FENCED, 2, t);
+        d.named(Some(a[0]), t);
+        d.checked(0, true, true, t);
+        d.checked(1, false, false, t);
+        assert_eq!(d.checked(0, false, false, t).view, view(2, None), "A died");
+        assert_eq!(d.checked(1, false, true, t).conflicts, vec![], "B promoted");
+        assert_eq!(d.named(Some(a[1]), t).view, view(3, Some(a[1])));
+        // A restarts as a master before it is demoted: that one is a conflict.
+        assert_eq!(d.checked(0, false, true, t).conflicts, vec![a[0]]);
+        assert_eq!(d.counters().conflicts, 1);
+        assert_eq!(d.counters().no_master_episodes, 1);
+    }
+
+    #[test]
+    fn maint_is_never_routed_and_wins_over_the_sentinels() {
+        let t = Instant::now();
+        let (mut d, a) = with(FENCED, 2, t);
+        d.named(Some(a[0]), t);
+        d.checked(0, true, true, t);
+        let o = d.set_admin(0, AdminState::Maint, t);
+        assert_eq!(o.view, view(2, None));
+        assert!(o.note.unwrap().contains("an operator put in maint"));
+        assert_eq!(
+            d.checked(0, true, true, t),
+            Outcome::default(),
+            "a check that was running says nothing"
+        );
+        assert_eq!(d.view().master, None);
+        // Out of maintenance it is down until it passes again.
+        assert_eq!(d.set_admin(0, AdminState::Ready, t).view, None);
+        assert_eq!(d.note(), None);
+        assert_eq!(d.checked(0, false, true, t).view, view(3, Some(a[0])));
+        // Checks policy: a server in maint is not in conflict, and the other takes over.
+        let (mut d, a) = with(Policy::Checks, 2, t);
+        d.checked(0, true, true, t);
+        d.checked(1, true, true, t);
+        assert_eq!(d.counters().conflicts, 1);
+        assert_eq!(d.set_admin(0, AdminState::Maint, t).view, view(2, Some(a[1])));
+        assert_eq!(d.counters().conflicts, 1);
+    }
+
+    #[test]
+    fn a_drained_master_stays_master_and_holds_new_sessions() {
+        let t = Instant::now();
+        let (mut d, a) = with(Policy::Checks, 2, t);
+        d.checked(0, true, true, t);
+        let o = d.set_admin(0, AdminState::Drain, t);
+        let held = MasterView {
+            generation: 1,
+            master: Some(a[0]),
+            hold: Some(Hold::Drain),
+        };
+        assert_eq!(o.view, Some(held), "same generation: no change of master");
+        assert_eq!(d.checked(1, true, true, t).conflicts, vec![a[1]]);
+        assert_eq!(d.view(), held, "B does not take over from a drained master");
+        assert_eq!(d.set_admin(0, AdminState::Ready, t).view, view(1, Some(a[0])));
+        assert_eq!(d.counters().changes, 1);
+    }
+
+    #[test]
+    fn a_switchover_holds_until_the_next_master_and_is_no_conflict() {
+        let t = Instant::now();
+        let (mut d, a) = with(FENCED, 2, t);
+        assert!(!d.switchover(true, t).0, "no master to switch from");
+        d.named(Some(a[0]), t);
+        d.checked(0, true, true, t);
+        d.checked(1, false, false, t);
+        let (ok, o) = d.switchover(true, t);
+        assert!(ok);
+        assert_eq!(o.view.unwrap().hold, Some(Hold::Switchover));
+        // B is promoted and named while A, not yet demoted, still passes: no conflict.
+        d.checked(1, false, true, t);
+        let o = d.named(Some(a[1]), t);
+        assert_eq!((o.view, o.conflicts), (view(2, Some(a[1])), vec![]));
+        d.checked(0, true, true, t);
+        assert_eq!(d.counters().conflicts, 0);
+        // Demoted; should it claim master again later, that is a conflict.
+        d.checked(0, false, false, t);
+        assert_eq!(d.checked(0, true, true, t).conflicts, vec![a[0]]);
+        // Given up: the old master takes sessions again.
+        let (mut d, a) = with(FENCED, 2, t);
+        d.named(Some(a[0]), t);
+        d.checked(0, true, true, t);
+        d.switchover(true, t);
+        assert_eq!(d.switchover(false, t).1.view, view(1, Some(a[0])));
     }
 }

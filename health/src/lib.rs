@@ -3,7 +3,8 @@
 //!
 //! Rooms: `tcpcheck` (check programs), `schedule` (rise/fall/interval), `resp` and `info` (Redis
 //! replies), `decider` (who the master is: one pure policy, generations, counters), `sentinel` (what a quorum of Sentinels says),
-//! `monitor` (the tokio tasks that tie them up).
+//! `monitor` (the tokio tasks that tie them up), `switchover` (a planned handover of the master
+//! through the Sentinels).
 #![forbid(unsafe_code)]
 
 pub mod decider;
@@ -13,9 +14,10 @@ pub mod ratelimit;
 pub mod resp;
 pub mod schedule;
 pub mod sentinel;
+pub mod switchover;
 pub mod tcpcheck;
 
-pub use decider::MasterView;
+pub use decider::{AdminState, Hold, MasterView};
 pub use monitor::{Monitor, MonitorStats, ServerStatus};
 pub use ratelimit::RateLimit;
 pub use schedule::{Schedule, ScheduleError, ServerState};

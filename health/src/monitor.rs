@@ -9,7 +9,9 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
-use crate::decider::{Counters, Decider, MasterView, Outcome, Policy};
+use std::collections::HashMap;
+
+use crate::decider::{AdminState, Counters, Decider, MasterView, Outcome, Policy};
 use crate::info::{self, Role};
 use crate::ratelimit::RateLimit;
 use crate::schedule::{Schedule, ServerHealth, ServerState, Transition};
@@ -40,6 +42,8 @@ pub struct ServerStatus {
     /// Checks that could not run because of this host (see [`CheckReport::local`]): they leave
     /// the state as it was.
     pub checks_unknown: u64,
+    /// As the operator set it (`ready` unless told otherwise).
+    pub admin: AdminState,
 }
 
 /// The decider's counters, as the admin listener shows them.
@@ -49,6 +53,8 @@ pub struct MonitorStats {
     pub master_changes: u64,
     /// Episodes of a second server passing the master check (see [`Counters::conflicts`]).
     pub conflicts: u64,
+    /// Episodes without a master after having had one (see [`Counters::no_master_episodes`]).
+    pub no_master_episodes: u64,
     /// Since when the service has had no master; `None` while it has one.
     pub no_master_since: Option<Instant>,
     /// Addresses a Sentinel quorum reported that are not checked: past `max_servers`.
@@ -73,6 +79,8 @@ struct Shared {
     program: Arc<Program>,
     schedule: Schedule,
     sentinel: Option<SentinelMode>,
+    /// The operator's states of servers not yet known (applied when they are added).
+    preset: HashMap<SocketAddr, AdminState>,
     /// Log lines of the decisions: a flapping server or quorum must not fill the disk.
     conflict_log: RateLimit,
     changed_log: RateLimit,
@@ -102,13 +110,15 @@ impl Monitor {
     /// `sentinel` the checks alone choose the master ([`Policy::Checks`]); with it, the master
     /// is the server a quorum of Sentinels names once its own check passes
     /// ([`Policy::Sentinel`]), and with `servers` empty the servers are those the quorum
-    /// reports. Must be called inside a tokio runtime.
+    /// reports. `admin` holds the operator's states of servers (a server in `maint` is never
+    /// checked). Must be called inside a tokio runtime.
     pub fn spawn(
         service: String,
         servers: Vec<SocketAddr>,
         program: Program,
         schedule: Schedule,
         sentinel: Option<SentinelConfig>,
+        admin: HashMap<SocketAddr, AdminState>,
     ) -> Monitor {
         let policy = match sentinel {
             Some(_) => Policy::Sentinel {
@@ -122,6 +132,7 @@ impl Monitor {
         let (tx, _) = watch::channel(MasterView {
             generation: 0,
             master: None,
+            hold: None,
         });
         let shared = Arc::new(Shared {
             service,
@@ -142,6 +153,7 @@ impl Monitor {
                     max_servers: config.max_servers,
                     config,
                 }),
+            preset: admin,
             conflict_log: RateLimit::default(),
             changed_log: RateLimit::default(),
             sentinel_log: RateLimit::default(),
@@ -158,6 +170,11 @@ impl Monitor {
             lock(&shared.tasks).push(t);
         }
         Monitor { shared, sentinels }
+    }
+
+    /// How the Sentinels are reached, when configured.
+    pub fn sentinel_config(&self) -> Option<SentinelConfig> {
+        self.shared.sentinel.as_ref().map(|sm| sm.config.clone())
     }
 
     /// What the Sentinels agree on, when configured.
@@ -188,16 +205,68 @@ impl Monitor {
         MonitorStats {
             master_changes: c.changes,
             conflicts: c.conflicts,
+            no_master_episodes: c.no_master_episodes,
             no_master_since: inner.decider.no_master_since(),
             discovered_over_cap: c.over_cap,
         }
     }
 
     /// Takes over the counters of `old`, the monitor this one replaces (a reload that changed
-    /// servers, checks or Sentinels), so that they never go back.
+    /// servers, checks or Sentinels), so that they never go back: the decider's, and the check
+    /// counts of every server both know. Finding `old`'s master again is not a change.
     pub fn carry_counts(&self, old: &Monitor) {
-        let c: Counters = lock(&old.shared.inner).decider.counters();
-        lock(&self.shared.inner).decider.carry(c);
+        let (c, master, counts): (Counters, _, Vec<_>) = {
+            let o = lock(&old.shared.inner);
+            let counts = o
+                .servers
+                .iter()
+                .map(|s| (s.addr, s.checks_ok, s.checks_failed, s.checks_unknown))
+                .collect();
+            let conflicts = o.decider.in_conflict();
+            (o.decider.counters(), (o.decider.view().master, conflicts), counts)
+        };
+        let mut inner = lock(&self.shared.inner);
+        inner.decider.carry(c, master.0, &master.1);
+        for (addr, ok, failed, unknown) in counts {
+            if let Some(s) = inner.servers.iter_mut().find(|s| s.addr == addr) {
+                s.checks_ok += ok;
+                s.checks_failed += failed;
+                s.checks_unknown += unknown;
+            }
+        }
+    }
+
+    /// The operator sets `server` to `state`; returns the state it had, or `None` when the
+    /// server is not one of this service's (configured or discovered).
+    pub fn set_admin(&self, server: SocketAddr, state: AdminState) -> Option<AdminState> {
+        let mut inner = lock(&self.shared.inner);
+        let i = inner.servers.iter().position(|s| s.addr == server)?;
+        let was = inner.servers[i].admin;
+        inner.servers[i].admin = state;
+        if state == AdminState::Maint {
+            inner.servers[i].state = ServerState::Down;
+        }
+        let out = inner.decider.set_admin(i, state, Instant::now());
+        if was == AdminState::Maint && state != AdminState::Maint {
+            inner.wake[i].notify_one(); // its checks resume now
+        }
+        if was != state {
+            let service = &self.shared.service;
+            tracing::warn!(%service, %server, state = state.as_str(), was = was.as_str(),
+                "server state set by the operator");
+        }
+        publish(&self.shared, out);
+        Some(was)
+    }
+
+    /// Starts a planned switchover away from the current master (`true`: it takes no new
+    /// sessions and its sessions are cut until another server is the master), or gives it up
+    /// (`false`). Returns `false` when starting without a master.
+    pub fn switchover(&self, start: bool) -> bool {
+        let mut inner = lock(&self.shared.inner);
+        let (ok, out) = inner.decider.switchover(start, Instant::now());
+        publish(&self.shared, out);
+        ok
     }
 
     /// Why the master the Sentinels name is not routed to, while that is so (e.g. "the Sentinel
@@ -233,8 +302,14 @@ fn add_server(shared: &Arc<Shared>, addr: SocketAddr) {
             checks_ok: 0,
             checks_failed: 0,
             checks_unknown: 0,
+            admin: AdminState::Ready,
         });
         inner.wake.push(Arc::new(Notify::new()));
+        if let Some(state) = shared.preset.get(&addr) {
+            inner.servers[index].admin = *state;
+            let out = inner.decider.set_admin(index, *state, Instant::now());
+            publish(shared, out);
+        }
         index
     };
     let t = tokio::spawn(check_loop(
@@ -266,10 +341,17 @@ fn publish(shared: &Shared, out: Outcome) {
         });
     }
     if let Some(view) = out.view {
-        shared.changed_log.log(|suppressed| {
-            tracing::warn!(%service, master = ?view.master, generation = view.generation,
-                sentinel_master = ?named.flatten(), suppressed, "master changed");
-        });
+        if shared.tx.borrow().master != view.master {
+            shared.changed_log.log(|suppressed| {
+                tracing::warn!(%service, master = ?view.master, generation = view.generation,
+                    sentinel_master = ?named.flatten(), suppressed, "master changed");
+            });
+        }
+        if view.hold != shared.tx.borrow().hold {
+            tracing::info!(%service, master = ?view.master,
+                hold = view.hold.map_or("none", |h| h.as_str()), "master takes new sessions: {}",
+                if view.hold.is_some() { "no (held)" } else { "yes" });
+        }
         shared.tx.send_replace(view);
     }
 }
@@ -303,7 +385,19 @@ async fn check_loop(
     let mut health = ServerHealth::new(&schedule);
     let (local_log, flap_log) = (RateLimit::default(), RateLimit::default());
     loop {
+        if admin_of(&shared, index) == AdminState::Maint {
+            // Not checked while in maintenance; down (needing `rise`) when it comes back.
+            health = ServerHealth::new(&schedule);
+            let wake = lock(&shared.inner).wake.get(index).cloned();
+            if let Some(w) = wake {
+                w.notified().await;
+            }
+            continue;
+        }
         let report = program.run(addr, schedule.timeout).await;
+        if admin_of(&shared, index) == AdminState::Maint {
+            continue; // set to maint while this check ran: its result says nothing
+        }
         if report.local {
             // Our own shortage (EMFILE under a client flood, say) says nothing about the
             // server: its state, rise/fall and the route stay as they are.
@@ -356,6 +450,14 @@ async fn check_loop(
         }
         sleep_or_wake(&shared, index, health.next_delay(&schedule)).await;
     }
+}
+
+/// The operator's state of server `index`.
+fn admin_of(shared: &Shared, index: usize) -> AdminState {
+    lock(&shared.inner)
+        .servers
+        .get(index)
+        .map_or(AdminState::Ready, |s| s.admin)
 }
 
 /// Waits `delay` (plus jitter) or until server `index` is woken for an immediate check.
@@ -482,6 +584,7 @@ mod tests {
             Program::redis_master(None),
             fast(),
             None,
+            HashMap::new(),
         );
         let v1 = wait_for(&m, a.addr()).await;
         for _ in 0..100 {

@@ -77,12 +77,25 @@ pub fn admin_request(
     path: &str,
     token: Option<&str>,
 ) -> io::Result<(u16, String)> {
+    admin_call(addr, method, path, "", token)
+}
+
+/// Like [`admin_request`], with a request body; waits up to 40 s for the answer (a switchover
+/// answers when it is done).
+pub fn admin_call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+    token: Option<&str>,
+) -> io::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.set_read_timeout(Some(Duration::from_secs(40)))?;
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     write!(
         s,
-        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n{auth}\r\n"
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: {}\r\n{auth}\r\n{body}",
+        body.len()
     )?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;

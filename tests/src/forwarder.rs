@@ -189,6 +189,24 @@ impl Forwarder {
         serde_json::from_str(&body).ok()
     }
 
+    /// `POST path` with `body` to the admin listener: the status code and the answer.
+    ///
+    /// # Panics
+    /// If the admin listener does not answer at all.
+    pub fn post(&self, path: &str, body: &str) -> (u16, String) {
+        crate::endpoints::admin_call(self.admin, "POST", path, body, None)
+            .unwrap_or_else(|e| panic!("POST {path}: {e}\n{}", self.log_text()))
+    }
+
+    /// `GET path` from the admin listener: the status code and the body.
+    ///
+    /// # Panics
+    /// If the admin listener does not answer at all.
+    pub fn get(&self, path: &str) -> (u16, String) {
+        crate::endpoints::admin_request(self.admin, "GET", path, None)
+            .unwrap_or_else(|e| panic!("GET {path}: {e}\n{}", self.log_text()))
+    }
+
     /// `GET /metrics` text.
     pub fn metrics(&self) -> String {
         http_get(self.admin, "/metrics").unwrap_or_default()

@@ -223,6 +223,10 @@ pub struct Check {
     /// The steps, parsed, that every check runs (with the password in clear, hence not rendered).
     #[serde(skip)]
     pub program: health::Program,
+    /// redis-master: the credentials the check sends, also used to read the servers'
+    /// replication offsets in a switchover. Never rendered.
+    #[serde(skip)]
+    pub auth: Option<health::Auth>,
 }
 
 /// `[service.sentinel]`: the Sentinels whose quorum names the master.

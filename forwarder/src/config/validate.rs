@@ -284,6 +284,7 @@ impl Validator {
                 return Err(self.err(format!("{key}.{k}"), "must be between 1 and 1000"));
             }
         }
+        let mut redis_auth = None;
         let (steps, program) = match kind {
             CheckKind::RedisMaster => {
                 if c.steps.is_some() {
@@ -300,6 +301,7 @@ impl Validator {
                     (None, None) => None,
                 };
                 let program = health::Program::redis_master(auth.as_ref());
+                redis_auth = auth;
                 // As the program runs them, with the AUTH password masked.
                 let steps = program
                     .steps()
@@ -341,6 +343,7 @@ impl Validator {
             fall,
             timeout,
             program,
+            auth: redis_auth,
         })
     }
 

@@ -41,10 +41,13 @@ pub struct Session {
     pub svc: Arc<ServiceRuntime>,
 }
 
-/// How a session whose `cut` was cancelled ended: the daemon shut down, or the master changed.
+/// How a session whose `cut` was cancelled ended: the daemon shut down, its drained master's
+/// drain time was up, or the master changed (a planned switchover included).
 fn cut_end(svc: &ServiceRuntime) -> End {
     if svc.shutdown.is_cancelled() {
         End::Shutdown
+    } else if svc.router.drain_cut() {
+        End::Drained
     } else {
         End::MasterChanged
     }

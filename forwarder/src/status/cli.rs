@@ -42,7 +42,7 @@ pub enum ClientError {
 
 /// Fetches `/status` from the admin listener at `admin`.
 pub fn fetch(admin: SocketAddr, token: Option<&str>) -> Result<Status, ClientError> {
-    let body = request(admin, "GET", "/status", token)?;
+    let body = request(admin, "GET", "/status", "", token)?;
     serde_json::from_str(&body).map_err(ClientError::NotStatus)
 }
 
@@ -52,6 +52,7 @@ pub fn request(
     admin: SocketAddr,
     method: &str,
     path: &str,
+    body: &str,
     token: Option<&str>,
 ) -> Result<String, ClientError> {
     let mut s = TcpStream::connect_timeout(&admin, Duration::from_secs(2))
@@ -60,7 +61,8 @@ pub fn request(
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     write!(
         s,
-        "{method} {path} HTTP/1.0\r\nHost: {admin}\r\nContent-Length: 0\r\n{auth}\r\n"
+        "{method} {path} HTTP/1.0\r\nHost: {admin}\r\nContent-Length: {}\r\n{auth}\r\n{body}",
+        body.len()
     )
     .map_err(ClientError::Write)?;
     let mut out = String::new();

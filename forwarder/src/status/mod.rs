@@ -16,6 +16,10 @@ use crate::metrics::{ServiceStats, StatsSnapshot};
 /// The whole daemon.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
+    /// What `GET /ready` says: every listener bound, every service routing to a master.
+    pub ready: bool,
+    /// Why not ready, one line per service; empty when ready.
+    pub not_ready: Vec<String>,
     /// The data path sessions take: `userspace`, `uring` or `sockmap` ([`DataPath::name`]).
     ///
     /// [`DataPath::name`]: crate::datapath::DataPath::name
@@ -59,8 +63,12 @@ pub struct ServiceStatus {
     pub generation: u64,
     /// Changes of master since the service first ran, to none included.
     pub master_changes: u64,
-    /// Episodes of a second server passing the master check while another is master.
+    /// Episodes of a second server passing the master check while another, alive, is master.
     pub master_conflicts: u64,
+    /// Episodes without a master after having had one (a failover is one).
+    pub no_master_episodes: u64,
+    /// Why the master takes no new sessions now (`drain`, `switchover`); `None` when it does.
+    pub hold: Option<String>,
     /// How long the service has been without a master, in ms; `None` while it has one.
     pub no_master_for_ms: Option<u128>,
     /// Why the master the Sentinels name is not routed to, while that is so.
@@ -114,6 +122,8 @@ pub struct ServerStatus {
     pub checks_failed: u64,
     /// Checks that could not run because of this host (EMFILE, ...): they leave the state alone.
     pub checks_unknown: u64,
+    /// As the operator set it: `ready`, `drain` or `maint` (see [`health::AdminState`]).
+    pub admin_state: String,
 }
 
 impl ServiceStatus {
@@ -133,6 +143,8 @@ impl ServiceStatus {
             generation: view.generation,
             master_changes: counts.master_changes,
             master_conflicts: counts.conflicts,
+            no_master_episodes: counts.no_master_episodes,
+            hold: view.hold.map(|h| h.as_str().to_string()),
             no_master_for_ms: counts.no_master_since.map(|t| t.elapsed().as_millis()),
             note: monitor.note(),
             discovered_over_cap: counts.discovered_over_cap,
@@ -158,6 +170,7 @@ impl ServiceStatus {
                     checks_ok: s.checks_ok,
                     checks_failed: s.checks_failed,
                     checks_unknown: s.checks_unknown,
+                    admin_state: s.admin.as_str().to_string(),
                 })
                 .collect(),
         }
@@ -180,8 +193,11 @@ mod tests {
             checks_ok: if up { 5 } else { 0 },
             checks_failed: if up { 0 } else { 5 },
             checks_unknown: 0,
+            admin_state: if up { "ready" } else { "maint" }.into(),
         };
         Status {
+            ready: false,
+            not_ready: vec!["service mymaster: master 127.0.0.1:6380 takes no new sessions (drain)".into()],
             datapath: "userspace".into(),
             datapath_fallback: Some("uring: EPERM".into()),
             bpf: None,
@@ -195,6 +211,8 @@ mod tests {
                 generation: 3,
                 master_changes: 2,
                 master_conflicts: 1,
+                no_master_episodes: 1,
+                hold: Some("drain".into()),
                 no_master_for_ms: None,
                 note: Some("the <quorum> names X".into()),
                 discovered_over_cap: 0,
@@ -217,6 +235,9 @@ mod tests {
                     bytes_server_to_client: 9,
                     bytes_copied_in_userspace: 16,
                     sockmap_fallbacks: 0,
+                    switchovers: 1,
+                    switchovers_failed: 0,
+                    last_switchover_ms: 1500,
                 },
                 servers: vec![
                     server("127.0.0.1:6380", true, "master", None),
@@ -273,6 +294,12 @@ mod tests {
             "forwarder_master{service=\"mymaster\",server=\"127.0.0.1:6380\"} 1\n",
             "forwarder_server_up{service=\"mymaster\",server=\"127.0.0.1:6381\"} 0\n",
             "forwarder_datapath_info{mode=\"userspace\",fallback=\"uring: EPERM\"} 1\n",
+            "forwarder_ready 0\n",
+            "forwarder_no_master_episodes_total{service=\"mymaster\"} 1\n",
+            "forwarder_master_held{service=\"mymaster\",reason=\"drain\"} 1\n",
+            "forwarder_switchovers_total{service=\"mymaster\",result=\"done\"} 1\n",
+            "forwarder_server_admin_state{service=\"mymaster\",server=\"127.0.0.1:6381\",state=\"maint\"} 1\n",
+            "forwarder_server_admin_state{service=\"mymaster\",server=\"127.0.0.1:6380\",state=\"maint\"} 0\n",
         ] {
             assert!(text.contains(want), "{want:?} not in {text}");
         }

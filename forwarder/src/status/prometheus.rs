@@ -33,6 +33,12 @@ pub fn render(st: &Status) -> String {
         )],
     );
     family(
+        "forwarder_ready",
+        "gauge",
+        "1 when GET /ready answers 200: every listener bound, every service routing to a master.",
+        vec![(String::new(), u8::from(st.ready).to_string())],
+    );
+    family(
         "forwarder_accept_errors_total",
         "counter",
         "accept(2) failures (e.g. EMFILE).",
@@ -124,6 +130,49 @@ pub fn render(st: &Status) -> String {
         per_service(&|s| s.master_conflicts.to_string()),
     );
     family(
+        "forwarder_no_master_episodes_total",
+        "counter",
+        "Episodes without a master after having had one (a failover counts one).",
+        per_service(&|s| s.no_master_episodes.to_string()),
+    );
+    let mut held = Vec::new();
+    let mut switchovers = Vec::new();
+    for s in &st.services {
+        for reason in ["drain", "switchover"] {
+            held.push((
+                format!("{{service=\"{}\",reason=\"{reason}\"}}", s.name),
+                u8::from(s.hold.as_deref() == Some(reason)).to_string(),
+            ));
+        }
+        for (result, n) in [
+            ("done", s.stats.switchovers),
+            ("failed", s.stats.switchovers_failed),
+        ] {
+            switchovers.push((
+                format!("{{service=\"{}\",result=\"{result}\"}}", s.name),
+                n.to_string(),
+            ));
+        }
+    }
+    family(
+        "forwarder_master_held",
+        "gauge",
+        "1 while the master takes no new sessions for this reason (clients wait as in a failover).",
+        held,
+    );
+    family(
+        "forwarder_switchovers_total",
+        "counter",
+        "Planned switchovers asked for, by result.",
+        switchovers,
+    );
+    family(
+        "forwarder_last_switchover_pause_seconds",
+        "gauge",
+        "How long new clients were held in the last planned switchover done.",
+        per_service(&|s| format!("{:.3}", s.stats.last_switchover_ms as f64 / 1000.0)),
+    );
+    family(
         "forwarder_bytes_copied_in_userspace_total",
         "counter",
         "Payload bytes that passed through userspace buffers (userspace sessions, and uring directions that found no pipe free).",
@@ -178,6 +227,7 @@ pub fn render(st: &Status) -> String {
     let mut master = Vec::new();
     let mut up = Vec::new();
     let mut checks = Vec::new();
+    let mut admin = Vec::new();
     for s in &st.services {
         if let Some(m) = &s.master {
             master.push((
@@ -188,6 +238,13 @@ pub fn render(st: &Status) -> String {
         for srv in &s.servers {
             let l = format!("service=\"{}\",server=\"{}\"", s.name, srv.addr);
             up.push((format!("{{{l}}}"), u8::from(srv.up).to_string()));
+            for state in health::AdminState::ALL {
+                let state = state.as_str();
+                admin.push((
+                    format!("{{{l},state=\"{state}\"}}"),
+                    u8::from(srv.admin_state == state).to_string(),
+                ));
+            }
             checks.push((format!("{{{l},result=\"ok\"}}"), srv.checks_ok.to_string()));
             checks.push((
                 format!("{{{l},result=\"failed\"}}"),
@@ -210,6 +267,12 @@ pub fn render(st: &Status) -> String {
         "gauge",
         "1 when the server passes its check (after rise/fall).",
         up,
+    );
+    family(
+        "forwarder_server_admin_state",
+        "gauge",
+        "1 for the state the operator set the server to (ready, drain, maint).",
+        admin,
     );
     family(
         "forwarder_checks_total",

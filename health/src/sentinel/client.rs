@@ -34,7 +34,7 @@ const STABLE: Duration = Duration::from_secs(10);
 
 /// Why a query session or a subscription ended: its Display is the `error` of the log line.
 #[derive(Debug, thiserror::Error)]
-enum SentinelError {
+pub(crate) enum SentinelError {
     #[error("connect timed out after {0:?}")]
     ConnectTimeout(Duration),
     #[error("connect: {0}")]
@@ -255,7 +255,9 @@ async fn subscription(shared: &Shared, i: usize) -> Result<(), SentinelError> {
 }
 
 /// A RESP connection to one Sentinel.
-struct Conn {
+/// One RESP connection (to a Sentinel, or to a Redis server for a switchover) with its timeouts
+/// and reply size limit.
+pub(crate) struct Conn {
     stream: TcpStream,
     buf: Vec<u8>,
     /// Where the reply in `buf` ends, found without re-parsing it at every read.
@@ -267,7 +269,7 @@ struct Conn {
 const MAX_REPLY: usize = 1 << 20;
 
 impl Conn {
-    async fn open(
+    pub(crate) async fn open(
         addr: SocketAddr,
         timeout: Duration,
         auth: Option<&Auth>,
@@ -306,7 +308,7 @@ impl Conn {
             .map_err(SentinelError::Write)
     }
 
-    async fn call(&mut self, args: &[&[u8]]) -> Result<Reply, SentinelError> {
+    pub(crate) async fn call(&mut self, args: &[&[u8]]) -> Result<Reply, SentinelError> {
         self.send(args).await?;
         self.read(Some(self.timeout)).await
     }

@@ -24,6 +24,7 @@ use std::time::Duration;
 use crate::tcpcheck::Auth;
 
 pub use client::Sentinels;
+pub(crate) use client::{Conn, SentinelError};
 pub use parse::{
     parse_master_addr, parse_message, parse_replicas, parse_switch_master, ReplyError,
 };

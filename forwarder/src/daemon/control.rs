@@ -1,0 +1,178 @@
+//! What the admin listener may ask of the daemon ([`admin::Control`]): its status, whether it is
+//! ready, a server's operator state, a planned switchover, a reload.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::{lock, Daemon, ReloadError};
+use crate::admin::{self, ControlError};
+use crate::metrics::AdminReject;
+use crate::status::{BpfTotals, ServiceStatus, Status};
+
+/// How long the replicas may take to reach the master's offset in a switchover (no write
+/// reaches the master meanwhile, so on a healthy link this is one round trip).
+const CATCH_UP: Duration = Duration::from_secs(3);
+/// How long the Sentinels may take to promote a replica and the checks to confirm it. With
+/// `CATCH_UP` it stays below the admin listener's 30 s connection limit.
+const FAILOVER: Duration = Duration::from_secs(20);
+
+impl admin::Control for Daemon {
+    fn status(&self) -> Status {
+        let services = lock(&self.live)
+            .iter()
+            .map(|l| {
+                let h = &l.handle;
+                ServiceStatus::of(&h.config, &h.runtime.stats, &h.monitor)
+            })
+            .collect();
+        let not_ready = self.readiness().err().unwrap_or_default();
+        Status {
+            ready: not_ready.is_empty(),
+            not_ready,
+            datapath: self.datapath.name().to_string(),
+            datapath_fallback: self.fallback.clone(),
+            bpf: self.datapath.bpf_totals().map(|t| BpfTotals {
+                redirected_bytes: t.redirected_bytes,
+                passed_bytes: t.passed_bytes,
+            }),
+            pipes_held: self.datapath.pipes_held(),
+            accept_errors: self.global.accept_errors.load(Ordering::Relaxed),
+            admin_rejected: AdminReject::ALL
+                .iter()
+                .map(|r| {
+                    let n = self.global.admin_rejected[*r as usize].load(Ordering::Relaxed);
+                    (r.as_str().to_string(), n)
+                })
+                .collect(),
+            services,
+        }
+    }
+
+    type ReloadError = ReloadError;
+
+    async fn reload(&self) -> Result<String, ReloadError> {
+        Daemon::reload(self).await
+    }
+
+    fn readiness(&self) -> Result<(), Vec<String>> {
+        let configured: Vec<String> = lock(&self.config)
+            .service
+            .iter()
+            .map(|s| s.name.clone())
+            .collect();
+        let live = lock(&self.live);
+        let mut why = Vec::new();
+        for name in configured {
+            let Some(l) = live.iter().find(|l| l.handle.config.name == name) else {
+                why.push(format!("service {name}: not listening"));
+                continue;
+            };
+            let view = l.handle.monitor.view();
+            match (view.master, view.hold) {
+                (None, _) => {
+                    let note = l.handle.monitor.note().map(|n| format!(" ({n})"));
+                    why.push(format!(
+                        "service {name}: no master{}",
+                        note.unwrap_or_default()
+                    ));
+                }
+                (Some(m), Some(hold)) => why.push(format!(
+                    "service {name}: master {m} takes no new sessions ({})",
+                    hold.as_str()
+                )),
+                (Some(_), None) => {}
+            }
+        }
+        if why.is_empty() {
+            Ok(())
+        } else {
+            Err(why)
+        }
+    }
+
+    fn set_server_state(
+        &self,
+        service: &str,
+        server: &str,
+        state: health::AdminState,
+    ) -> Result<String, ControlError> {
+        let addr: SocketAddr = server.parse().map_err(|_| {
+            ControlError::Invalid(format!("server {server:?}: expected ip:port"))
+        })?;
+        let monitor = lock(&self.live)
+            .iter()
+            .find(|l| l.handle.config.name == service)
+            .map(|l| std::sync::Arc::clone(&l.handle.monitor))
+            .ok_or_else(|| ControlError::NotFound(format!("no service {service:?}")))?;
+        // The map first: a reload building a new monitor meanwhile starts with the new state.
+        {
+            let mut states = lock(&self.admin_states);
+            let of = states.entry(service.to_string()).or_default();
+            match state {
+                health::AdminState::Ready => of.remove(&addr),
+                other => of.insert(addr, other),
+            };
+        }
+        let Some(was) = monitor.set_admin(addr, state) else {
+            let mut states = lock(&self.admin_states);
+            if let Some(of) = states.get_mut(service) {
+                of.remove(&addr);
+            }
+            return Err(ControlError::NotFound(format!(
+                "server {addr} is not one of service {service:?}'s (configured or discovered)"
+            )));
+        };
+        Ok(format!(
+            "service {service}: server {addr} is {} (was {})",
+            state.as_str(),
+            was.as_str()
+        ))
+    }
+
+    async fn switchover(&self, service: &str) -> Result<String, ControlError> {
+        let (monitor, stats, auth, request) = {
+            let live = lock(&self.live);
+            let l = live
+                .iter()
+                .find(|l| l.handle.config.name == service)
+                .ok_or_else(|| ControlError::NotFound(format!("no service {service:?}")))?;
+            (
+                std::sync::Arc::clone(&l.handle.monitor),
+                std::sync::Arc::clone(&l.handle.runtime.stats),
+                l.handle.config.check.auth.clone(),
+                l.handle.config.check.timeout,
+            )
+        };
+        let limits = health::switchover::Limits {
+            catch_up: CATCH_UP,
+            failover: FAILOVER,
+            request,
+        };
+        tracing::warn!(%service, "planned switchover requested");
+        match health::switchover::run(&monitor, auth.as_ref(), limits).await {
+            Ok(r) => {
+                let ms = u64::try_from(r.paused.as_millis()).unwrap_or(u64::MAX);
+                stats.switchovers.fetch_add(1, Ordering::Relaxed);
+                stats.last_switchover_ms.store(ms, Ordering::Relaxed);
+                tracing::warn!(%service, from = %r.from, to = %r.to, paused_ms = ms,
+                    sentinel = %r.sentinel, "planned switchover done");
+                Ok(format!(
+                    "service {service}: switched over from {} to {} (new clients held {ms} ms; \
+                     failover by Sentinel {})",
+                    r.from, r.to, r.sentinel
+                ))
+            }
+            Err(e) => {
+                use health::switchover::SwitchoverError as E;
+                stats.switchovers_failed.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(%service, error = %e, "planned switchover not done");
+                let text = format!("service {service}: {e}");
+                Err(match e {
+                    E::NoSentinel | E::NoMaster | E::Running => ControlError::Conflict(text),
+                    _ => ControlError::Failed(text),
+                })
+            }
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! A planned switchover: the master of a Sentinel-managed service handed to a replica without
+//! losing an acknowledged write and without an error for a new client.
+//!
+//! The steps, in order, each bounded in time:
+//! 1. **Hold** ([`Monitor::switchover`]): new clients wait as in a failover, and the sessions
+//!    to the master are cut, so that from now on no write reaches it through the forwarder.
+//! 2. **Catch up**: the master's replication offset is read once (`INFO replication`), then
+//!    every online replica's own offset until each has reached it. The replica the Sentinels
+//!    promote then has every write the master acknowledged. Should they not catch up in
+//!    [`Limits::catch_up`], the switchover is given up and the master takes clients again:
+//!    nothing was lost, nothing changed.
+//! 3. **Failover**: `SENTINEL FAILOVER <master_name>` to each Sentinel in turn until one accepts
+//!    (`-INPROG`, a failover already running, counts as accepted).
+//! 4. **Wait** for the decider to route to another master (named by a quorum, passing its own
+//!    check): the hold ends by itself then. Past [`Limits::failover`] the switchover is reported
+//!    failed and the hold given up: the decider routes wherever the quorum and the checks say
+//!    (never back to a demoted master).
+//!
+//! Other forwarders in front of the same Sentinels follow the failover as any other: their
+//! clients may see the old master refuse writes (`READONLY`) for the moment a failover takes.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::info::{self, Role};
+use crate::monitor::Monitor;
+use crate::resp::Reply;
+use crate::sentinel::{Conn, SentinelError};
+use crate::tcpcheck::Auth;
+
+/// How long each step may take.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// For the replicas to reach the master's offset.
+    pub catch_up: Duration,
+    /// For the Sentinels to promote a replica and the checks to confirm it.
+    pub failover: Duration,
+    /// Per request to a server or a Sentinel (connect included).
+    pub request: Duration,
+}
+
+/// A switchover that was done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// The master before.
+    pub from: SocketAddr,
+    /// The master after.
+    pub to: SocketAddr,
+    /// From the hold to the new master's route: how long new clients waited at most.
+    pub paused: Duration,
+    /// The Sentinel that accepted the failover.
+    pub sentinel: SocketAddr,
+}
+
+/// Why a switchover was not done; the text is the admin API's answer.
+#[derive(Debug, thiserror::Error)]
+pub enum SwitchoverError {
+    /// The service has no `[service.sentinel]`.
+    #[error("the service has no Sentinels: a switchover needs them")]
+    NoSentinel,
+    /// Nothing to switch from.
+    #[error("the service has no master now")]
+    NoMaster,
+    /// One runs already, or the master is held for another reason.
+    #[error("a switchover is already running")]
+    Running,
+    /// The master could not be read, or said it is not a master.
+    #[error("master {0}: {1}; switchover given up, nothing changed")]
+    Master(SocketAddr, String),
+    /// No replica to hand over to.
+    #[error("master {0} has no online replica; switchover given up, nothing changed")]
+    NoReplica(SocketAddr),
+    /// The replicas did not reach the master's offset in time.
+    #[error(
+        "replicas did not catch up with master {master} (offset {offset}) within {within:?}: \
+         {behind}; switchover given up, nothing changed"
+    )]
+    Behind {
+        /// The master.
+        master: SocketAddr,
+        /// Its replication offset when the hold began.
+        offset: i64,
+        /// Which replicas were behind, and by how much.
+        behind: String,
+        /// [`Limits::catch_up`].
+        within: Duration,
+    },
+    /// No Sentinel accepted the failover.
+    #[error("no Sentinel accepted SENTINEL FAILOVER: {0}; switchover given up, nothing changed")]
+    Refused(String),
+    /// The failover was accepted but no new master was confirmed in time.
+    #[error(
+        "the Sentinels accepted the failover but no new master was confirmed within {0:?}; \
+         clients are routed as the Sentinels and the checks say"
+    )]
+    Timeout(Duration),
+}
+
+/// Runs a switchover of `monitor`'s service; `auth` is for the Redis servers (the check's).
+pub async fn run(
+    monitor: &Monitor,
+    auth: Option<&Auth>,
+    limits: Limits,
+) -> Result<Report, SwitchoverError> {
+    let cfg = monitor
+        .sentinel_config()
+        .ok_or(SwitchoverError::NoSentinel)?;
+    let from = monitor.view().master.ok_or(SwitchoverError::NoMaster)?;
+    let started = Instant::now();
+    if !monitor.switchover(true) {
+        return Err(match monitor.view().master {
+            None => SwitchoverError::NoMaster,
+            Some(_) => SwitchoverError::Running,
+        });
+    }
+    let given_up = |e: SwitchoverError| {
+        monitor.switchover(false);
+        e
+    };
+    catch_up(from, auth, limits).await.map_err(given_up)?;
+    let sentinel = failover(&cfg, limits.request)
+        .await
+        .map_err(given_up)?;
+    let mut views = monitor.subscribe();
+    let moved = tokio::time::timeout(
+        limits.failover,
+        views.wait_for(|v| v.master.is_some_and(|m| m != from) && v.hold.is_none()),
+    )
+    .await;
+    match moved {
+        Ok(Ok(v)) => Ok(Report {
+            from,
+            to: v.master.unwrap_or(from),
+            paused: started.elapsed(),
+            sentinel,
+        }),
+        _ => Err(given_up(SwitchoverError::Timeout(limits.failover))),
+    }
+}
+
+/// Waits until every online replica of `master` has reached the master's offset now.
+async fn catch_up(
+    master: SocketAddr,
+    auth: Option<&Auth>,
+    limits: Limits,
+) -> Result<(), SwitchoverError> {
+    let bad = |e: String| SwitchoverError::Master(master, e);
+    let repl = replication(master, auth, limits.request).await.map_err(bad)?;
+    if repl.role != Role::Master {
+        return Err(bad(format!("says role:{}", repl.role.as_str())));
+    }
+    let offset = repl
+        .master_repl_offset
+        .ok_or_else(|| bad("no master_repl_offset in INFO replication".into()))?;
+    let replicas: Vec<SocketAddr> = repl
+        .slaves
+        .iter()
+        .filter(|s| s.state == "online")
+        .filter_map(|s| Some(SocketAddr::new(s.ip.parse().ok()?, s.port)))
+        .collect();
+    if replicas.is_empty() {
+        return Err(SwitchoverError::NoReplica(master));
+    }
+    let deadline = Instant::now() + limits.catch_up;
+    loop {
+        let mut behind = Vec::new();
+        for r in &replicas {
+            match replication(*r, auth, limits.request).await {
+                Ok(info) => match info.master_repl_offset {
+                    Some(o) if o >= offset => {}
+                    Some(o) => behind.push(format!("{r} at {o}")),
+                    None => behind.push(format!("{r}: no offset")),
+                },
+                Err(e) => behind.push(format!("{r}: {e}")),
+            }
+        }
+        if behind.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(SwitchoverError::Behind {
+                master,
+                offset,
+                behind: behind.join(", "),
+                within: limits.catch_up,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// `INFO replication` of one server.
+async fn replication(
+    addr: SocketAddr,
+    auth: Option<&Auth>,
+    timeout: Duration,
+) -> Result<info::Replication, String> {
+    let mut c = Conn::open(addr, timeout, auth)
+        .await
+        .map_err(|e| e.to_string())?;
+    match c
+        .call(&[b"INFO", b"replication"])
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        Reply::Bulk(Some(text)) => {
+            info::parse_replication(&String::from_utf8_lossy(&text)).map_err(|e| e.to_string())
+        }
+        Reply::Error(e) => Err(e),
+        _ => Err("INFO replication: not a bulk string".into()),
+    }
+}
+
+/// Asks each Sentinel in turn for a failover until one accepts; returns which.
+async fn failover(
+    cfg: &crate::sentinel::SentinelConfig,
+    timeout: Duration,
+) -> Result<SocketAddr, SwitchoverError> {
+    let mut why = Vec::new();
+    for s in &cfg.addresses {
+        let answer: Result<Reply, SentinelError> = async {
+            let mut c = Conn::open(*s, timeout, cfg.auth.as_ref()).await?;
+            c.call(&[b"SENTINEL", b"FAILOVER", cfg.master_name.as_bytes()])
+                .await
+        }
+        .await;
+        match answer {
+            Ok(Reply::Simple(ok)) if ok == "OK" => return Ok(*s),
+            Ok(Reply::Error(e)) if e.starts_with("INPROG") => return Ok(*s),
+            Ok(Reply::Error(e)) => why.push(format!("{s}: {e}")),
+            Ok(_) => why.push(format!("{s}: unexpected reply")),
+            Err(e) => why.push(format!("{s}: {e}")),
+        }
+    }
+    Err(SwitchoverError::Refused(why.join("; ")))
+}
