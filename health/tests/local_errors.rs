@@ -24,6 +24,7 @@ async fn running_out_of_descriptors_is_not_a_server_failure() {
         Program::redis_master(None),
         schedule,
         None,
+        Default::default(),
     );
     assert!(wait(|| m.view().master == Some(redis.addr())).await);
     let generation = m.view().generation;
