@@ -3,6 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use health::{Histogram, HistogramSnapshot};
 use serde::{Deserialize, Serialize};
 
 /// Why a client was turned away (or a session ended early); each has a counter.
@@ -101,6 +102,11 @@ pub struct ServiceStats {
     pub bytes_copied_in_userspace: AtomicU64,
     /// Sessions that did not fit the sockmap and ran on the next data path.
     pub sockmap_fallbacks: AtomicU64,
+    /// How long each admitted client was held before the connect that gave it its session
+    /// started (or, for one that never got a session, until it was closed).
+    pub queue_wait: Histogram,
+    /// How long each successful connect to the master took.
+    pub connect: Histogram,
     /// Open sessions per source address (only addresses with at least one), for
     /// `maxconn_per_source`; here rather than in the runtime's gate so they carry over a reload.
     pub sources: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, u32>>,
@@ -145,6 +151,8 @@ impl ServiceStats {
             bytes_server_to_client: load(&self.bytes_server_to_client),
             bytes_copied_in_userspace: load(&self.bytes_copied_in_userspace),
             sockmap_fallbacks: load(&self.sockmap_fallbacks),
+            queue_wait: self.queue_wait.snapshot(),
+            connect: self.connect.snapshot(),
         }
     }
 }
@@ -168,6 +176,10 @@ pub struct StatsSnapshot {
     pub bytes_copied_in_userspace: u64,
     /// [`ServiceStats::sockmap_fallbacks`].
     pub sockmap_fallbacks: u64,
+    /// [`ServiceStats::queue_wait`].
+    pub queue_wait: HistogramSnapshot,
+    /// [`ServiceStats::connect`].
+    pub connect: HistogramSnapshot,
 }
 
 /// Why the admin listener closed a connection.

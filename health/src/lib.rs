@@ -3,12 +3,14 @@
 //!
 //! Rooms: `tcpcheck` (check programs), `schedule` (rise/fall/interval), `resp` and `info` (Redis
 //! replies), `decider` (who the master is: one pure policy, generations, counters), `sentinel` (what a quorum of Sentinels says),
-//! `monitor` (the tokio tasks that tie them up).
+//! `monitor` (the tokio tasks that tie them up), `histogram` (latency buckets), `plain` (log values).
 #![forbid(unsafe_code)]
 
 pub mod decider;
+pub mod histogram;
 pub mod info;
 pub mod monitor;
+pub mod plain;
 pub mod ratelimit;
 pub mod resp;
 pub mod schedule;
@@ -16,6 +18,7 @@ pub mod sentinel;
 pub mod tcpcheck;
 
 pub use decider::MasterView;
+pub use histogram::{Histogram, Snapshot as HistogramSnapshot};
 pub use monitor::{Monitor, MonitorStats, ServerStatus};
 pub use ratelimit::RateLimit;
 pub use schedule::{Schedule, ScheduleError, ServerState};

@@ -10,7 +10,9 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 use crate::decider::{Counters, Decider, MasterView, Outcome, Policy};
+use crate::histogram::{Histogram, Snapshot};
 use crate::info::{self, Role};
+use crate::plain::OrNone;
 use crate::ratelimit::RateLimit;
 use crate::schedule::{Schedule, ServerHealth, ServerState, Transition};
 use crate::sentinel::{SentinelConfig, SentinelView, Sentinels};
@@ -73,6 +75,8 @@ struct Shared {
     program: Arc<Program>,
     schedule: Schedule,
     sentinel: Option<SentinelMode>,
+    /// How long each check that ran took, every server together.
+    check_durations: Histogram,
     /// Log lines of the decisions: a flapping server or quorum must not fill the disk.
     conflict_log: RateLimit,
     changed_log: RateLimit,
@@ -142,6 +146,7 @@ impl Monitor {
                     max_servers: config.max_servers,
                     config,
                 }),
+            check_durations: Histogram::default(),
             conflict_log: RateLimit::default(),
             changed_log: RateLimit::default(),
             sentinel_log: RateLimit::default(),
@@ -198,6 +203,12 @@ impl Monitor {
     pub fn carry_counts(&self, old: &Monitor) {
         let c: Counters = lock(&old.shared.inner).decider.counters();
         lock(&self.shared.inner).decider.carry(c);
+        self.shared.check_durations.add(&old.check_durations());
+    }
+
+    /// How long the checks that ran took (those that could not run here are not counted).
+    pub fn check_durations(&self) -> Snapshot {
+        self.shared.check_durations.snapshot()
     }
 
     /// Why the master the Sentinels name is not routed to, while that is so (e.g. "the Sentinel
@@ -254,9 +265,9 @@ fn publish(shared: &Shared, out: Outcome) {
     let named = shared.sentinel.as_ref().map(|sm| sm.view.borrow().master);
     for server in out.conflicts {
         shared.conflict_log.log(|suppressed| match named {
-            None => tracing::warn!(%service, %server, master = ?shared.tx.borrow().master, suppressed,
+            None => tracing::warn!(%service, %server, master = %OrNone(shared.tx.borrow().master), suppressed,
                 "a second server passes the master check; keeping the current master (split brain avoided)"),
-            Some(named) => tracing::warn!(%service, %server, sentinel_master = ?named, suppressed,
+            Some(named) => tracing::warn!(%service, %server, sentinel_master = %OrNone(named), suppressed,
                 "server passes the master check but the Sentinels name another; not routing to it"),
         });
     }
@@ -267,8 +278,8 @@ fn publish(shared: &Shared, out: Outcome) {
     }
     if let Some(view) = out.view {
         shared.changed_log.log(|suppressed| {
-            tracing::warn!(%service, master = ?view.master, generation = view.generation,
-                sentinel_master = ?named.flatten(), suppressed, "master changed");
+            tracing::warn!(%service, master = %OrNone(view.master), generation = view.generation,
+                sentinel_master = %OrNone(named.flatten()), suppressed, "master changed");
         });
         shared.tx.send_replace(view);
     }
@@ -319,6 +330,7 @@ async fn check_loop(
             sleep_or_wake(&shared, index, health.next_delay(&schedule)).await;
             continue;
         }
+        shared.check_durations.record(report.elapsed);
         let transition = health.observe(report.ok);
         if let Some(t) = transition {
             let service = &shared.service;

@@ -152,6 +152,9 @@ pub struct Service {
     pub maxconn_per_source: Option<u32>,
     /// What a change of master does to established sessions; `shutdown-sessions` by default.
     pub on_master_change: OnMasterChange,
+    /// One `info` line per client at its end (target `forwarder::session`), HAProxy's
+    /// `option tcplog`; off by default.
+    pub log_sessions: bool,
     /// `[service.timeout]`.
     pub timeout: Timeouts,
     /// `[service.check]`: how each server is checked.
