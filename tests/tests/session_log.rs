@@ -1,13 +1,14 @@
 //! `log_sessions = true`: one `info` line per client at its end (target `forwarder::session`),
 //! in the data path under test: its bytes exact, its end right (a clean close, a master-change
-//! cut, a client given up without a master). The latency histograms count what happened, and
-//! the log itself is plain: no ANSI colours off a terminal, no Rust `Some(..)`/`None` in JSON.
+//! cut, a client given up without a master). The latency histograms count what happened, a
+//! reload turns the log on for new clients, and the log itself is plain: no ANSI colours off a
+//! terminal, no Rust `Some(..)`/`None` in JSON.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use harness::{free_port, wait_until, Forwarder, Redis, Service};
+use harness::{echo, free_port, tcp_server, wait_until, Forwarder, Redis, Service};
 use serde_json::Value;
 
 /// A Redis service over `servers` with the session log on.
@@ -209,4 +210,57 @@ fn a_client_given_up_logs_its_reason_and_the_human_log_has_no_colours() {
         !log.contains('\u{1b}'),
         "ANSI escapes in a piped log:\n{log}"
     );
+}
+
+#[test]
+fn a_reload_turns_the_session_log_on() {
+    let backend = tcp_server(echo);
+    let svc = |listen: &str, on: &str| {
+        Service::tcp("cache", backend)
+            .set("listen", &format!("\"{listen}\""))
+            .set("log_sessions", on)
+            .to_string()
+    };
+    let mut f = Forwarder::start(&svc("{LISTEN}", "false"));
+    assert!(
+        wait_until(Duration::from_secs(10), || f.master("cache").is_some()),
+        "{}",
+        f.log_text()
+    );
+    let session = |f: &Forwarder| {
+        let mut c = TcpStream::connect(f.listen[0]).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        assert_eq!(exchange(&mut c, b"ping", 4), b"ping");
+        c.local_addr().unwrap()
+    };
+    session(&f);
+    assert!(
+        wait_until(Duration::from_secs(10), || f
+            .counter("cache", "ended", "closed")
+            == 1),
+        "{:?}",
+        f.status()
+    );
+    assert!(
+        !f.log_text().contains("forwarder::session"),
+        "{}",
+        f.log_text()
+    );
+
+    let listen = f.listen[0].to_string();
+    f.rewrite(&svc(&listen, "true"));
+    f.proc().signal(libc::SIGHUP);
+    assert!(
+        f.wait_for_log("reloaded: 0 unchanged, 1 changed", Duration::from_secs(10)),
+        "{}",
+        f.log_text()
+    );
+    let client = session(&f);
+    assert!(
+        f.wait_for_log(&format!("client={client} "), Duration::from_secs(10)),
+        "{}",
+        f.log_text()
+    );
+    let log = f.log_text();
+    assert_eq!(log.matches("forwarder::session").count(), 1, "{log}");
 }

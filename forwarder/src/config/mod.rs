@@ -374,6 +374,21 @@ mod tests {
     }
 
     #[test]
+    fn log_sessions_is_a_bool_off_by_default() {
+        let base = "[[service]]\nname='a'\nlisten='127.0.0.1:1'\nservers=['127.0.0.1:2']\n";
+        assert!(!parse(base).unwrap().service[0].log_sessions);
+        let on = parse(&format!("{base}log_sessions = true\n")).unwrap();
+        assert!(on.service[0].log_sessions);
+        assert!(
+            on.to_toml().contains("log_sessions = true"),
+            "{}",
+            on.to_toml()
+        );
+        let e = parse(&format!("{base}log_sessions = \"yes\"\n")).unwrap_err();
+        assert_eq!(e.key, "service[0].log_sessions", "{e}");
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let base = "[[service]]\nname='a'\nlisten='127.0.0.1:1'\nservers=['127.0.0.1:2']\n";
         let cases = [
