@@ -1,7 +1,8 @@
 //! The way of one client through a service, timed, for the queue-wait and connect histograms
 //! (which `ServiceRuntime::connected` and `never_connected` record for every data path) and,
-//! with `log_sessions = true`, one `info` line per client at its end, HAProxy's `option tcplog`, with the tracing target
-//! `forwarder::session` (so `RUST_LOG=info,forwarder::session=off` silences it alone).
+//! with `log_sessions = true`, one `info` line per client at its end, HAProxy's `option
+//! tcplog`, with the tracing target `forwarder::session` (so
+//! `RUST_LOG=info,forwarder::session=off` silences it alone).
 //!
 //! The line's fields are plain values: `service`, `client` and `server` (`ip:port`; `server` is
 //! empty for a client that never got one), `queue_ms` (admitted -> the connect that gave it its
