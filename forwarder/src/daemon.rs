@@ -24,6 +24,7 @@ use crate::datapath::DataPath;
 use crate::metrics::GlobalStats;
 use crate::router::Router;
 use crate::service::{self, ServiceRuntime};
+use health::plain::Joined;
 
 /// Why a reload was refused; the running configuration stays.
 #[derive(Debug, thiserror::Error)]
@@ -197,7 +198,7 @@ impl Daemon {
         let accepting = CancellationToken::new();
         self.datapath.listen(listeners, rx, accepting.clone())?;
         tracing::info!(service = %handle.config.name, listen = %handle.config.listen,
-            servers = ?handle.config.servers, datapath = self.datapath.name(), "listening");
+            servers = %Joined(&handle.config.servers), datapath = self.datapath.name(), "listening");
         Ok(Live {
             handle,
             runtime: tx,
@@ -478,7 +479,11 @@ async fn drain(daemon: &Daemon) {
     };
     let start = tokio::time::Instant::now();
     let active = daemon.total_active();
-    tracing::info!(active, drain = ?limit, "stopping: listeners closed, draining sessions");
+    tracing::info!(
+        active,
+        drain_ms = limit.as_millis(),
+        "stopping: listeners closed, draining sessions"
+    );
     while daemon.total_active() > 0 && start.elapsed() < limit {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -486,7 +491,10 @@ async fn drain(daemon: &Daemon) {
     if left > 0 {
         tracing::warn!(left, "drain time is up: closing the remaining sessions");
     } else {
-        tracing::info!(took = ?start.elapsed(), "all sessions drained");
+        tracing::info!(
+            took_ms = start.elapsed().as_millis(),
+            "all sessions drained"
+        );
     }
 }
 

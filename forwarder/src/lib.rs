@@ -2,11 +2,12 @@
 //!
 //! Rooms, each importing only from those before it: `config` (TOML as written -> validated ->
 //! runtime types), `budget` (open-file limit -> maxconn and pipes), `metrics` (counters),
-//! `admission` (allow list, maxconn), `router` (the decider's master as a route with a cut
-//! token), `service` (a service's runtime: where a client goes, when it gives up, binding its
-//! listeners), `datapath` (accepting, connecting, moving bytes), `status` (one typed status
-//! model and its renderers), `admin` (HTTP, through [`admin::Control`] only), `daemon` (wiring,
-//! reload, signals), `privileges`. `unsafe` is denied except in the modules that make syscalls.
+//! `session_log` (a client's times and bytes, its log line), `admission` (allow list, maxconn),
+//! `router` (the decider's master as a route with a cut token), `service` (a service's runtime:
+//! where a client goes, when it gives up, binding its listeners), `datapath` (accepting,
+//! connecting, moving bytes), `status` (one typed status model and its renderers), `admin`
+//! (HTTP, through [`admin::Control`] only), `daemon` (wiring, reload, signals), `privileges`.
+//! `unsafe` is denied except in the modules that make syscalls.
 
 #![deny(unsafe_code)]
 
@@ -20,4 +21,5 @@ pub mod metrics;
 pub mod privileges;
 pub mod router;
 pub mod service;
+pub mod session_log;
 pub mod status;

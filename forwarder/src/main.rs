@@ -238,11 +238,16 @@ fn admin_of(
     }
 }
 
+/// Logs to stderr. Colours only on a terminal, and not when `NO_COLOR` is set (no-color.org):
+/// journald, files and log shippers get plain text.
 fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal() && !no_color)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Human => builder.init(),

@@ -3,6 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use health::{Histogram, HistogramSnapshot};
 use serde::{Deserialize, Serialize};
 
 /// Why a client was turned away (or a session ended early); each has a counter.
@@ -111,6 +112,11 @@ pub struct ServiceStats {
     pub switchovers_failed: AtomicU64,
     /// How long new clients were held in the last switchover done, in ms.
     pub last_switchover_ms: AtomicU64,
+    /// How long each admitted client was held before the connect that gave it its session
+    /// started (or, for one that never got a session, until it was closed).
+    pub queue_wait: Histogram,
+    /// How long each successful connect to the master took.
+    pub connect: Histogram,
     /// Open sessions per source address (only addresses with at least one), for
     /// `maxconn_per_source`; here rather than in the runtime's gate so they carry over a reload.
     pub sources: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, u32>>,
@@ -158,6 +164,8 @@ impl ServiceStats {
             switchovers: load(&self.switchovers),
             switchovers_failed: load(&self.switchovers_failed),
             last_switchover_ms: load(&self.last_switchover_ms),
+            queue_wait: self.queue_wait.snapshot(),
+            connect: self.connect.snapshot(),
         }
     }
 }
@@ -187,6 +195,10 @@ pub struct StatsSnapshot {
     pub switchovers_failed: u64,
     /// [`ServiceStats::last_switchover_ms`].
     pub last_switchover_ms: u64,
+    /// [`ServiceStats::queue_wait`].
+    pub queue_wait: HistogramSnapshot,
+    /// [`ServiceStats::connect`].
+    pub connect: HistogramSnapshot,
 }
 
 /// Why the admin listener closed a connection.

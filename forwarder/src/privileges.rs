@@ -73,8 +73,10 @@ pub fn drop_to(p: &Process, keep: &CapsHashSet) -> Result<(), PrivilegeError> {
     if Uid::current() != user.uid || Uid::effective() != user.uid {
         return Err(PrivilegeError::Unchanged { user: name.clone() });
     }
+    let mut kept: Vec<String> = keep.iter().map(ToString::to_string).collect();
+    kept.sort();
     tracing::info!(user = %name, uid = user.uid.as_raw(), gid = gid.as_raw(),
-        capabilities = ?keep, "privileges dropped");
+        capabilities = %health::plain::Joined(&kept), "privileges dropped");
     Ok(())
 }
 

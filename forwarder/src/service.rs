@@ -15,6 +15,7 @@ use crate::admission::Gate;
 use crate::config::{Service, Timeouts};
 use crate::metrics::{GlobalStats, Reject, ServiceStats};
 use crate::router::{Route, Router};
+use crate::session_log::{Admitted, Trace};
 pub use health::RateLimit;
 
 /// Everything a connection of one service needs.
@@ -33,6 +34,8 @@ pub struct ServiceRuntime {
     pub global: Arc<GlobalStats>,
     /// The daemon's shutdown token, to tell a shutdown from a master change.
     pub shutdown: CancellationToken,
+    /// `log_sessions`: one log line per client at its end (see `session_log`).
+    pub log_sessions: bool,
     reject_log: RateLimit,
 }
 
@@ -59,6 +62,7 @@ impl ServiceRuntime {
             stats,
             global,
             shutdown,
+            log_sessions: cfg.log_sessions,
             reject_log: RateLimit::default(),
         }
     }
@@ -237,12 +241,48 @@ impl ServiceRuntime {
     }
 
     /// Counts and logs a client closed after waiting (`Next::GiveUp`).
-    pub fn give_up(&self, peer: SocketAddr, why: Reject) {
+    pub fn give_up(&self, client: Admitted, why: Reject) {
         self.stats.reject(why);
+        self.never_connected(client, why.as_str());
+        let peer = client.peer;
         self.reject_log.log(|n| {
             tracing::warn!(service = %self.name, %peer, reason = why.as_str(),
                 suppressed = n, "client closed");
         });
+    }
+
+    /// A connect to `server` that started at `started` has succeeded: records the client's queue
+    /// wait and the connect time; returns the session's trace when the service logs sessions.
+    pub fn connected(
+        &self,
+        client: Admitted,
+        server: SocketAddr,
+        started: Instant,
+    ) -> Option<Box<Trace>> {
+        let queue = started.saturating_duration_since(client.at);
+        let connect = started.elapsed();
+        self.stats.queue_wait.record(queue);
+        self.stats.connect.record(connect);
+        self.log_sessions
+            .then(|| Box::new(Trace::new(client, Some(server), queue, connect)))
+    }
+
+    /// A client closed before it had a session (given up, or the daemon stopped while it
+    /// waited): records how long it was held and logs its line with `end`.
+    pub fn never_connected(&self, client: Admitted, end: &str) {
+        let held = client.at.elapsed();
+        self.stats.queue_wait.record(held);
+        if self.log_sessions {
+            Trace::new(client, None, held, Duration::ZERO).log(&self.name, end);
+        }
+    }
+
+    /// A session has ended `end` (`End::as_str`; `Reject::as_str` for a connect that lost a
+    /// race with a master change): logs its line, when it has a trace.
+    pub fn session_ended(&self, trace: Option<&Trace>, end: &str) {
+        if let Some(t) = trace {
+            t.log(&self.name, end);
+        }
     }
 
     /// Counts and logs a failed accept.

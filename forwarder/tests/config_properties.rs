@@ -169,7 +169,7 @@ fn odd_value() -> impl Strategy<Value = String> {
     ]
 }
 
-const KEYS: [&str; 36] = [
+const KEYS: [&str; 37] = [
     "mode",
     "workers",
     "sockmap_sessions",
@@ -184,6 +184,7 @@ const KEYS: [&str; 36] = [
     "maxconn",
     "maxconn_per_source",
     "on_master_change",
+    "log_sessions",
     "timeout",
     "connect",
     "client",

@@ -4,12 +4,14 @@
 //! Rooms: `tcpcheck` (check programs), `schedule` (rise/fall/interval), `resp` and `info` (Redis
 //! replies), `decider` (who the master is: one pure policy, generations, counters), `sentinel` (what a quorum of Sentinels says),
 //! `monitor` (the tokio tasks that tie them up), `switchover` (a planned handover of the master
-//! through the Sentinels).
+//! through the Sentinels), `histogram` (latency buckets), `plain` (log values).
 #![forbid(unsafe_code)]
 
 pub mod decider;
+pub mod histogram;
 pub mod info;
 pub mod monitor;
+pub mod plain;
 pub mod ratelimit;
 pub mod resp;
 pub mod schedule;
@@ -18,6 +20,7 @@ pub mod switchover;
 pub mod tcpcheck;
 
 pub use decider::{AdminState, Hold, MasterView};
+pub use histogram::{Histogram, Snapshot as HistogramSnapshot};
 pub use monitor::{Monitor, MonitorStats, ServerStatus};
 pub use ratelimit::RateLimit;
 pub use schedule::{Schedule, ScheduleError, ServerState};

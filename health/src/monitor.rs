@@ -12,7 +12,9 @@ use tokio::task::JoinHandle;
 use std::collections::HashMap;
 
 use crate::decider::{AdminState, Counters, Decider, MasterView, Outcome, Policy};
+use crate::histogram::{Histogram, Snapshot};
 use crate::info::{self, Role};
+use crate::plain::OrNone;
 use crate::ratelimit::RateLimit;
 use crate::schedule::{Schedule, ServerHealth, ServerState, Transition};
 use crate::sentinel::{SentinelConfig, SentinelView, Sentinels};
@@ -81,6 +83,8 @@ struct Shared {
     sentinel: Option<SentinelMode>,
     /// The operator's states of servers not yet known (applied when they are added).
     preset: HashMap<SocketAddr, AdminState>,
+    /// How long each check that ran took, every server together.
+    check_durations: Histogram,
     /// Log lines of the decisions: a flapping server or quorum must not fill the disk.
     conflict_log: RateLimit,
     changed_log: RateLimit,
@@ -154,6 +158,7 @@ impl Monitor {
                     config,
                 }),
             preset: admin,
+            check_durations: Histogram::default(),
             conflict_log: RateLimit::default(),
             changed_log: RateLimit::default(),
             sentinel_log: RateLimit::default(),
@@ -234,6 +239,13 @@ impl Monitor {
                 s.checks_unknown += unknown;
             }
         }
+        drop(inner);
+        self.shared.check_durations.add(&old.check_durations());
+    }
+
+    /// How long the checks that ran took (those that could not run here are not counted).
+    pub fn check_durations(&self) -> Snapshot {
+        self.shared.check_durations.snapshot()
     }
 
     /// The operator sets `server` to `state`; returns the state it had, or `None` when the
@@ -261,7 +273,7 @@ impl Monitor {
 
     /// Starts a planned switchover away from the current master (`true`: it takes no new
     /// sessions and its sessions are cut until another server is the master), or gives it up
-    /// (`false`). Returns `false` when starting without a master.
+    /// (`false`). Returns `false` when starting without a master or while one runs.
     pub fn switchover(&self, start: bool) -> bool {
         let mut inner = lock(&self.shared.inner);
         let (ok, out) = inner.decider.switchover(start, Instant::now());
@@ -329,9 +341,9 @@ fn publish(shared: &Shared, out: Outcome) {
     let named = shared.sentinel.as_ref().map(|sm| sm.view.borrow().master);
     for server in out.conflicts {
         shared.conflict_log.log(|suppressed| match named {
-            None => tracing::warn!(%service, %server, master = ?shared.tx.borrow().master, suppressed,
+            None => tracing::warn!(%service, %server, master = %OrNone(shared.tx.borrow().master), suppressed,
                 "a second server passes the master check; keeping the current master (split brain avoided)"),
-            Some(named) => tracing::warn!(%service, %server, sentinel_master = ?named, suppressed,
+            Some(named) => tracing::warn!(%service, %server, sentinel_master = %OrNone(named), suppressed,
                 "server passes the master check but the Sentinels name another; not routing to it"),
         });
     }
@@ -343,12 +355,12 @@ fn publish(shared: &Shared, out: Outcome) {
     if let Some(view) = out.view {
         if shared.tx.borrow().master != view.master {
             shared.changed_log.log(|suppressed| {
-                tracing::warn!(%service, master = ?view.master, generation = view.generation,
-                    sentinel_master = ?named.flatten(), suppressed, "master changed");
+                tracing::warn!(%service, master = %OrNone(view.master), generation = view.generation,
+                    sentinel_master = %OrNone(named.flatten()), suppressed, "master changed");
             });
         }
         if view.hold != shared.tx.borrow().hold {
-            tracing::info!(%service, master = ?view.master,
+            tracing::info!(%service, master = %OrNone(view.master),
                 hold = view.hold.map_or("none", |h| h.as_str()), "master takes new sessions: {}",
                 if view.hold.is_some() { "no (held)" } else { "yes" });
         }
@@ -413,6 +425,7 @@ async fn check_loop(
             sleep_or_wake(&shared, index, health.next_delay(&schedule)).await;
             continue;
         }
+        shared.check_durations.record(report.elapsed);
         let transition = health.observe(report.ok);
         if let Some(t) = transition {
             let service = &shared.service;

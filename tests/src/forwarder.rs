@@ -88,20 +88,33 @@ impl Forwarder {
     /// replaced by a free port, once per service). The `[datapath]` and `[admin]` sections are
     /// added here. Waits until every listener accepts.
     pub fn start(services: &str) -> Forwarder {
+        Forwarder::start_args(services, &[])
+    }
+
+    /// Like `start`, with extra arguments after `run` (e.g. `--log-format json`).
+    pub fn start_args(services: &str, args: &[&str]) -> Forwarder {
         let m = mode();
-        Forwarder::launch(services, &format!("mode = \"{m}\""), &[], &[], Some(&m))
+        let datapath = format!("mode = \"{m}\"");
+        Forwarder::launch(services, &datapath, &[], &[], args, Some(&m))
     }
 
     /// Like `start`, with extra environment variables for the forwarder process.
     pub fn start_env(services: &str, env: &[(&str, &str)]) -> Forwarder {
         let m = mode();
-        Forwarder::launch(services, &format!("mode = \"{m}\""), &[], env, Some(&m))
+        Forwarder::launch(
+            services,
+            &format!("mode = \"{m}\""),
+            &[],
+            env,
+            &[],
+            Some(&m),
+        )
     }
 
     /// Like `start`, with `datapath` as the body of the `[datapath]` section, run through
     /// `wrapper` (a command prefix that execs the rest of its arguments, e.g. `deny-io-uring`).
     pub fn start_with(services: &str, datapath: &str, wrapper: &[&str]) -> Forwarder {
-        Forwarder::launch(services, datapath, wrapper, &[], None)
+        Forwarder::launch(services, datapath, wrapper, &[], &[], None)
     }
 
     fn launch(
@@ -109,10 +122,11 @@ impl Forwarder {
         datapath: &str,
         wrapper: &[&str],
         env: &[(&str, &str)],
+        args: &[&str],
         expect: Option<&str>,
     ) -> Forwarder {
         for _ in 0..10 {
-            match Forwarder::try_start(services, datapath, wrapper, env, expect) {
+            match Forwarder::try_start(services, datapath, wrapper, env, args, expect) {
                 Ok(f) => return f,
                 Err(e) if e.contains("in use") => continue,
                 Err(e) => panic!("forwarder did not start: {e}"),
@@ -126,6 +140,7 @@ impl Forwarder {
         datapath: &str,
         wrapper: &[&str],
         env: &[(&str, &str)],
+        args: &[&str],
         expect: Option<&str>,
     ) -> Result<Forwarder, String> {
         // The admin port too, so that it cannot be one of the listeners'.
@@ -133,7 +148,8 @@ impl Forwarder {
         let admin = admin[0];
         let header = format!("[datapath]\n{datapath}\n\n[admin]\nlisten = \"{admin}\"\n\n");
         let config = format!("{header}{text}");
-        let (proc, log, dir) = spawn_forwarder(wrapper, env, &["run"], &config);
+        let run: Vec<&str> = std::iter::once("run").chain(args.iter().copied()).collect();
+        let (proc, log, dir) = spawn_forwarder(wrapper, env, &run, &config);
         let mut f = Forwarder {
             proc,
             admin,

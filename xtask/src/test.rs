@@ -65,6 +65,8 @@ const E2E_FILES: &[(&str, Runs)] = &[
     ("reload", Runs::PerMode),
     // timeout.server, a client's reset, on_master_change = keep: how each path ends a session.
     ("session_end", Runs::PerMode),
+    // log_sessions lines (bytes, end) and the latency histograms, written by each path.
+    ("session_log", Runs::PerMode),
     // Failover drills: sessions cut and writes resumed through the data path.
     ("sentinel", Runs::PerMode),
     // The sockmap path, whatever FORWARDER_MODE says.

@@ -152,6 +152,9 @@ pub struct Service {
     pub maxconn_per_source: Option<u32>,
     /// What a change of master does to established sessions; `shutdown-sessions` by default.
     pub on_master_change: OnMasterChange,
+    /// One `info` line per client at its end (target `forwarder::session`), HAProxy's
+    /// `option tcplog`; off by default.
+    pub log_sessions: bool,
     /// `[service.timeout]`.
     pub timeout: Timeouts,
     /// `[service.check]`: how each server is checked.
@@ -372,6 +375,21 @@ mod tests {
         assert!(c.service[0].sentinel.is_some());
         // The effective config renders.
         assert!(c.to_toml().contains("mymaster"));
+    }
+
+    #[test]
+    fn log_sessions_is_a_bool_off_by_default() {
+        let base = "[[service]]\nname='a'\nlisten='127.0.0.1:1'\nservers=['127.0.0.1:2']\n";
+        assert!(!parse(base).unwrap().service[0].log_sessions);
+        let on = parse(&format!("{base}log_sessions = true\n")).unwrap();
+        assert!(on.service[0].log_sessions);
+        assert!(
+            on.to_toml().contains("log_sessions = true"),
+            "{}",
+            on.to_toml()
+        );
+        let e = parse(&format!("{base}log_sessions = \"yes\"\n")).unwrap_err();
+        assert_eq!(e.key, "service[0].log_sessions", "{e}");
     }
 
     #[test]

@@ -61,6 +61,7 @@ pub(super) struct RawService {
     pub(super) maxconn: Option<RawMaxconn>,
     pub(super) maxconn_per_source: Option<u32>,
     pub(super) on_master_change: Option<OnMasterChange>,
+    pub(super) log_sessions: Option<bool>,
     #[serde(default)]
     pub(super) timeout: RawTimeouts,
     #[serde(default)]

@@ -246,6 +246,7 @@ impl Validator {
             on_master_change: s
                 .on_master_change
                 .unwrap_or(OnMasterChange::ShutdownSessions),
+            log_sessions: s.log_sessions.unwrap_or(false),
             timeout,
             check,
             sentinel,

@@ -3,8 +3,8 @@
 //! The uring path has its own front on its worker rings (`uring/front.rs`); both ask the same
 //! questions of the [`ServiceRuntime`].
 
-use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -12,7 +12,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::{DataPath, Session};
 use crate::admission::Permit;
+use crate::metrics::Reject;
 use crate::service::{Next, RateLimit, ServiceRuntime, ACCEPT_PAUSE};
+use crate::session_log::Admitted;
 
 /// Accepts clients until `accepting` is cancelled (drain, or the service removed by a reload);
 /// the listener is closed on return. Each client goes to the runtime current when it arrives: a
@@ -35,7 +37,10 @@ pub async fn serve(
             Ok((client, peer)) => match svc.gate.admit(peer) {
                 Ok(permit) => {
                     let path = Arc::clone(&path);
-                    tokio::spawn(async move { connection(client, peer, permit, svc, &path).await });
+                    let admitted = Admitted::now(peer);
+                    tokio::spawn(
+                        async move { connection(client, admitted, permit, svc, &path).await },
+                    );
                 }
                 Err(why) => svc.refused(peer, why),
             },
@@ -50,24 +55,25 @@ pub async fn serve(
 /// Routes, connects, and hands the session to the data path.
 async fn connection(
     client: TcpStream,
-    peer: SocketAddr,
+    admitted: Admitted,
     permit: Permit,
     svc: Arc<ServiceRuntime>,
     path: &DataPath,
 ) {
     let deadline = svc.queue_deadline();
     let mut after = None;
-    let (route, server) = loop {
+    let (route, server, started) = loop {
         let route = match svc.next(after, deadline) {
             Next::Connect(r) => r,
             Next::Wait => {
                 svc.router.wait(after, deadline.into()).await;
                 continue;
             }
-            Next::GiveUp(why) => return svc.give_up(peer, why),
+            Next::GiveUp(why) => return svc.give_up(admitted, why),
         };
+        let started = Instant::now();
         match tokio::time::timeout(svc.timeouts.connect, TcpStream::connect(route.master)).await {
-            Ok(Ok(server)) => break (route, server),
+            Ok(Ok(server)) => break (route, server, started),
             Ok(Err(e)) => {
                 tracing::debug!(service = %svc.name, master = %route.master, error = %e, "connect failed");
             }
@@ -77,8 +83,9 @@ async fn connection(
         }
         after = Some(route.generation);
     };
+    let trace = svc.connected(admitted, route.master, started);
     if !svc.still_routed(&route) {
-        return;
+        return svc.session_ended(trace.as_deref(), Reject::ConnectFailed.as_str());
     }
     // Redis is request/response: never hold a small reply back for Nagle.
     let _ = client.set_nodelay(true);
@@ -89,6 +96,7 @@ async fn connection(
         cut: route.cut,
         permit,
         svc,
+        trace,
     };
     path.run(session).await;
 }

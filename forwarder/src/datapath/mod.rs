@@ -24,6 +24,7 @@ use crate::budget::Budget;
 use crate::config::{Datapath, Mode};
 use crate::metrics::End;
 use crate::service::ServiceRuntime;
+use crate::session_log::Trace;
 
 /// An established session: the accepted client and its connection to the master.
 pub struct Session {
@@ -39,6 +40,9 @@ pub struct Session {
     /// router (hence the `cut` of this session) while the session lives, even after a reload
     /// replaced it.
     pub svc: Arc<ServiceRuntime>,
+    /// What its log line will say; `None` unless the service has `log_sessions = true`. The
+    /// path that ends the session fills in the bytes and logs it.
+    pub trace: Option<Box<Trace>>,
 }
 
 /// How a session whose `cut` was cancelled ended: the daemon shut down, its drained master's

@@ -282,11 +282,17 @@ impl Sockmap {
         };
         let end = run.until_end().await;
         run.count();
+        let bytes = run.counted;
         self.detach(&a);
         if end != End::Closed {
             reset(&s.client);
             reset(&s.server);
         }
+        let mut trace = s.trace;
+        if let Some(t) = trace.as_mut() {
+            t.bytes = bytes;
+        }
+        s.svc.session_ended(trace.as_deref(), end.as_str());
         end
     }
 }

@@ -48,11 +48,14 @@ impl Drop for Buf {
     }
 }
 
-/// Last activity of each side, in milliseconds since the session started.
+/// Last activity of each side, in milliseconds since the session started, and the bytes each
+/// direction forwarded (counted only for the session log, when `logged`).
 struct Activity {
     start: Instant,
     client: AtomicU64,
     server: AtomicU64,
+    logged: bool,
+    bytes: [AtomicU64; 2],
 }
 
 impl Activity {
@@ -74,11 +77,14 @@ enum Dir {
 }
 
 /// Moves bytes until both directions have ended; says how the session ended.
-pub async fn relay(s: Session) -> End {
+pub async fn relay(mut s: Session) -> End {
+    let mut trace = s.trace.take();
     let act = Activity {
         start: Instant::now(),
         client: AtomicU64::new(0),
         server: AtomicU64::new(0),
+        logged: trace.is_some(),
+        bytes: [AtomicU64::new(0), AtomicU64::new(0)],
     };
     let c2s = pump(&s, &act, Dir::ClientToServer);
     let s2c = pump(&s, &act, Dir::ServerToClient);
@@ -118,18 +124,23 @@ pub async fn relay(s: Session) -> End {
         reset(&s.client);
         reset(&s.server);
     }
+    if let Some(t) = trace.as_mut() {
+        t.bytes = act.bytes.each_ref().map(|b| b.load(Ordering::Relaxed));
+    }
+    s.svc.session_ended(trace.as_deref(), end.as_str());
     end
 }
 
 /// Copies one direction until EOF (then half-closes the destination) or an error.
 async fn pump(s: &Session, act: &Activity, dir: Dir) -> io::Result<()> {
-    let (from, to, from_side, to_side, counter) = match dir {
+    let (from, to, from_side, to_side, counter, mine) = match dir {
         Dir::ClientToServer => (
             &s.client,
             &s.server,
             &act.client,
             &act.server,
             &s.svc.stats.bytes_client_to_server,
+            &act.bytes[0],
         ),
         Dir::ServerToClient => (
             &s.server,
@@ -137,8 +148,11 @@ async fn pump(s: &Session, act: &Activity, dir: Dir) -> io::Result<()> {
             &act.server,
             &act.client,
             &s.svc.stats.bytes_server_to_client,
+            &act.bytes[1],
         ),
     };
+    // The session's own count, for its log line only.
+    let mine = act.logged.then_some(mine);
     loop {
         from.readable().await?;
         let mut buf = Buf::take();
@@ -167,6 +181,9 @@ async fn pump(s: &Session, act: &Activity, dir: Dir) -> io::Result<()> {
         }
         act.touch(to_side);
         counter.fetch_add(n as u64, Ordering::Relaxed);
+        if let Some(mine) = mine {
+            mine.fetch_add(n as u64, Ordering::Relaxed);
+        }
         s.svc
             .stats
             .bytes_copied_in_userspace

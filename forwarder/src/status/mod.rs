@@ -9,6 +9,7 @@ pub mod prometheus;
 
 use std::collections::BTreeMap;
 
+use health::HistogramSnapshot;
 use serde::{Deserialize, Serialize};
 
 use crate::metrics::{ServiceStats, StatsSnapshot};
@@ -82,6 +83,8 @@ pub struct ServiceStatus {
     pub sentinel: Option<SentinelStatus>,
     /// The session counters.
     pub stats: StatsSnapshot,
+    /// How long its health checks took (those that ran), every server together.
+    pub check_duration: HistogramSnapshot,
     /// The checked servers, configured or discovered, in the order the checks run.
     pub servers: Vec<ServerStatus>,
 }
@@ -156,6 +159,7 @@ impl ServiceStatus {
                 degraded: v.degraded,
             }),
             stats: stats.snapshot(),
+            check_duration: monitor.check_durations(),
             servers: monitor
                 .servers()
                 .into_iter()
@@ -238,7 +242,14 @@ mod tests {
                     switchovers: 1,
                     switchovers_failed: 0,
                     last_switchover_ms: 1500,
+                    queue_wait: HistogramSnapshot::default(),
+                    connect: HistogramSnapshot {
+                        le: [0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2],
+                        count: 3,
+                        sum_us: 10_002_000,
+                    },
                 },
+                check_duration: HistogramSnapshot::default(),
                 servers: vec![
                     server("127.0.0.1:6380", true, "master", None),
                     server(
@@ -300,6 +311,15 @@ mod tests {
             "forwarder_switchovers_total{service=\"mymaster\",result=\"done\"} 1\n",
             "forwarder_server_admin_state{service=\"mymaster\",server=\"127.0.0.1:6381\",state=\"maint\"} 1\n",
             "forwarder_server_admin_state{service=\"mymaster\",server=\"127.0.0.1:6380\",state=\"maint\"} 0\n",
+            "# TYPE forwarder_connect_seconds histogram\n",
+            "forwarder_connect_seconds_bucket{service=\"mymaster\",le=\"0.001\"} 0\n",
+            "forwarder_connect_seconds_bucket{service=\"mymaster\",le=\"0.0025\"} 1\n",
+            "forwarder_connect_seconds_bucket{service=\"mymaster\",le=\"10\"} 2\n",
+            "forwarder_connect_seconds_bucket{service=\"mymaster\",le=\"+Inf\"} 3\n",
+            "forwarder_connect_seconds_sum{service=\"mymaster\"} 10.002\n",
+            "forwarder_connect_seconds_count{service=\"mymaster\"} 3\n",
+            "forwarder_queue_wait_seconds_count{service=\"mymaster\"} 0\n",
+            "forwarder_check_duration_seconds_bucket{service=\"mymaster\",le=\"0.0005\"} 0\n",
         ] {
             assert!(text.contains(want), "{want:?} not in {text}");
         }

@@ -2,6 +2,9 @@
 
 use std::fmt::Write as _;
 
+use health::histogram::BOUNDS;
+use health::HistogramSnapshot;
+
 use super::{SentinelStatus, ServiceStatus, Status};
 
 /// The metric families, each with its HELP and TYPE lines.
@@ -280,7 +283,52 @@ pub fn render(st: &Status) -> String {
         "Health checks run, by result.",
         checks,
     );
+    histograms(&mut out, st);
     out
+}
+
+/// The latency histograms: cumulative `_bucket{le=...}` samples, `_sum` (seconds) and `_count`.
+fn histograms(out: &mut String, st: &Status) {
+    type Pick = fn(&ServiceStatus) -> &HistogramSnapshot;
+    let families: [(&str, &str, Pick); 3] = [
+        (
+            "forwarder_queue_wait_seconds",
+            "Time an admitted client was held before its connect to the master started (or \
+             until it was closed without a session).",
+            |s| &s.stats.queue_wait,
+        ),
+        (
+            "forwarder_connect_seconds",
+            "Time a successful connect to the master took.",
+            |s| &s.stats.connect,
+        ),
+        (
+            "forwarder_check_duration_seconds",
+            "Time a health check took (those that ran), every server of the service together.",
+            |s| &s.check_duration,
+        ),
+    ];
+    for (name, help, pick) in families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for s in &st.services {
+            let h = pick(s);
+            let service = &s.name;
+            for (le, n) in BOUNDS.iter().zip(h.le) {
+                let _ = writeln!(
+                    out,
+                    "{name}_bucket{{service=\"{service}\",le=\"{le}\"}} {n}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{service=\"{service}\",le=\"+Inf\"}} {count}\n\
+                 {name}_sum{{service=\"{service}\"}} {sum}\n\
+                 {name}_count{{service=\"{service}\"}} {count}",
+                count = h.count,
+                sum = h.sum_seconds(),
+            );
+        }
+    }
 }
 
 /// Escapes a Prometheus label value (backslash, double quote, newline).

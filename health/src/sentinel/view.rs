@@ -11,6 +11,7 @@ use std::sync::{Mutex, MutexGuard};
 use tokio::sync::watch;
 
 use super::SentinelConfig;
+use crate::plain::OrNone;
 use crate::ratelimit::RateLimit;
 
 /// What the Sentinels agree on.
@@ -160,11 +161,11 @@ impl Shared {
                 self.view_log.log(
                     |suppressed| match (old.master != view.master, view.degraded) {
                         (true, _) => {
-                            tracing::warn!(%service, old = ?old.master, new = ?view.master,
+                            tracing::warn!(%service, old = %OrNone(old.master), new = %OrNone(view.master),
                         reachable = view.reachable, suppressed, "Sentinels agree on a new master")
                         }
                         (false, true) => tracing::error!(%service, reachable = view.reachable,
-                        configured = view.configured, master = ?view.master, suppressed,
+                        configured = view.configured, master = %OrNone(view.master), suppressed,
                         "Sentinel view degraded: no quorum; keeping the last agreed master"),
                         (false, false) => tracing::info!(%service, reachable = view.reachable,
                         suppressed, "Sentinel quorum restored"),

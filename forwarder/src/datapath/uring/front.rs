@@ -20,8 +20,10 @@ use super::ops::{user_data, Op};
 use super::state::{Dial, Listener, Queued};
 use super::worker::Worker;
 use super::{Job, Listen};
+use crate::metrics::{End, Reject};
 use crate::router::Route;
 use crate::service::{Next, ServiceRuntime, ACCEPT_PAUSE};
+use crate::session_log::Admitted;
 
 impl Worker {
     /// Takes a listener of a service and arms its accept.
@@ -99,7 +101,7 @@ impl Worker {
         };
         let idx = self.queued.insert(Queued {
             client,
-            peer,
+            admitted: Admitted::now(peer),
             permit,
             deadline: svc.queue_deadline(),
             svc,
@@ -117,7 +119,7 @@ impl Worker {
             Next::Wait => {}
             Next::GiveUp(why) => {
                 let q = self.queued.remove(idx);
-                q.svc.give_up(q.peer, why);
+                q.svc.give_up(q.admitted, why);
             }
             Next::Connect(route) => self.dial(idx, route),
         }
@@ -149,6 +151,7 @@ impl Worker {
             .user_data(user_data(idx, 0, Op::ConnectTimeout));
         q.dial = Some(Dial {
             server: server.into(),
+            started: Instant::now(),
             route,
             _addr: addr,
             _timeout: timeout,
@@ -172,8 +175,11 @@ impl Worker {
             return self.route(idx);
         }
         let q = self.queued.remove(idx);
+        let trace = q.svc.connected(q.admitted, dial.route.master, dial.started);
         if !q.svc.still_routed(&dial.route) {
-            return;
+            return q
+                .svc
+                .session_ended(trace.as_deref(), Reject::ConnectFailed.as_str());
         }
         let _ = SockRef::from(&q.client).set_nodelay(true);
         self.add(Job {
@@ -181,6 +187,7 @@ impl Worker {
             cut: dial.route.cut,
             _permit: q.permit,
             svc: q.svc,
+            trace,
         });
     }
 
@@ -195,7 +202,8 @@ impl Worker {
             .collect();
         for idx in waiting {
             if self.queued[idx].svc.shutdown.is_cancelled() {
-                self.queued.remove(idx);
+                let q = self.queued.remove(idx);
+                q.svc.never_connected(q.admitted, End::Shutdown.as_str());
             } else {
                 self.route(idx);
             }

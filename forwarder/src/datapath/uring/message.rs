@@ -139,6 +139,9 @@ impl Worker {
             &c.job.svc.stats.bytes_server_to_client
         };
         counter.fetch_add(u64::from(sent), Ordering::Relaxed);
+        if let Some(t) = c.job.trace.as_mut() {
+            t.bytes[dir] += u64::from(sent);
+        }
         c.last[1 - dir] = Instant::now();
         let d = &mut c.dirs[dir];
         let h = d.held.front_mut().expect("a send is of a held buffer");

@@ -80,6 +80,7 @@ use super::Session;
 use crate::admission::Permit;
 use crate::metrics::End;
 use crate::service::ServiceRuntime;
+use crate::session_log::Trace;
 use worker::Worker;
 
 /// Why the uring path cannot run here (the text goes into the fallback log line).
@@ -163,6 +164,8 @@ struct Job {
     _permit: Permit,
     /// The service runtime (timeouts, counters), kept alive until the session ends.
     svc: Arc<ServiceRuntime>,
+    /// The session's log line in the making (`log_sessions`), its bytes counted by the worker.
+    trace: Option<Box<Trace>>,
 }
 
 impl Job {
@@ -288,19 +291,22 @@ impl Uring {
     pub fn hand_off(&self, s: Session) {
         let (Ok(client), Ok(server)) = (s.client.into_std(), s.server.into_std()) else {
             s.svc.stats.end(End::Reset);
+            s.svc.session_ended(s.trace.as_deref(), End::Reset.as_str());
             return;
         };
         let worker = &self.workers[self.next.fetch_add(1, Ordering::Relaxed) % self.workers.len()];
-        let stats = Arc::clone(&s.svc.stats);
+        let svc = Arc::clone(&s.svc);
         let job = Job {
             fds: [client.into(), server.into()],
             cut: s.cut,
             _permit: s.permit,
             svc: s.svc,
+            trace: s.trace,
         };
         if !worker.send(Msg::Session(Box::new(job))) {
+            // The session went with the message (no log line: this line says it).
             tracing::error!("uring worker is gone; closing the session");
-            stats.end(End::Reset);
+            svc.stats.end(End::Reset);
         }
     }
 

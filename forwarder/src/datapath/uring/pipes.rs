@@ -147,9 +147,13 @@ impl Pipes {
                     }
                 }
                 Ok(0) => self.forget(&p),
-                left => {
+                Ok(bytes) => {
                     self.forget(&p);
-                    tracing::error!(?left, "a pipe given back was not empty; closed");
+                    tracing::error!(bytes, "a pipe given back was not empty; closed");
+                }
+                Err(e) => {
+                    self.forget(&p);
+                    tracing::error!(error = %e, "a pipe given back cannot be looked into; closed");
                 }
             }
         }

@@ -125,6 +125,9 @@ impl Worker {
                 &c.job.svc.stats.bytes_server_to_client
             };
             counter.fetch_add(u64::from(wrote), Ordering::Relaxed);
+            if let Some(t) = c.job.trace.as_mut() {
+                t.bytes[dir] += u64::from(wrote);
+            }
         }
         if step.returns_pipe() {
             self.give_back(slot, dir);
@@ -394,6 +397,9 @@ impl Worker {
             }
         }
         c.job.svc.stats.end(how);
+        c.job
+            .svc
+            .session_ended(c.job.trace.as_deref(), how.as_str());
     }
 
     /// Ends sessions whose route was cut, or which were idle too long.

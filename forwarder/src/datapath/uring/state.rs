@@ -3,7 +3,6 @@
 //! connect) and `session.rs` (moving bytes, teardown) act on it; `worker.rs` owns it.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,6 +17,7 @@ use crate::admission::Permit;
 use crate::metrics::End;
 use crate::router::Route;
 use crate::service::ServiceRuntime;
+use crate::session_log::Admitted;
 
 /// A listener on this worker's ring.
 pub(super) struct Listener {
@@ -33,7 +33,7 @@ pub(super) struct Listener {
 /// A client accepted and admitted, waiting for a master or connecting to it.
 pub(super) struct Queued {
     pub(super) client: OwnedFd,
-    pub(super) peer: SocketAddr,
+    pub(super) admitted: Admitted,
     pub(super) permit: Permit,
     pub(super) svc: Arc<ServiceRuntime>,
     pub(super) deadline: Instant,
@@ -45,6 +45,8 @@ pub(super) struct Queued {
 /// A connect in flight.
 pub(super) struct Dial {
     pub(super) server: OwnedFd,
+    /// When the connect was submitted.
+    pub(super) started: Instant,
     pub(super) route: Route,
     /// Read by the kernel while the `CONNECT` and `LINK_TIMEOUT` are prepared; kept until the
     /// connect completes all the same.
