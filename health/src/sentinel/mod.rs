@@ -27,7 +27,7 @@ pub use client::Sentinels;
 pub use parse::{
     parse_master_addr, parse_message, parse_replicas, parse_switch_master, ReplyError,
 };
-pub use view::SentinelView;
+pub use view::{SentinelReport, SentinelView};
 
 /// How to reach the Sentinels of one master.
 #[derive(Debug, Clone)]
