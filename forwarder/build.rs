@@ -1,4 +1,5 @@
-//! Compiles the sockmap BPF program (`ebpf/forwarder.bpf.c`) with clang-19 into
+//! Names the git commit being built in `FORWARDER_REVISION` (`forwarder_build_info`), and
+//! compiles the sockmap BPF program (`ebpf/forwarder.bpf.c`) with clang-19 into
 //! `OUT_DIR/forwarder.bpf.o`, which `src/datapath/sockmap.rs` embeds, so that a plain
 //! `cargo build` yields a binary whose `mode = "sockmap"` works. `FORWARDER_BPF_OBJECT` names a
 //! prebuilt object to embed instead.
@@ -18,6 +19,7 @@ const INSTALL: &str = "apt-get install clang-19 libbpf-dev linux-libc-dev";
 
 fn main() {
     let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it"));
+    revision(&manifest);
     let out =
         PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets it")).join("forwarder.bpf.o");
     println!("cargo::rerun-if-env-changed=FORWARDER_BPF_OBJECT");
@@ -86,6 +88,39 @@ fn main() {
         .status()
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     assert!(status.success(), "{cmd:?} failed: {status}");
+}
+
+/// Sets `FORWARDER_REVISION` to the commit checked out (12 hex digits), or to `unknown` outside a
+/// git checkout (a source tarball) or without git: that never fails the build. A non-empty
+/// `FORWARDER_REVISION` in the environment (a packager's) wins. Rebuilt when HEAD moves.
+fn revision(manifest: &Path) {
+    println!("cargo::rerun-if-env-changed=FORWARDER_REVISION");
+    let given = std::env::var("FORWARDER_REVISION").ok();
+    let rev = match given.filter(|r| !r.trim().is_empty()) {
+        Some(r) => r,
+        None => {
+            let git = |args: &[&str]| {
+                Command::new("git")
+                    .args(args)
+                    .current_dir(manifest)
+                    .output()
+                    .ok()
+                    .filter(|o| o.status.success())
+                    .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            };
+            // HEAD, the branch it names (a loose ref or packed), in this worktree or the common dir.
+            let mut watched = vec!["HEAD".to_string(), "packed-refs".to_string()];
+            watched.extend(git(&["symbolic-ref", "-q", "HEAD"]));
+            for name in watched {
+                let path = git(&["rev-parse", "--path-format=absolute", "--git-path", &name]);
+                if let Some(path) = path.filter(|p| Path::new(p).exists()) {
+                    println!("cargo::rerun-if-changed={path}");
+                }
+            }
+            git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".to_string())
+        }
+    };
+    println!("cargo::rustc-env=FORWARDER_REVISION={rev}");
 }
 
 /// Where `program` is on PATH.

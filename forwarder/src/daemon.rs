@@ -208,11 +208,31 @@ impl Daemon {
 
     /// Re-reads the configuration file and applies it: services added, removed or changed
     /// without dropping sessions; every new listener is bound before anything changes.
+    /// systemd (`Type=notify`) is told `RELOADING=1` with the time before, and `READY=1` with a
+    /// `STATUS=` saying how it went after, so `systemctl reload` waits for the reload to end.
     pub async fn reload(&self) -> Result<String, ReloadError> {
         let _one = self.reloading.lock().await;
-        let mut cfg = Config::load(&self.path)?;
-        budget::plan(&mut cfg, self.budget.limit)?;
-        self.apply(cfg)
+        let mut begin = vec![sd_notify::NotifyState::Reloading];
+        match sd_notify::NotifyState::monotonic_usec_now() {
+            Ok(now) => begin.push(now),
+            Err(e) => tracing::warn!(error = %e, "reading CLOCK_MONOTONIC for systemd"),
+        }
+        notify(&begin);
+        let result = Config::load(&self.path)
+            .map_err(ReloadError::from)
+            .and_then(|mut cfg| {
+                budget::plan(&mut cfg, self.budget.limit)?;
+                self.apply(cfg)
+            });
+        let status = match &result {
+            Ok(_) => "configuration reloaded".to_string(),
+            Err(e) => format!("reload refused, the running configuration stays: {e}"),
+        };
+        notify(&[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status(&status),
+        ]);
+        result
     }
 
     /// Applies a new configuration: services added, removed (their listener closes, their
@@ -431,9 +451,7 @@ pub async fn run(cfg: Config, budget: Budget, path: PathBuf, bound: Bound) -> an
 
     // systemd (Type=notify): ready now that every listener is bound and the checks run. Without
     // NOTIFY_SOCKET these are no-ops.
-    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
-        tracing::warn!(error = %e, "systemd readiness notification failed");
-    }
+    notify(&[sd_notify::NotifyState::Ready]);
     if let Some(period) = sd_notify::watchdog_enabled() {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(period / 2);
@@ -462,6 +480,13 @@ pub async fn run(cfg: Config, budget: Budget, path: PathBuf, bound: Bound) -> an
         ),
     }
     Ok(())
+}
+
+/// Tells systemd (a no-op without `NOTIFY_SOCKET`); a failure is logged, never fatal.
+fn notify(state: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(state) {
+        tracing::warn!(error = %e, "systemd notification failed");
+    }
 }
 
 /// Stops accepting on every listener, then lets sessions finish for up to the longest

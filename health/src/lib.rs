@@ -24,5 +24,5 @@ pub use histogram::{Histogram, Snapshot as HistogramSnapshot};
 pub use monitor::{Monitor, MonitorStats, ServerStatus};
 pub use ratelimit::RateLimit;
 pub use schedule::{Schedule, ScheduleError, ServerState};
-pub use sentinel::{SentinelConfig, SentinelView};
+pub use sentinel::{SentinelConfig, SentinelReport, SentinelView};
 pub use tcpcheck::{Auth, CheckReport, Program, Step, StepError};

@@ -17,7 +17,7 @@ use crate::info::{self, Role};
 use crate::plain::OrNone;
 use crate::ratelimit::RateLimit;
 use crate::schedule::{Schedule, ServerHealth, ServerState, Transition};
-use crate::sentinel::{SentinelConfig, SentinelView, Sentinels};
+use crate::sentinel::{SentinelConfig, SentinelReport, SentinelView, Sentinels};
 use crate::tcpcheck::{CheckReport, Program};
 
 /// What the last checks of a server said.
@@ -61,6 +61,9 @@ pub struct MonitorStats {
     pub no_master_since: Option<Instant>,
     /// Addresses a Sentinel quorum reported that are not checked: past `max_servers`.
     pub discovered_over_cap: u64,
+    /// When the last new master view (a change of master, to none included) was published;
+    /// `None` before the first. Carried over a reload like the counters.
+    pub last_master_change: Option<SystemTime>,
 }
 
 /// The decider and the servers' statuses, in one lock so that they never disagree on the list
@@ -76,6 +79,8 @@ struct Shared {
     service: String,
     inner: Mutex<Inner>,
     tx: watch::Sender<MasterView>,
+    /// When `tx` last got a new view (see [`MonitorStats::last_master_change`]).
+    last_change: Mutex<Option<SystemTime>>,
     /// Check tasks, including those of servers discovered later; aborted with the monitor.
     tasks: Mutex<Vec<JoinHandle<()>>>,
     program: Arc<Program>,
@@ -146,6 +151,7 @@ impl Monitor {
                 wake: Vec::new(),
             }),
             tx,
+            last_change: Mutex::new(None),
             tasks: Mutex::new(Vec::new()),
             program: Arc::new(program),
             schedule,
@@ -213,7 +219,16 @@ impl Monitor {
             no_master_episodes: c.no_master_episodes,
             no_master_since: inner.decider.no_master_since(),
             discovered_over_cap: c.over_cap,
+            last_master_change: *lock(&self.shared.last_change),
         }
+    }
+
+    /// Each configured Sentinel's last query result (empty without Sentinels).
+    pub fn sentinels(&self) -> Vec<SentinelReport> {
+        self.sentinels
+            .as_ref()
+            .map(Sentinels::reports)
+            .unwrap_or_default()
     }
 
     /// Takes over the counters of `old`, the monitor this one replaces (a reload that changed
@@ -241,6 +256,11 @@ impl Monitor {
         }
         drop(inner);
         self.shared.check_durations.add(&old.check_durations());
+        let old_change = *lock(&old.shared.last_change);
+        let mut mine = lock(&self.shared.last_change);
+        if mine.is_none() {
+            *mine = old_change;
+        }
     }
 
     /// How long the checks that ran took (those that could not run here are not counted).
@@ -358,6 +378,7 @@ fn publish(shared: &Shared, out: Outcome) {
                 tracing::warn!(%service, master = %OrNone(view.master), generation = view.generation,
                     sentinel_master = %OrNone(named.flatten()), suppressed, "master changed");
             });
+            *lock(&shared.last_change) = Some(SystemTime::now());
         }
         if view.hold != shared.tx.borrow().hold {
             tracing::info!(%service, master = %OrNone(view.master),
@@ -599,7 +620,14 @@ mod tests {
             None,
             HashMap::new(),
         );
+        let before = SystemTime::now();
+        assert_eq!(m.stats().last_master_change, None, "no master yet");
         let v1 = wait_for(&m, a.addr()).await;
+        let first = m
+            .stats()
+            .last_master_change
+            .expect("recorded with the first master");
+        assert!(first >= before);
         for _ in 0..100 {
             if m.servers().iter().all(|s| s.role.is_some()) {
                 break;
@@ -616,5 +644,6 @@ mod tests {
         let v2 = wait_for(&m, b.addr()).await;
         assert!(v2.generation > v1.generation);
         assert!(m.stats().master_changes >= 2);
+        assert!(m.stats().last_master_change.unwrap() >= first);
     }
 }

@@ -88,6 +88,17 @@ pub const CAPSH: Tool = Tool {
     program: "capsh",
     package: "libcap2-bin",
 };
+/// `promtool`, to check the alert rules, their unit tests and a live `/metrics`
+/// (`tests/tests/telemetry.rs`); Debian ships it only in the Prometheus server's package.
+pub const PROMTOOL: Tool = Tool {
+    program: "promtool",
+    package: "prometheus",
+};
+/// `systemd-analyze verify` of `dist/forwarder.service` (`tests/tests/systemd.rs`).
+pub const SYSTEMD_ANALYZE: Tool = Tool {
+    program: "systemd-analyze",
+    package: "systemd",
+};
 
 /// Whether `program` is on PATH.
 pub fn have(program: &str) -> bool {

@@ -11,7 +11,8 @@ use clap::builder::PossibleValuesParser;
 use clap::Args;
 
 use crate::prereq::{
-    self, CAPSH, CHROMIUM, IPROUTE, IPTABLES, PRLIMIT, REDIS, REDIS_CLI, SENTINEL,
+    self, CAPSH, CHROMIUM, IPROUTE, IPTABLES, PRLIMIT, PROMTOOL, REDIS, REDIS_CLI, SENTINEL,
+    SYSTEMD_ANALYZE,
 };
 
 /// The data path modes this build has; the end-to-end suite runs in each.
@@ -71,10 +72,13 @@ const E2E_FILES: &[(&str, Runs)] = &[
     ("sentinel", Runs::PerMode),
     // The sockmap path, whatever FORWARDER_MODE says.
     ("sockmap", Runs::Once),
-    // systemd's READY=1, STOPPING=1 and WATCHDOG=1, sent by the daemon whatever its path.
+    // systemd's READY=1, RELOADING=1, STOPPING=1 and WATCHDOG=1, sent by the daemon whatever
+    // its path, and `systemd-analyze verify` of the unit.
     ("systemd", Runs::Once),
     // The data path contract itself: bytes, half-close, resets, timeouts.
     ("tcp", Runs::PerMode),
+    // promtool on a live /metrics, the alert rules and the dashboard's queries.
+    ("telemetry", Runs::Once),
     // Lying Sentinels and an admin slowloris: the choice of master and the admin listener.
     ("trust", Runs::Once),
 ];
@@ -287,7 +291,16 @@ impl Summary {
 
 pub fn run(args: TestArgs) -> anyhow::Result<()> {
     prereq::ensure(&[
-        REDIS, SENTINEL, REDIS_CLI, CAPSH, CHROMIUM, IPTABLES, IPROUTE, PRLIMIT,
+        REDIS,
+        SENTINEL,
+        REDIS_CLI,
+        CAPSH,
+        CHROMIUM,
+        IPTABLES,
+        IPROUTE,
+        PRLIMIT,
+        PROMTOOL,
+        SYSTEMD_ANALYZE,
     ])?;
     // The forwarder's build.rs compiles the BPF object the sockmap tests need.
     crate::ebpf::prerequisites()?;

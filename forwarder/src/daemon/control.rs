@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::{lock, Daemon, ReloadError};
 use crate::admin::{self, ControlError};
 use crate::metrics::AdminReject;
-use crate::status::{BpfTotals, ServiceStatus, Status};
+use crate::status::{BpfTotals, BuildInfo, ProcessStats, ServiceStatus, Status};
 
 /// How long the replicas may take to reach the master's offset in a switchover (no write
 /// reaches the master meanwhile, so on a healthy link this is one round trip).
@@ -28,6 +28,8 @@ impl admin::Control for Daemon {
             .collect();
         let not_ready = self.readiness().err().unwrap_or_default();
         Status {
+            build: BuildInfo::current(),
+            process: ProcessStats::read(),
             ready: not_ready.is_empty(),
             not_ready,
             datapath: self.datapath.name().to_string(),

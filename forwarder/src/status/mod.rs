@@ -2,10 +2,14 @@
 //! the running services and rendered three ways: `/status` is its JSON, [`page`] the HTML status
 //! page, [`prometheus`] the `/metrics` text; [`cli`] reads the JSON back into the same type for
 //! `forwarder status`. A field renamed here is renamed everywhere, or the build fails.
+//! [`process`] reads the build and process facts (`forwarder_build_info`, `process_*`).
 
 pub mod cli;
 pub mod page;
+pub mod process;
 pub mod prometheus;
+
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use std::collections::BTreeMap;
 
@@ -13,10 +17,15 @@ use health::HistogramSnapshot;
 use serde::{Deserialize, Serialize};
 
 use crate::metrics::{ServiceStats, StatsSnapshot};
+pub use process::{BuildInfo, ProcessStats};
 
 /// The whole daemon.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
+    /// The version and git commit of this binary.
+    pub build: BuildInfo,
+    /// Memory, descriptors and CPU of the process; `None` when `/proc` cannot be read.
+    pub process: Option<ProcessStats>,
     /// What `GET /ready` says: every listener bound, every service routing to a master.
     pub ready: bool,
     /// Why not ready, one line per service; empty when ready.
@@ -72,6 +81,9 @@ pub struct ServiceStatus {
     pub hold: Option<String>,
     /// How long the service has been without a master, in ms; `None` while it has one.
     pub no_master_for_ms: Option<u128>,
+    /// When the master last changed (to none included), in ms since the Unix epoch; `None`
+    /// before the first master was chosen.
+    pub last_master_change_unix_ms: Option<u64>,
     /// Why the master the Sentinels name is not routed to, while that is so.
     pub note: Option<String>,
     /// Servers a Sentinel quorum reported that are not checked (past `max_servers`).
@@ -100,6 +112,19 @@ pub struct SentinelStatus {
     pub configured: usize,
     /// Fewer than a quorum reachable, or no quorum agrees.
     pub degraded: bool,
+    /// Each configured Sentinel, in configuration order.
+    pub sentinels: Vec<SentinelNodeStatus>,
+}
+
+/// One configured Sentinel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SentinelNodeStatus {
+    /// The Sentinel, `ip:port`.
+    pub addr: String,
+    /// Whether it answered its last query; `false` before the first answer.
+    pub up: bool,
+    /// Why its last query failed, while it is down; `None` before the first attempt ends.
+    pub last_error: Option<String>,
 }
 
 /// One checked server.
@@ -149,6 +174,7 @@ impl ServiceStatus {
             no_master_episodes: counts.no_master_episodes,
             hold: view.hold.map(|h| h.as_str().to_string()),
             no_master_for_ms: counts.no_master_since.map(|t| t.elapsed().as_millis()),
+            last_master_change_unix_ms: counts.last_master_change.map(unix_ms),
             note: monitor.note(),
             discovered_over_cap: counts.discovered_over_cap,
             maxconn: config.maxconn,
@@ -157,6 +183,15 @@ impl ServiceStatus {
                 reachable: v.reachable,
                 configured: v.configured,
                 degraded: v.degraded,
+                sentinels: monitor
+                    .sentinels()
+                    .into_iter()
+                    .map(|r| SentinelNodeStatus {
+                        addr: r.addr.to_string(),
+                        up: r.up,
+                        last_error: r.last_error,
+                    })
+                    .collect(),
             }),
             stats: stats.snapshot(),
             check_duration: monitor.check_durations(),
@@ -181,6 +216,12 @@ impl ServiceStatus {
     }
 }
 
+/// `t` in ms since the Unix epoch (0 for a time before it).
+fn unix_ms(t: SystemTime) -> u64 {
+    let ms = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
+    u64::try_from(ms).unwrap_or(u64::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,6 +241,17 @@ mod tests {
             admin_state: if up { "ready" } else { "maint" }.into(),
         };
         Status {
+            build: BuildInfo {
+                version: "1.2.3".into(),
+                revision: "abc\"def".into(),
+            },
+            process: Some(ProcessStats {
+                resident_memory_bytes: 8 << 20,
+                open_fds: 12,
+                max_fds: 1024,
+                start_time_unix_ms: 1_700_000_000_250,
+                cpu_ms: 1500,
+            }),
             ready: false,
             not_ready: vec!["service mymaster: master 127.0.0.1:6380 takes no new sessions (drain)".into()],
             datapath: "userspace".into(),
@@ -218,6 +270,7 @@ mod tests {
                 no_master_episodes: 1,
                 hold: Some("drain".into()),
                 no_master_for_ms: None,
+                last_master_change_unix_ms: Some(1_700_000_100_500),
                 note: Some("the <quorum> names X".into()),
                 discovered_over_cap: 0,
                 maxconn: 100,
@@ -226,6 +279,18 @@ mod tests {
                     reachable: 1,
                     configured: 3,
                     degraded: true,
+                    sentinels: vec![
+                        SentinelNodeStatus {
+                            addr: "127.0.0.1:26379".into(),
+                            up: true,
+                            last_error: None,
+                        },
+                        SentinelNodeStatus {
+                            addr: "127.0.0.1:26380".into(),
+                            up: false,
+                            last_error: Some("connect: Connection refused".into()),
+                        },
+                    ],
                 }),
                 stats: StatsSnapshot {
                     accepted: 10,
@@ -295,6 +360,30 @@ mod tests {
     }
 
     #[test]
+    fn a_service_without_a_master_yet_has_no_last_change_sample() {
+        let mut st = sample();
+        st.services[0].last_master_change_unix_ms = None;
+        st.process = None;
+        let text = prometheus::render(&st);
+        assert!(
+            !text.contains("forwarder_last_master_change_timestamp_seconds{"),
+            "{text}"
+        );
+        assert!(!text.contains("process_open_fds "), "{text}");
+        assert!(text.contains("forwarder_build_info{"), "{text}");
+    }
+
+    #[test]
+    fn the_json_lists_each_sentinel_with_its_error() {
+        let json = serde_json::to_value(sample()).unwrap();
+        let s = &json["services"][0]["sentinel"]["sentinels"];
+        assert_eq!(s[0]["up"], true);
+        assert_eq!(s[1]["addr"], "127.0.0.1:26380");
+        assert_eq!(s[1]["last_error"], "connect: Connection refused");
+        assert_eq!(json["build"]["version"], "1.2.3");
+    }
+
+    #[test]
     fn the_metrics_carry_the_same_numbers() {
         let text = prometheus::render(&sample());
         for want in [
@@ -305,6 +394,15 @@ mod tests {
             "forwarder_master{service=\"mymaster\",server=\"127.0.0.1:6380\"} 1\n",
             "forwarder_server_up{service=\"mymaster\",server=\"127.0.0.1:6381\"} 0\n",
             "forwarder_datapath_info{mode=\"userspace\",fallback=\"uring: EPERM\"} 1\n",
+            "forwarder_build_info{version=\"1.2.3\",revision=\"abc\\\"def\"} 1\n",
+            "process_resident_memory_bytes 8388608\n",
+            "process_open_fds 12\n",
+            "process_max_fds 1024\n",
+            "process_start_time_seconds 1700000000.250\n",
+            "process_cpu_seconds_total 1.500\n",
+            "forwarder_sentinel_up{service=\"mymaster\",sentinel=\"127.0.0.1:26379\"} 1\n",
+            "forwarder_sentinel_up{service=\"mymaster\",sentinel=\"127.0.0.1:26380\"} 0\n",
+            "forwarder_last_master_change_timestamp_seconds{service=\"mymaster\"} 1700000100.500\n",
             "forwarder_ready 0\n",
             "forwarder_no_master_episodes_total{service=\"mymaster\"} 1\n",
             "forwarder_master_held{service=\"mymaster\",reason=\"drain\"} 1\n",

@@ -23,6 +23,52 @@ pub fn render(st: &Status) -> String {
             .collect::<Vec<_>>()
     };
     family(
+        "forwarder_build_info",
+        "gauge",
+        "The version and git commit of the running binary.",
+        vec![(
+            format!(
+                "{{version=\"{}\",revision=\"{}\"}}",
+                label_value(&st.build.version),
+                label_value(&st.build.revision)
+            ),
+            "1".into(),
+        )],
+    );
+    if let Some(p) = &st.process {
+        let one = |v: String| vec![(String::new(), v)];
+        family(
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory size in bytes.",
+            one(p.resident_memory_bytes.to_string()),
+        );
+        family(
+            "process_open_fds",
+            "gauge",
+            "Number of open file descriptors.",
+            one(p.open_fds.to_string()),
+        );
+        family(
+            "process_max_fds",
+            "gauge",
+            "Maximum number of open file descriptors (the soft limit).",
+            one(p.max_fds.to_string()),
+        );
+        family(
+            "process_start_time_seconds",
+            "gauge",
+            "Start time of the process since unix epoch in seconds.",
+            one(seconds(p.start_time_unix_ms)),
+        );
+        family(
+            "process_cpu_seconds_total",
+            "counter",
+            "Total user and system CPU time spent in seconds.",
+            one(seconds(p.cpu_ms)),
+        );
+    }
+    family(
         "forwarder_datapath_info",
         "gauge",
         "The data path in use; `fallback` says why it is not uring when auto fell back.",
@@ -209,6 +255,37 @@ pub fn render(st: &Status) -> String {
         "1 when fewer than a quorum of Sentinels answer or agree (the last agreed master is kept).",
         with_sentinel(&|v| u8::from(v.degraded).to_string()),
     );
+    let mut sentinel_up = Vec::new();
+    for s in &st.services {
+        for n in s.sentinel.iter().flat_map(|v| &v.sentinels) {
+            sentinel_up.push((
+                format!(
+                    "{{service=\"{}\",sentinel=\"{}\"}}",
+                    s.name,
+                    label_value(&n.addr)
+                ),
+                u8::from(n.up).to_string(),
+            ));
+        }
+    }
+    family(
+        "forwarder_sentinel_up",
+        "gauge",
+        "1 when this Sentinel answered its last query (the reason it did not is in /status).",
+        sentinel_up,
+    );
+    family(
+        "forwarder_last_master_change_timestamp_seconds",
+        "gauge",
+        "Unix time of the last change of master (to none included); absent before the first master.",
+        st.services
+            .iter()
+            .filter_map(|s| {
+                let t = s.last_master_change_unix_ms?;
+                Some((format!("{{service=\"{}\"}}", s.name), seconds(t)))
+            })
+            .collect(),
+    );
     family(
         "forwarder_sentinel_discovered_over_cap",
         "gauge",
@@ -329,6 +406,11 @@ fn histograms(out: &mut String, st: &Status) {
             );
         }
     }
+}
+
+/// Milliseconds as seconds with three decimals.
+fn seconds(ms: u64) -> String {
+    format!("{}.{:03}", ms / 1000, ms % 1000)
 }
 
 /// Escapes a Prometheus label value (backslash, double quote, newline).

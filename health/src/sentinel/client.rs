@@ -18,7 +18,7 @@ use super::parse::{
     kind, parse_master_addr, parse_message, parse_replicas, parse_switch_master, ReplyError,
 };
 use super::view::{Shared, Source};
-use super::{SentinelConfig, SentinelView};
+use super::{SentinelConfig, SentinelReport, SentinelView};
 use crate::resp::{self, Reply};
 use crate::tcpcheck::Auth;
 
@@ -99,6 +99,11 @@ impl Sentinels {
         *self.shared.tx.borrow()
     }
 
+    /// Each configured Sentinel's last query result, in configuration order.
+    pub fn reports(&self) -> Vec<SentinelReport> {
+        self.shared.reports()
+    }
+
     /// Master and replica addresses a quorum of the Sentinels reports (`SENTINEL replicas`).
     pub fn discovered(&self) -> watch::Receiver<Vec<SocketAddr>> {
         self.shared.discovered.subscribe()
@@ -131,7 +136,9 @@ async fn query_loop(shared: Arc<Shared>, i: usize) {
                 tracing::warn!(service = %shared.service, sentinel = %addr, error = %e,
                     suppressed, "Sentinel query failed");
             });
-            shared.set(i, false, None, Source::Failure);
+            // The reason is shown in /status: a hostile Sentinel's AUTH error text is cut short.
+            let reason = e.to_string().chars().take(200).collect();
+            shared.set(i, false, None, Source::Failure(reason));
         }
         tokio::time::sleep(backoff(attempt)).await;
         attempt = attempt.saturating_add(1);

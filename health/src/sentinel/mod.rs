@@ -28,7 +28,7 @@ pub(crate) use client::{Conn, SentinelError};
 pub use parse::{
     parse_master_addr, parse_message, parse_replicas, parse_switch_master, ReplyError,
 };
-pub use view::SentinelView;
+pub use view::{SentinelReport, SentinelView};
 
 /// How to reach the Sentinels of one master.
 #[derive(Debug, Clone)]

@@ -27,11 +27,25 @@ pub struct SentinelView {
     pub degraded: bool,
 }
 
+/// One configured Sentinel as its last query (or push) left it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentinelReport {
+    /// The Sentinel, as configured.
+    pub addr: SocketAddr,
+    /// Whether its last query was answered (or it pushed `+switch-master` since); `false`
+    /// before the first answer.
+    pub up: bool,
+    /// Why its last query failed, while it is down; `None` before the first attempt ends.
+    pub last_error: Option<String>,
+}
+
 /// One Sentinel's last word.
 #[derive(Debug, Clone, Default)]
 struct Answer {
     reachable: bool,
     master: Option<SocketAddr>,
+    /// Why the last query failed, while unreachable.
+    error: Option<String>,
     /// `+switch-master` pushes received from this Sentinel. A query answer is applied only if
     /// none arrived while it was in flight: the push is newer, and a stale answer naming the old
     /// master must not outvote it.
@@ -50,7 +64,8 @@ pub(super) enum Source {
         pushes: u64,
     },
     Push,
-    Failure,
+    /// The query session ended with this error.
+    Failure(String),
 }
 
 /// The state the tasks of one service share: each Sentinel's answer and the views made of them.
@@ -123,6 +138,19 @@ impl Shared {
         });
     }
 
+    /// Each Sentinel's last word, in configuration order.
+    pub(super) fn reports(&self) -> Vec<SentinelReport> {
+        lock(&self.answers)
+            .iter()
+            .zip(&self.cfg.addresses)
+            .map(|(a, addr)| SentinelReport {
+                addr: *addr,
+                up: a.reachable,
+                last_error: a.error.clone(),
+            })
+            .collect()
+    }
+
     /// Pushes seen so far from Sentinel `i`.
     pub(super) fn pushes(&self, i: usize) -> u64 {
         lock(&self.answers).get(i).map_or(0, |a| a.pushes)
@@ -145,6 +173,10 @@ impl Shared {
                 Source::Push => slot.pushes += 1,
                 _ => {}
             }
+            slot.error = match source {
+                Source::Failure(e) => Some(e),
+                _ => None,
+            };
             slot.reachable = reachable;
             slot.master = master;
             if !reachable {
@@ -239,6 +271,7 @@ mod tests {
         Answer {
             reachable,
             master: m.map(|s| s.parse().unwrap()),
+            error: None,
             pushes: 0,
             known: Vec::new(),
         }
@@ -363,6 +396,13 @@ mod tests {
             Some(b),
             "a stale answer moved the master back"
         );
+        // A failure is reported with its reason until the next answer.
+        shared.set(2, false, None, Source::Failure("connection closed".into()));
+        let r = shared.reports();
+        assert_eq!((r[0].up, r[2].up), (true, false));
+        assert_eq!(r[2].last_error.as_deref(), Some("connection closed"));
+        shared.set(2, true, Some(b), Source::Query { pushes: 0 });
+        assert_eq!(shared.reports()[2].last_error, None);
         // A fresh query still counts.
         shared.set(
             0,
