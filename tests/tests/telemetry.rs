@@ -199,7 +199,7 @@ fn the_dashboard_and_rules_use_only_exported_metrics_and_their_queries_parse() {
     let f = Forwarder::start(&plain_service("plain", "{LISTEN}", tcp_server(echo), ""));
     let scrape = f.metrics();
     // Every family has its TYPE line, with or without samples.
-    let mut known: BTreeSet<String> = scrape
+    let known: BTreeSet<String> = scrape
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))
         .filter_map(|l| l.split(' ').next())
