@@ -42,7 +42,10 @@ pub trait Control: Send + Sync + 'static {
         state: health::AdminState,
     ) -> Result<String, ControlError>;
     /// Runs a planned switchover of a service's master; what was done (the pause included).
-    fn switchover(&self, service: &str) -> impl Future<Output = Result<String, ControlError>> + Send;
+    fn switchover(
+        &self,
+        service: &str,
+    ) -> impl Future<Output = Result<String, ControlError>> + Send;
 }
 
 /// Why an operator's request was not done; each maps to an HTTP status.

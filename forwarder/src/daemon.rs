@@ -125,7 +125,7 @@ impl Daemon {
                     admin,
                 );
                 if let Some(p) = previous {
-                    m.carry_counts(&p.monitor);
+                    m.carry_counts(&p.monitor, p.config.check == svc.check);
                 }
                 Arc::new(m)
             },

@@ -124,7 +124,12 @@ fn main() -> ExitCode {
             service,
             config,
             admin,
-        } => post(&config, admin, &format!("/services/{service}/switchover"), ""),
+        } => post(
+            &config,
+            admin,
+            &format!("/services/{service}/switchover"),
+            "",
+        ),
         Command::Status { config, admin } => {
             let Some((admin, token)) = admin_of(&config, admin) else {
                 return ExitCode::from(2);

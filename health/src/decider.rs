@@ -271,7 +271,12 @@ impl Decider {
     /// Takes over from the decider this one replaces (a reload that changed the servers): its
     /// counts are added, finding its master again first is not a change of master, and the
     /// conflict episodes of `in_conflict` go on (they were counted).
-    pub fn carry(&mut self, from: Counters, master: Option<SocketAddr>, in_conflict: &[SocketAddr]) {
+    pub fn carry(
+        &mut self,
+        from: Counters,
+        master: Option<SocketAddr>,
+        in_conflict: &[SocketAddr],
+    ) {
         for s in &mut self.servers {
             s.conflict |= in_conflict.contains(&s.addr);
         }
@@ -368,26 +373,46 @@ impl Decider {
         self.note.as_deref()
     }
 
+    /// Checks policy: the master kept while up; else, after a reload, the master of the decider
+    /// this one replaced (nobody before its first check says it is down); else the server up
+    /// the longest (ties: configuration order).
+    fn checks_master(&self) -> Option<usize> {
+        let routable = |i: &usize| {
+            self.servers[*i].admin != AdminState::Maint && self.servers[*i].up_since.is_some()
+        };
+        if let Some(m) = self.master.filter(routable) {
+            return Some(m);
+        }
+        if let Some(c) = self
+            .carried_master
+            .and_then(|c| self.servers.iter().position(|s| s.addr == c))
+            .filter(|c| self.servers[*c].admin != AdminState::Maint)
+        {
+            if routable(&c) {
+                return Some(c);
+            }
+            if self.servers[c].fresh {
+                return None;
+            }
+        }
+        self.servers
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| routable(i))
+            .filter_map(|(i, s)| s.up_since.map(|t| (t, i)))
+            .min()
+            .map(|(_, i)| i)
+    }
+
     fn decide(&mut self, now: Instant) -> Outcome {
         let mut out = Outcome::default();
         let eligible = |s: &Server| s.admin != AdminState::Maint;
         let master = match self.policy {
-            Policy::Checks => self
-                .master
-                .filter(|m| eligible(&self.servers[*m]) && self.servers[*m].up_since.is_some())
-                .or_else(|| {
-                    self.servers
-                        .iter()
-                        .enumerate()
-                        .filter(|(_, s)| eligible(s))
-                        .filter_map(|(i, s)| s.up_since.map(|t| (t, i)))
-                        .min()
-                        .map(|(_, i)| i)
-                }),
+            Policy::Checks => self.checks_master(),
             Policy::Sentinel { .. } => self.named.and_then(|n| {
-                self.servers.iter().position(|s| {
-                    s.addr == n && eligible(s) && (s.up_since.is_some() || s.passing)
-                })
+                self.servers
+                    .iter()
+                    .position(|s| s.addr == n && eligible(s) && (s.up_since.is_some() || s.passing))
             }),
         };
         // Sentinel: the named master is alive unless it is one of ours and its checks fail (an
@@ -403,7 +428,12 @@ impl Decider {
                 self.demoting = None; // demoted (or gone): conflicts count again
             }
         }
-        for (i, s) in self.servers.iter_mut().enumerate().filter(|(_, s)| !s.fresh) {
+        for (i, s) in self
+            .servers
+            .iter_mut()
+            .enumerate()
+            .filter(|(_, s)| !s.fresh)
+        {
             // During a switchover the successor passes before it is named, and the old master
             // until it is demoted: both expected.
             let conflict = eligible(s)
@@ -445,7 +475,8 @@ impl Decider {
             let had = self.master.is_some();
             self.master = master;
             self.generation += 1;
-            let found_again = first && master.is_some() && self.view().master == self.carried_master;
+            let found_again =
+                first && master.is_some() && self.view().master == self.carried_master;
             self.carried_master = None;
             if !found_again {
                 self.counters.changes += 1;
@@ -777,17 +808,32 @@ mod tests {
         let (mut d, a) = with(Policy::Checks, 2, t);
         d.carry(Counters::default(), Some(a[1]), &[a[0]]);
         assert_eq!(d.checked(1, true, true, t).view, view(1, Some(a[1])));
-        assert_eq!(d.checked(0, true, true, t).conflicts, vec![], "the episode goes on");
+        assert_eq!(
+            d.checked(0, true, true, t).conflicts,
+            vec![],
+            "the episode goes on"
+        );
         assert_eq!(d.counters().changes, 0, "a reload found the same master");
         d.checked(0, false, false, t);
         d.checked(1, false, false, t);
         assert_eq!(d.counters().changes, 1);
         assert_eq!(d.counters().no_master_episodes, 1);
-        // Another master than the carried one is a change.
+        // Nobody takes over before the carried master's first check.
+        let (mut d, a) = with(Policy::Checks, 2, t);
+        d.carry(Counters::default(), Some(a[1]), &[a[0]]);
+        assert_eq!(d.checked(0, true, true, t).view, None);
+        assert_eq!(d.checked(1, true, true, t).view, view(1, Some(a[1])));
+        assert_eq!(d.counters().changes, 0);
+        // Its first check says it is down: the other one takes over.
         let (mut d, a) = with(Policy::Checks, 2, t);
         d.carry(Counters::default(), Some(a[1]), &[]);
         d.checked(0, true, true, t);
-        assert_eq!(d.counters().changes, 1);
+        assert_eq!(d.checked(1, false, false, t).view, view(1, Some(a[0])));
+        assert_eq!(
+            d.counters().changes,
+            1,
+            "another master than the carried one"
+        );
     }
 
     #[test]
@@ -831,7 +877,10 @@ mod tests {
         d.checked(0, true, true, t);
         d.checked(1, true, true, t);
         assert_eq!(d.counters().conflicts, 1);
-        assert_eq!(d.set_admin(0, AdminState::Maint, t).view, view(2, Some(a[1])));
+        assert_eq!(
+            d.set_admin(0, AdminState::Maint, t).view,
+            view(2, Some(a[1]))
+        );
         assert_eq!(d.counters().conflicts, 1);
     }
 
@@ -849,7 +898,10 @@ mod tests {
         assert_eq!(o.view, Some(held), "same generation: no change of master");
         assert_eq!(d.checked(1, true, true, t).conflicts, vec![a[1]]);
         assert_eq!(d.view(), held, "B does not take over from a drained master");
-        assert_eq!(d.set_admin(0, AdminState::Ready, t).view, view(1, Some(a[0])));
+        assert_eq!(
+            d.set_admin(0, AdminState::Ready, t).view,
+            view(1, Some(a[0]))
+        );
         assert_eq!(d.counters().changes, 1);
     }
 

@@ -73,6 +73,8 @@ struct Inner {
     servers: Vec<ServerStatus>,
     /// Wakes a server's check loop for an immediate check (same order).
     wake: Vec<Arc<Notify>>,
+    /// Each server's rise/fall (same order), here so that a reload can seed it.
+    health: Vec<ServerHealth>,
 }
 
 struct Shared {
@@ -149,6 +151,7 @@ impl Monitor {
                 decider: Decider::new(policy, Instant::now()),
                 servers: Vec::new(),
                 wake: Vec::new(),
+                health: Vec::new(),
             }),
             tx,
             last_change: Mutex::new(None),
@@ -234,25 +237,46 @@ impl Monitor {
     /// Takes over the counters of `old`, the monitor this one replaces (a reload that changed
     /// servers, checks or Sentinels), so that they never go back: the decider's, and the check
     /// counts of every server both know. Finding `old`'s master again is not a change.
-    pub fn carry_counts(&self, old: &Monitor) {
+    /// With `seed` (the check is the same, so its results mean the same), each server both know
+    /// also starts where it stood: up stays up, and the master is chosen at once.
+    pub fn carry_counts(&self, old: &Monitor, seed: bool) {
         let (c, master, counts): (Counters, _, Vec<_>) = {
             let o = lock(&old.shared.inner);
             let counts = o
                 .servers
                 .iter()
-                .map(|s| (s.addr, s.checks_ok, s.checks_failed, s.checks_unknown))
+                .zip(&o.health)
+                .map(|(s, h)| (s.clone(), h.state()))
                 .collect();
             let conflicts = o.decider.in_conflict();
-            (o.decider.counters(), (o.decider.view().master, conflicts), counts)
+            (
+                o.decider.counters(),
+                (o.decider.view().master, conflicts),
+                counts,
+            )
         };
         let mut inner = lock(&self.shared.inner);
         inner.decider.carry(c, master.0, &master.1);
-        for (addr, ok, failed, unknown) in counts {
-            if let Some(s) = inner.servers.iter_mut().find(|s| s.addr == addr) {
-                s.checks_ok += ok;
-                s.checks_failed += failed;
-                s.checks_unknown += unknown;
+        let now = Instant::now();
+        for (old, state) in counts {
+            let Some(i) = inner.servers.iter().position(|s| s.addr == old.addr) else {
+                continue;
+            };
+            let s = &mut inner.servers[i];
+            s.checks_ok += old.checks_ok;
+            s.checks_failed += old.checks_failed;
+            s.checks_unknown += old.checks_unknown;
+            if !seed || s.admin == AdminState::Maint || old.last_ok.is_none() {
+                continue;
             }
+            s.state = state;
+            s.last_ok = old.last_ok;
+            s.last_reason = old.last_reason;
+            s.role = old.role;
+            inner.health[i] = ServerHealth::resume(&self.shared.schedule, state);
+            let up = inner.health[i].is_up();
+            let out = inner.decider.checked(i, up, old.last_ok == Some(true), now);
+            publish(&self.shared, out);
         }
         drop(inner);
         self.shared.check_durations.add(&old.check_durations());
@@ -337,6 +361,7 @@ fn add_server(shared: &Arc<Shared>, addr: SocketAddr) {
             admin: AdminState::Ready,
         });
         inner.wake.push(Arc::new(Notify::new()));
+        inner.health.push(ServerHealth::new(&shared.schedule));
         if let Some(state) = shared.preset.get(&addr) {
             inner.servers[index].admin = *state;
             let out = inner.decider.set_admin(index, *state, Instant::now());
@@ -415,13 +440,23 @@ async fn check_loop(
     index: usize,
     addr: SocketAddr,
 ) {
-    let mut health = ServerHealth::new(&schedule);
     let (local_log, flap_log) = (RateLimit::default(), RateLimit::default());
+    let delay = |shared: &Shared| {
+        lock(&shared.inner)
+            .health
+            .get(index)
+            .map_or(schedule.interval, |h| h.next_delay(&schedule))
+    };
     loop {
         if admin_of(&shared, index) == AdminState::Maint {
             // Not checked while in maintenance; down (needing `rise`) when it comes back.
-            health = ServerHealth::new(&schedule);
-            let wake = lock(&shared.inner).wake.get(index).cloned();
+            let wake = {
+                let mut inner = lock(&shared.inner);
+                if let Some(h) = inner.health.get_mut(index) {
+                    *h = ServerHealth::new(&schedule);
+                }
+                inner.wake.get(index).cloned()
+            };
             if let Some(w) = wake {
                 w.notified().await;
             }
@@ -443,47 +478,62 @@ async fn check_loop(
                     reason = report.reason.as_deref().unwrap_or("-"),
                     "check could not run here; the server keeps its state");
             });
-            sleep_or_wake(&shared, index, health.next_delay(&schedule)).await;
+            sleep_or_wake(&shared, index, delay(&shared)).await;
             continue;
         }
         shared.check_durations.record(report.elapsed);
-        let transition = health.observe(report.ok);
-        if let Some(t) = transition {
-            let service = &shared.service;
-            flap_log.log(|suppressed| match t {
-                Transition::WentUp => {
-                    tracing::info!(%service, server = %addr, suppressed, "server is UP")
-                }
-                Transition::WentDown => tracing::warn!(%service, server = %addr, suppressed,
-                    reason = report.reason.as_deref().unwrap_or("-"), "server is DOWN"),
-            });
+        if !observe(&shared, index, addr, &report, &flap_log) {
+            return;
         }
-        {
-            let mut inner = lock(&shared.inner);
-            if let Some(s) = inner.servers.get_mut(index) {
-                s.state = health.state();
-                s.last_ok = Some(report.ok);
-                s.last_reason.clone_from(&report.reason);
-                s.last_check = Some(SystemTime::now());
-                s.last_elapsed = Some(report.elapsed);
-                if let Some(role) = role_of(&report) {
-                    s.role = Some(role);
-                } else if !report.ok && report.failed_step == Some(0) {
-                    s.role = None;
-                }
-                if report.ok {
-                    s.checks_ok += 1;
-                } else {
-                    s.checks_failed += 1;
-                }
-            }
-            let out = inner
-                .decider
-                .checked(index, health.is_up(), report.ok, Instant::now());
-            publish(&shared, out);
-        }
-        sleep_or_wake(&shared, index, health.next_delay(&schedule)).await;
+        sleep_or_wake(&shared, index, delay(&shared)).await;
     }
+}
+
+/// Feeds one check result (that ran) into server `index`'s rise/fall, status and the decider;
+/// `false` when the server is gone.
+fn observe(
+    shared: &Shared,
+    index: usize,
+    addr: SocketAddr,
+    report: &CheckReport,
+    flap_log: &RateLimit,
+) -> bool {
+    let mut inner = lock(&shared.inner);
+    let Some(health) = inner.health.get_mut(index) else {
+        return false;
+    };
+    let transition = health.observe(report.ok);
+    let (state, up) = (health.state(), health.is_up());
+    if let Some(t) = transition {
+        let service = &shared.service;
+        flap_log.log(|suppressed| match t {
+            Transition::WentUp => {
+                tracing::info!(%service, server = %addr, suppressed, "server is UP")
+            }
+            Transition::WentDown => tracing::warn!(%service, server = %addr, suppressed,
+                reason = report.reason.as_deref().unwrap_or("-"), "server is DOWN"),
+        });
+    }
+    if let Some(s) = inner.servers.get_mut(index) {
+        s.state = state;
+        s.last_ok = Some(report.ok);
+        s.last_reason.clone_from(&report.reason);
+        s.last_check = Some(SystemTime::now());
+        s.last_elapsed = Some(report.elapsed);
+        if let Some(role) = role_of(report) {
+            s.role = Some(role);
+        } else if !report.ok && report.failed_step == Some(0) {
+            s.role = None;
+        }
+        if report.ok {
+            s.checks_ok += 1;
+        } else {
+            s.checks_failed += 1;
+        }
+    }
+    let out = inner.decider.checked(index, up, report.ok, Instant::now());
+    publish(shared, out);
+    true
 }
 
 /// The operator's state of server `index`.

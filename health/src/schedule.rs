@@ -112,6 +112,26 @@ impl ServerHealth {
         }
     }
 
+    /// A server that was at `state` under another schedule (a reload): where it stands under
+    /// `schedule`, a rise or fall count clamped below the new `rise` or `fall`.
+    pub fn resume(schedule: &Schedule, state: ServerState) -> ServerHealth {
+        let mut h = ServerHealth::new(schedule);
+        h.state = match state {
+            ServerState::Rising(n) if n < h.rise => ServerState::Rising(n),
+            ServerState::Rising(_) => ServerState::Rising(h.rise.saturating_sub(1).max(1)),
+            ServerState::Falling(n) if n < h.fall => ServerState::Falling(n),
+            ServerState::Falling(_) => ServerState::Falling(h.fall.saturating_sub(1).max(1)),
+            other => other,
+        };
+        if h.rise <= 1 && matches!(h.state, ServerState::Rising(_)) {
+            h.state = ServerState::Down;
+        }
+        if h.fall <= 1 && matches!(h.state, ServerState::Falling(_)) {
+            h.state = ServerState::Up;
+        }
+        h
+    }
+
     /// Where the server stands now.
     pub fn state(&self) -> ServerState {
         self.state
@@ -223,5 +243,18 @@ mod tests {
             s.validate().unwrap_err().to_string(),
             "timeout must be greater than zero"
         );
+    }
+
+    #[test]
+    fn resume_clamps_counts_to_the_new_schedule() {
+        let s = sched(3, 3);
+        assert_eq!(ServerHealth::resume(&s, Up).state(), Up);
+        assert_eq!(ServerHealth::resume(&s, Rising(2)).state(), Rising(2));
+        let s = sched(2, 2);
+        assert_eq!(ServerHealth::resume(&s, Rising(4)).state(), Rising(1));
+        assert_eq!(ServerHealth::resume(&s, Falling(4)).state(), Falling(1));
+        let s = sched(1, 1);
+        assert_eq!(ServerHealth::resume(&s, Rising(1)).state(), Down);
+        assert_eq!(ServerHealth::resume(&s, Falling(1)).state(), Up);
     }
 }

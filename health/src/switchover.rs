@@ -118,9 +118,7 @@ pub async fn run(
         e
     };
     catch_up(from, auth, limits).await.map_err(given_up)?;
-    let sentinel = failover(&cfg, limits.request)
-        .await
-        .map_err(given_up)?;
+    let sentinel = failover(&cfg, limits.request).await.map_err(given_up)?;
     let mut views = monitor.subscribe();
     let moved = tokio::time::timeout(
         limits.failover,
@@ -145,7 +143,9 @@ async fn catch_up(
     limits: Limits,
 ) -> Result<(), SwitchoverError> {
     let bad = |e: String| SwitchoverError::Master(master, e);
-    let repl = replication(master, auth, limits.request).await.map_err(bad)?;
+    let repl = replication(master, auth, limits.request)
+        .await
+        .map_err(bad)?;
     if repl.role != Role::Master {
         return Err(bad(format!("says role:{}", repl.role.as_str())));
     }

@@ -17,7 +17,6 @@ use harness::{
     Conn, Forwarder, Redis, Reply, Sentinel,
 };
 
-
 fn promtool() -> PathBuf {
     require("promtool", "prometheus")
 }

@@ -56,6 +56,9 @@ const E2E_FILES: &[(&str, Runs)] = &[
     ("ipv6", Runs::PerMode),
     // SIGINT drain, a reload onto a taken port, the privilege drop of every thread.
     ("lifecycle", Runs::PerMode),
+    // Server states at run time (drain and maint cut and hold through each path's front),
+    // probes, counters across reload.
+    ("operate", Runs::PerMode),
     // SIGTERM drain of sessions, metrics of the traffic, capabilities kept per path.
     ("ops", Runs::PerMode),
     // Clients held while there is no master, and the queue timeout: each path's front.

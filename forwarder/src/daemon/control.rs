@@ -99,9 +99,9 @@ impl admin::Control for Daemon {
         server: &str,
         state: health::AdminState,
     ) -> Result<String, ControlError> {
-        let addr: SocketAddr = server.parse().map_err(|_| {
-            ControlError::Invalid(format!("server {server:?}: expected ip:port"))
-        })?;
+        let addr: SocketAddr = server
+            .parse()
+            .map_err(|_| ControlError::Invalid(format!("server {server:?}: expected ip:port")))?;
         let monitor = lock(&self.live)
             .iter()
             .find(|l| l.handle.config.name == service)

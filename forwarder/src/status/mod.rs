@@ -253,7 +253,9 @@ mod tests {
                 cpu_ms: 1500,
             }),
             ready: false,
-            not_ready: vec!["service mymaster: master 127.0.0.1:6380 takes no new sessions (drain)".into()],
+            not_ready: vec![
+                "service mymaster: master 127.0.0.1:6380 takes no new sessions (drain)".into(),
+            ],
             datapath: "userspace".into(),
             datapath_fallback: Some("uring: EPERM".into()),
             bpf: None,

@@ -1,0 +1,234 @@
+//! Operating a running forwarder as an HAProxy operator would: server states set at run time
+//! (`drain`, `maint`), readiness and liveness probes, and counters that continue across a
+//! reload. Real Redis servers; the Sentinel drills (switchover, two forwarders) are in
+//! `switchover.rs`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use harness::{wait_until, Conn, Forwarder, Redis, Reply, Service};
+
+/// A Redis service over `servers`: checks every 200 ms, rise 1, clients held up to 20 s, and
+/// sessions to a drained master cut after 2 s.
+fn service(servers: &[SocketAddr]) -> String {
+    Service::redis("mymaster", servers)
+        .set(
+            "timeout",
+            "{ connect = \"1s\", queue = \"20s\", drain = \"2s\" }",
+        )
+        .check("rise", "1")
+        .check("timeout", "\"1s\"")
+        .to_string()
+}
+
+fn routed(f: &Forwarder, to: SocketAddr) {
+    assert!(
+        wait_until(Duration::from_secs(10), || f.master("mymaster") == Some(to)),
+        "never routed to {to}: {:?}\n{}",
+        f.status(),
+        f.log_text()
+    );
+}
+
+fn set_state(f: &Forwarder, server: SocketAddr, state: &str) -> (u16, String) {
+    f.post(&format!("/servers/mymaster/{server}/state"), state)
+}
+
+fn server_field(f: &Forwarder, server: SocketAddr, field: &str) -> serde_json::Value {
+    f.service_status("mymaster")
+        .and_then(|s| {
+            s["servers"]
+                .as_array()?
+                .iter()
+                .find(|x| x["addr"] == server.to_string())
+                .map(|x| x[field].clone())
+        })
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// A new client whose PING is not answered within 500 ms: it is held.
+fn held_client(f: &Forwarder) -> Conn {
+    let mut c = Conn::open(f.listen[0]).expect("connect");
+    c.stream()
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    assert!(
+        c.cmd(&["PING"]).is_err(),
+        "a new client was served while no server may take it"
+    );
+    c.stream()
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    c
+}
+
+fn pong(c: &mut Conn) -> bool {
+    c.cmd(&["PING"])
+        .is_ok_and(|r| r == Reply::Simple("PONG".into()))
+}
+
+#[test]
+fn a_drained_master_keeps_its_sessions_holds_new_ones_and_cuts_them_after_timeout_drain() {
+    let (master, replica) = Redis::pair();
+    let f = Forwarder::start(&service(&[master.addr(), replica.addr()]));
+    routed(&f, master.addr());
+    assert_eq!(f.get("/ready"), (200, "ready\n".to_string()));
+    let mut old = Conn::open(f.listen[0]).expect("connect");
+    assert!(pong(&mut old));
+
+    let (code, body) = set_state(&f, master.addr(), "drain");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("is drain (was ready)"), "{body}");
+    assert_eq!(server_field(&f, master.addr(), "admin_state"), "drain");
+    assert_eq!(f.service_status("mymaster").unwrap()["hold"], "drain");
+    let (code, body) = f.get("/ready");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("takes no new sessions (drain)"), "{body}");
+    assert!(f.metrics().contains(&format!(
+        "forwarder_server_admin_state{{service=\"mymaster\",server=\"{}\",state=\"drain\"}} 1\n",
+        master.addr()
+    )));
+
+    // New clients wait; the established session goes on.
+    let mut new = held_client(&f);
+    assert!(pong(&mut old), "the established session was cut by drain");
+    // Back to ready: the held client is served, by the same master, on the same route.
+    assert_eq!(set_state(&f, master.addr(), "ready").0, 200);
+    assert_eq!(
+        new.read_reply().expect("the held client was never served"),
+        Reply::Simple("PONG".into())
+    );
+    assert_eq!(new.server_port().unwrap(), master.port);
+    assert!(pong(&mut old));
+    assert_eq!(f.get("/ready").0, 200);
+
+    // Drained again: after timeout.drain (2 s) the sessions left are cut, counted as drained.
+    assert_eq!(set_state(&f, master.addr(), "drain").0, 200);
+    assert!(
+        old.closed_within(Duration::from_secs(10)),
+        "the drained master's session outlived timeout.drain"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || f
+            .counter("mymaster", "ended", "drained")
+            >= 2),
+        "sessions cut by the drain time are not counted as drained: {:?}",
+        f.status()
+    );
+    assert_eq!(f.counter("mymaster", "ended", "master_changed"), 0);
+    let st = f.service_status("mymaster").unwrap();
+    assert_eq!(
+        st["master_changes"], 1,
+        "drain is no change of master: {st:#}"
+    );
+}
+
+#[test]
+fn maint_is_never_routed_nor_checked_and_survives_a_reload() {
+    let (master, replica) = Redis::pair();
+    let mut f = Forwarder::start(&service(&[master.addr(), replica.addr()]));
+    routed(&f, master.addr());
+
+    // Bad requests say why and change nothing.
+    assert_eq!(set_state(&f, master.addr(), "sleep").0, 400);
+    assert_eq!(f.post("/servers/nope/127.0.0.1:1/state", "maint").0, 404);
+    let (code, body) = set_state(&f, "127.0.0.1:1".parse().unwrap(), "maint");
+    assert_eq!(code, 404, "{body}");
+    assert_eq!(f.post("/servers/mymaster/garbage/state", "maint").0, 400);
+    assert_eq!(f.master("mymaster"), Some(master.addr()));
+
+    let (code, body) = set_state(&f, master.addr(), "maint");
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        wait_until(Duration::from_secs(5), || f.master("mymaster").is_none()),
+        "a server in maint is still routed to"
+    );
+    let (code, body) = f.get("/ready");
+    assert_eq!((code, body.contains("no master")), (503, true), "{body}");
+    let checks = |f: &Forwarder| {
+        let n = |k| server_field(f, master.addr(), k).as_u64().unwrap_or(0);
+        n("checks_ok") + n("checks_failed") + n("checks_unknown")
+    };
+    let before = checks(&f);
+    std::thread::sleep(Duration::from_secs(1)); // five check intervals
+    assert_eq!(checks(&f), before, "a server in maint was checked");
+
+    // A reload that replaces the checks keeps the operator's state.
+    f.rewrite(
+        &service(&[master.addr(), replica.addr()])
+            .replace("{LISTEN}", &f.listen[0].to_string())
+            .replace("interval = \"200ms\"", "interval = \"300ms\""),
+    );
+    f.proc().signal(libc::SIGHUP);
+    assert!(
+        f.wait_for_log("1 changed", Duration::from_secs(10)),
+        "{}",
+        f.log_text()
+    );
+    assert_eq!(server_field(&f, master.addr(), "admin_state"), "maint");
+    let mut held = held_client(&f);
+    assert_eq!(f.master("mymaster"), None, "the reload forgot maint");
+
+    // Ready again: checked, routed, and the held client served by it.
+    assert_eq!(set_state(&f, master.addr(), "ready").0, 200);
+    assert_eq!(
+        held.read_reply().expect("the held client was never served"),
+        Reply::Simple("PONG".into())
+    );
+    assert_eq!(held.server_port().unwrap(), master.port);
+    assert!(checks(&f) > before);
+    assert_eq!(f.get("/ready").0, 200);
+}
+
+#[test]
+fn live_and_ready_probes_need_no_master_to_answer() {
+    // A server that does not exist: the process works (live) but routes nowhere (not ready).
+    let gone: SocketAddr = ([127, 0, 0, 1], harness::free_port()).into();
+    let f = Forwarder::start(&service(&[gone]));
+    assert_eq!(f.get("/live"), (200, "live\n".to_string()));
+    let (code, body) = f.get("/ready");
+    assert_eq!(code, 503);
+    assert!(body.contains("service mymaster: no master"), "{body}");
+    let st = f.status().unwrap();
+    assert_eq!(st["ready"], false);
+    assert!(f.metrics().contains("forwarder_ready 0\n"));
+}
+
+#[test]
+fn a_reload_that_replaces_the_checks_keeps_every_counter() {
+    // Two servers that both say role:master: one is routed, the other is a conflict.
+    let (a, b) = (Redis::start(), Redis::start());
+    let mut f = Forwarder::start(&service(&[a.addr(), b.addr()]));
+    assert!(wait_until(Duration::from_secs(10), || f
+        .service_status("mymaster")
+        .is_some_and(|s| s["master_conflicts"] == 1)));
+    let master = f.master("mymaster").expect("a master");
+    let before = f.service_status("mymaster").unwrap();
+    let ok_before = server_field(&f, master, "checks_ok").as_u64().unwrap();
+
+    f.rewrite(
+        &service(&[a.addr(), b.addr()])
+            .replace("{LISTEN}", &f.listen[0].to_string())
+            .replace("rise = 1", "rise = 1\nfall = 2"),
+    );
+    f.proc().signal(libc::SIGHUP);
+    assert!(f.wait_for_log("1 changed", Duration::from_secs(10)));
+    // The new checks find the same master and the same conflict: neither is counted again.
+    assert!(wait_until(Duration::from_secs(5), || server_field(
+        &f,
+        master,
+        "checks_ok"
+    )
+    .as_u64()
+    .unwrap_or(0)
+        > ok_before));
+    std::thread::sleep(Duration::from_millis(600)); // a few checks of both servers
+    let after = f.service_status("mymaster").unwrap();
+    assert_eq!(f.master("mymaster"), Some(master));
+    for k in ["master_changes", "master_conflicts", "no_master_episodes"] {
+        assert_eq!(
+            after[k], before[k],
+            "{k} moved across the reload: {after:#}"
+        );
+    }
+}
