@@ -12,15 +12,17 @@
 //! Every error names the file, the key path (`service[1].timeout.connect`) and the reason, so an
 //! operator can fix the file without reading code.
 
+mod allow;
 mod raw;
 mod validate;
+
+pub use allow::Allow;
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 /// A configuration that failed to load: where and why.
@@ -141,8 +143,8 @@ pub struct Service {
     pub share_listen: bool,
     /// Known servers; with Sentinel, more are discovered (`SENTINEL replicas`).
     pub servers: Vec<SocketAddr>,
-    /// Source networks allowed to connect; empty means everyone.
-    pub allow: Vec<IpNet>,
+    /// Source networks and address ranges allowed to connect; empty means everyone.
+    pub allow: Vec<Allow>,
     /// Sessions (queued included); for `maxconn = "auto"`, set from the descriptor budget at
     /// start (see `budget`) and 0 until then.
     pub maxconn: u32,

@@ -10,11 +10,9 @@ use std::collections::HashSet;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use ipnet::IpNet;
-
 use super::raw::{RawCheck, RawConfig, RawMaxconn, RawProcess, RawSentinel, RawService};
 use super::{
-    local_ips, Admin, Check, CheckKind, Config, ConfigError, Datapath, Mode, OnMasterChange,
+    local_ips, Admin, Allow, Check, CheckKind, Config, ConfigError, Datapath, Mode, OnMasterChange,
     Process, Sentinel, Service, Timeouts, MAX_MAXCONN,
 };
 
@@ -187,7 +185,7 @@ impl Validator {
         }
         let mut allow = Vec::new();
         for (j, cidr) in s.allow.unwrap_or_default().iter().enumerate() {
-            allow.push(self.cidr(&format!("{key}.allow[{j}]"), cidr)?);
+            allow.push(self.allow(&format!("{key}.allow[{j}]"), cidr)?);
         }
         let (maxconn, maxconn_auto) = match s.maxconn {
             None => (0, true),
@@ -484,20 +482,8 @@ impl Validator {
         Ok(())
     }
 
-    fn cidr(&self, key: &str, s: &str) -> Res<IpNet> {
-        let s = s.trim();
-        // A bare address means that one host.
-        if let Ok(ip) = s.parse::<std::net::IpAddr>() {
-            return Ok(IpNet::from(ip));
-        }
-        s.parse::<IpNet>().map_err(|_| {
-            self.err(
-                key,
-                format!(
-                    "{s:?} is not a CIDR network (e.g. \"10.0.0.0/8\", \"::1/128\") or address"
-                ),
-            )
-        })
+    fn allow(&self, key: &str, s: &str) -> Res<Allow> {
+        Allow::parse(s).map_err(|reason| self.err(key, reason))
     }
 
     fn parse_dur(&self, key: &str, s: &str) -> Res<Duration> {
