@@ -1,5 +1,8 @@
 //! The daemon: turns a validated [`Config`] into running services, applies new configurations
-//! (SIGHUP, `POST /reload`) without dropping sessions, and drains on SIGTERM/SIGINT.
+//! (SIGHUP, `POST /reload`) without dropping sessions, and drains on SIGTERM/SIGINT. Host names
+//! in the configuration are resolved again in [`names`].
+
+mod names;
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -228,17 +231,21 @@ impl Daemon {
     /// without dropping sessions; every new listener is bound before anything changes.
     pub async fn reload(&self) -> Result<String, ReloadError> {
         let _one = self.reloading.lock().await;
-        let mut cfg = Config::load(&self.path)?;
+        // Off the runtime's threads: validating resolves host names.
+        let path = self.path.clone();
+        let mut cfg = tokio::task::spawn_blocking(move || Config::load(&path))
+            .await
+            .map_err(|e| ReloadError::Listen(vec![format!("reload task failed: {e}")]))??;
         budget::plan(&mut cfg, self.budget.limit)?;
-        self.apply(cfg)
+        self.apply(cfg, "reloaded")
     }
 
     /// Applies a new configuration: services added, removed (their listener closes, their
     /// sessions go on), or changed (servers, checks, Sentinel, allow list, limits, timeouts: a new
     /// runtime takes the next clients; established sessions keep theirs). Every listener is
     /// bound before anything changes, so a port in use refuses the whole reload. The data path
-    /// and the admin listener need a restart.
-    fn apply(&self, new: Config) -> Result<String, ReloadError> {
+    /// and the admin listener need a restart. `what` starts the summary (`reloaded`).
+    fn apply(&self, new: Config, what: &str) -> Result<String, ReloadError> {
         let old = lock(&self.config).clone();
         let mut notes = Vec::new();
         if new.datapath != old.datapath {
@@ -296,6 +303,9 @@ impl Daemon {
             return Err(ReloadError::Listen(errors));
         }
         // Apply (the new runtimes already know the new set of listeners).
+        for svc in &new.service {
+            names::log_changes(old.service.iter().find(|o| o.name == svc.name), svc);
+        }
         *lock(&self.config) = new.clone();
         let mut next = Vec::with_capacity(steps.len());
         let mut taken = vec![false; live.len()];
@@ -345,7 +355,7 @@ impl Daemon {
         *live = next;
         drop(live);
         let summary = format!(
-            "reloaded: {kept} unchanged, {swapped} changed, {added} added, {removed} removed{}",
+            "{what}: {kept} unchanged, {swapped} changed, {added} added, {removed} removed{}",
             notes.iter().map(|n| format!("; {n}")).collect::<String>()
         );
         tracing::info!("{summary}");
@@ -416,6 +426,9 @@ pub async fn run(cfg: Config, budget: Budget, path: PathBuf, bound: Bound) -> an
         retiring: Mutex::new(Vec::new()),
         reloading: tokio::sync::Mutex::new(()),
     });
+    for svc in &cfg.service {
+        names::log_changes(None, svc);
+    }
     let live = cfg
         .service
         .iter()
@@ -445,6 +458,7 @@ pub async fn run(cfg: Config, budget: Budget, path: PathBuf, bound: Bound) -> an
             }
         });
     }
+    tokio::spawn(names::follow(Arc::clone(&daemon)));
 
     // systemd (Type=notify): ready now that every listener is bound and the checks run. Without
     // NOTIFY_SOCKET these are no-ops.
