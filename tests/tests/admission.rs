@@ -41,6 +41,33 @@ fn allow_list_rejects_unknown_sources_and_counts_them() {
 }
 
 #[test]
+fn an_allow_range_admits_inside_and_refuses_outside() {
+    let r = Redis::start();
+    let f = Forwarder::start(&service(&r, "allow = [\"127.0.0.2-127.0.0.9\"]"));
+    assert!(wait_until(Duration::from_secs(10), || f
+        .master("mymaster")
+        .is_some()));
+    // 127.0.0.1 is below the range.
+    let mut denied = Conn::open(f.listen[0]).unwrap();
+    assert!(
+        denied.cmd(&["PING"]).is_err(),
+        "a client from 127.0.0.1 was served"
+    );
+    assert!(wait_until(Duration::from_secs(5), || f.counter(
+        "mymaster",
+        "rejected",
+        "not_allowed"
+    ) == 1));
+    // Both ends are inside.
+    for last in [2, 9] {
+        let s = connect_from(Ipv4Addr::new(127, 0, 0, last), f.listen[0]).expect("connect");
+        let mut ok = Conn::from_stream(s).unwrap();
+        assert_eq!(ok.cmd(&["PING"]).unwrap(), Reply::Simple("PONG".into()));
+    }
+    assert_eq!(f.counter("mymaster", "rejected", "not_allowed"), 1);
+}
+
+#[test]
 fn maxconn_rejects_the_next_client_cleanly() {
     let r = Redis::start();
     let f = Forwarder::start(&service(&r, "maxconn = 2"));

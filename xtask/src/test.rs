@@ -57,6 +57,9 @@ const E2E_FILES: &[(&str, Runs)] = &[
     ("lifecycle", Runs::PerMode),
     // SIGTERM drain of sessions, metrics of the traffic, capabilities kept per path.
     ("ops", Runs::PerMode),
+    // Host names resolved and followed (in a private mount namespace with its own hosts file):
+    // the configuration and the daemon, not the data path.
+    ("names", Runs::Once),
     // Clients held while there is no master, and the queue timeout: each path's front.
     ("queue", Runs::PerMode),
     // Sessions routed to the master and cut when it changes.
