@@ -214,3 +214,36 @@ fn a_moved_name_is_followed_and_established_sessions_keep_their_server() {
     let st = f.service_status("moving").unwrap();
     assert_eq!(st["stats"]["accepted"], 2, "{st:#}");
 }
+
+#[test]
+fn a_named_server_that_goes_down_is_resolved_again_soon() {
+    const NAME: &str = "redis-down.forwarder-test.internal";
+    let (a_ip, b_ip) = (Ipv4Addr::new(127, 0, 0, 4), Ipv4Addr::new(127, 0, 0, 5));
+    let port = harness::endpoints::free_port_at(IpAddr::V4(a_ip));
+    let mut a = Redis::start_at(a_ip, port, &[]);
+    let b = Redis::start_at(b_ip, port, &[]);
+    let hosts = Hosts::new(&format!("{a_ip} {NAME}"));
+    // Not before an hour by the interval: only the server going down makes it look again.
+    let services = format!(
+        "[[service]]\nname = \"down\"\nlisten = \"{{LISTEN}}\"\n\
+         servers = [\"{NAME}:{port}\"]\nresolve_interval = \"1h\"\n\
+         [service.check]\ninterval = \"200ms\"\nrise = 1\nfall = 1\n"
+    );
+    let wrapper = hosts.wrapper();
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let f = Forwarder::start_with(&services, &format!("mode = \"{}\"", mode()), &wrapper);
+    assert!(
+        wait_until(Duration::from_secs(10), || f.master("down") == Some(a.addr())),
+        "never routed to {}\n{}",
+        a.addr(),
+        f.log_text()
+    );
+    hosts.set(&format!("{b_ip} {NAME}"));
+    a.proc().kill();
+    assert!(
+        wait_until(Duration::from_secs(15), || f.master("down") == Some(b.addr())),
+        "the name was not resolved again after its server went down: {:?}\n{}",
+        f.status(),
+        f.log_text()
+    );
+}
