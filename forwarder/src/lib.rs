@@ -6,7 +6,7 @@
 //! token), `service` (a service's runtime: where a client goes, when it gives up, binding its
 //! listeners), `datapath` (accepting, connecting, moving bytes), `status` (one typed status
 //! model and its renderers), `admin` (HTTP, through [`admin::Control`] only), `daemon` (wiring,
-//! reload, signals), `privileges`. `unsafe` is denied except in the modules that make syscalls.
+//! reload, signals), `privileges`; beside them `import` (haproxy.cfg -> forwarder TOML). `unsafe` is denied except in the modules that make syscalls.
 
 #![deny(unsafe_code)]
 
@@ -16,6 +16,7 @@ pub mod budget;
 pub mod config;
 pub mod daemon;
 pub mod datapath;
+pub mod import;
 pub mod metrics;
 pub mod privileges;
 pub mod router;

@@ -1,4 +1,4 @@
-//! `forwarder run|check|status --config FILE`.
+//! `forwarder run|check|status|reload --config FILE`, `forwarder import-haproxy FILE`.
 
 #![forbid(unsafe_code)]
 
@@ -58,12 +58,19 @@ enum Command {
         #[arg(long)]
         admin: Option<std::net::SocketAddr>,
     },
+    /// Translate an haproxy.cfg into a forwarder configuration (printed on stdout), listing
+    /// every directive it could not translate, with its line, in a comment block at the end.
+    ImportHaproxy {
+        /// The haproxy.cfg to read.
+        file: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match cli.command {
+        Command::ImportHaproxy { file } => import_haproxy(&file),
         Command::Check { config } => match checked(&config) {
             Ok((cfg, budget)) => {
                 println!(
@@ -135,6 +142,45 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// Prints the translation of haproxy.cfg `file`: exit 0 when there is one (warning on stderr
+/// when it does not pass `forwarder check` as is), 2 when there is none.
+fn import_haproxy(file: &std::path::Path) -> ExitCode {
+    use std::io::Read;
+    let mut text = Vec::new();
+    let read =
+        std::fs::File::open(file).and_then(|f| f.take(config::MAX_FILE + 1).read_to_end(&mut text));
+    if let Err(e) = read {
+        eprintln!("error: {}: cannot read: {e}", file.display());
+        return ExitCode::from(2);
+    }
+    if text.len() as u64 > config::MAX_FILE {
+        eprintln!(
+            "error: {}: larger than {} bytes",
+            file.display(),
+            config::MAX_FILE
+        );
+        return ExitCode::from(2);
+    }
+    match forwarder::import::translate(&String::from_utf8_lossy(&text)) {
+        Ok(t) => {
+            print!("{}", t.toml);
+            eprintln!(
+                "{} service(s) translated, {} directive(s) not translated (listed at the end)",
+                t.services,
+                t.notes.len()
+            );
+            if let Err(e) = Config::parse(&t.toml, std::path::Path::new("<translation>")) {
+                eprintln!("warning: the translation does not pass `forwarder check` as is: {e}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {}: {e}", file.display());
+            ExitCode::from(2)
         }
     }
 }

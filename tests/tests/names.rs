@@ -233,7 +233,8 @@ fn a_named_server_that_goes_down_is_resolved_again_soon() {
     let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
     let f = Forwarder::start_with(&services, &format!("mode = \"{}\"", mode()), &wrapper);
     assert!(
-        wait_until(Duration::from_secs(10), || f.master("down") == Some(a.addr())),
+        wait_until(Duration::from_secs(10), || f.master("down")
+            == Some(a.addr())),
         "never routed to {}\n{}",
         a.addr(),
         f.log_text()
@@ -241,7 +242,8 @@ fn a_named_server_that_goes_down_is_resolved_again_soon() {
     hosts.set(&format!("{b_ip} {NAME}"));
     a.proc().kill();
     assert!(
-        wait_until(Duration::from_secs(15), || f.master("down") == Some(b.addr())),
+        wait_until(Duration::from_secs(15), || f.master("down")
+            == Some(b.addr())),
         "the name was not resolved again after its server went down: {:?}\n{}",
         f.status(),
         f.log_text()
