@@ -57,6 +57,8 @@ const E2E_FILES: &[(&str, Runs)] = &[
     ("lifecycle", Runs::PerMode),
     // SIGTERM drain of sessions, metrics of the traffic, capabilities kept per path.
     ("ops", Runs::PerMode),
+    // `forwarder import-haproxy`: the translation checked and run once.
+    ("import", Runs::Once),
     // Host names resolved and followed (in a private mount namespace with its own hosts file):
     // the configuration and the daemon, not the data path.
     ("names", Runs::Once),
