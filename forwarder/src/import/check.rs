@@ -138,7 +138,7 @@ fn step(l: &Line) -> Result<Option<String>, String> {
                         .and_then(|h| u8::from_str_radix(h, 16).ok())
                 })
                 .collect::<Option<Vec<u8>>>()
-                .filter(|_| hex.len() % 2 == 0 && !hex.is_empty())
+                .filter(|_| hex.len().is_multiple_of(2) && !hex.is_empty())
                 .ok_or("send-binary needs pairs of hex digits")?;
             Ok(Some(format!("send {}", escape(&bytes))))
         }
