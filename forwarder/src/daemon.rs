@@ -35,6 +35,9 @@ pub enum ReloadError {
     /// New listen addresses that cannot be served, one line each (nothing was changed).
     #[error("{}", .0.join("; "))]
     Listen(Vec<String>),
+    /// The blocking task that read the file (resolving its names) did not finish.
+    #[error("reading the configuration failed: {0}")]
+    Task(String),
 }
 
 /// A running service: its configuration, runtime and checks.
@@ -235,7 +238,7 @@ impl Daemon {
         let path = self.path.clone();
         let mut cfg = tokio::task::spawn_blocking(move || Config::load(&path))
             .await
-            .map_err(|e| ReloadError::Listen(vec![format!("reload task failed: {e}")]))??;
+            .map_err(|e| ReloadError::Task(e.to_string()))??;
         budget::plan(&mut cfg, self.budget.limit)?;
         self.apply(cfg, "reloaded")
     }

@@ -9,6 +9,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+use harness::endpoints::admin_request;
 use harness::{forwarder_exit, mode, require, wait_until, Conn, Forwarder, Redis, Reply, Sentinel};
 
 /// The `host:port` names of the servers of `service` in /status, by address.
@@ -77,6 +78,27 @@ fn localhost_servers_and_sentinels_resolve_at_start() {
         Reply::Simple("OK".into())
     );
     assert!(f.log_text().contains("name resolved"), "{}", f.log_text());
+
+    // A reload onto a name that does not resolve is refused; nothing changes.
+    let moved = services
+        .replace("{LISTEN}", &f.listen[0].to_string())
+        .replace(
+            &format!("localhost:{}\", \"", master.port),
+            "no-such-host.invalid:6379\", \"",
+        );
+    assert!(moved.contains("no-such-host.invalid"), "{moved}");
+    f.rewrite(&moved);
+    let (code, body) = admin_request(f.admin, "POST", "/reload", None).expect("POST /reload");
+    assert_ne!(code, 200, "{body}");
+    assert!(
+        body.contains("service[0].servers[0]: cannot resolve \"no-such-host.invalid\""),
+        "{body}"
+    );
+    assert_eq!(f.master("mymaster"), Some(master.addr()));
+    assert_eq!(
+        c.cmd(&["GET", "k"]).unwrap(),
+        Reply::Bulk(Some(b"v".to_vec()))
+    );
 
     // `forwarder check` shows each name and what it resolved to.
     let (code, out) = forwarder_check(&services.replace("{LISTEN}", "127.0.0.1:1"));

@@ -102,7 +102,7 @@ impl Daemon {
         let path = self.path.clone();
         let mut fresh = tokio::task::spawn_blocking(move || Config::parse(&source, &path))
             .await
-            .map_err(|e| ReloadError::Listen(vec![format!("resolver task failed: {e}")]))??;
+            .map_err(|e| ReloadError::Task(e.to_string()))??;
         budget::plan(&mut fresh, self.budget.limit)?;
         let mut next = lock(&self.config).clone();
         let mut changed = false;

@@ -292,7 +292,18 @@ fn write_service_keys(
 /// The servers of backend `b` as the forwarder writes them; the others noted.
 fn servers(b: &Proxy, notes: &mut Vec<Note>) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
+    let mut names = HashSet::new();
     for s in &b.servers {
+        if !names.insert(s.name.as_str()) {
+            notes.push(Note::new(
+                &s.line,
+                format!(
+                    "a second server named {:?} (HAProxy refuses it): skipped",
+                    s.name
+                ),
+            ));
+            continue;
+        }
         match server_addr(&s.addr) {
             Ok(a) if out.contains(&a) => {
                 notes.push(Note::new(&s.line, format!("{a} is listed twice: skipped")));

@@ -80,6 +80,7 @@ backend bk
   server c 10.0.0.3:6380 check
   server d localhost:6380 check inter 2s backup
   server e 10.0.0.6 check
+  server a 10.0.0.9:6380 check
 userlist admins
   user admin password x
 listen stats
@@ -108,9 +109,10 @@ listen stats
     assert!(at(24).why.contains("listed twice"));
     assert!(at(25).why.contains("differ") || at(25).why.contains("backup"));
     assert!(at(26).why.contains("no port"));
-    assert!(at(27).why.contains("section not translated"));
-    assert!(at(29).why.contains("no usable server"));
-    assert!(at(31).why.contains("HTTP"));
+    assert!(at(27).why.contains("second server named \"a\""));
+    assert!(at(28).why.contains("section not translated"));
+    assert!(at(30).why.contains("no usable server"));
+    assert!(at(32).why.contains("HTTP"));
     assert!(
         t.toml
             .contains("#   11: acl local src 10.0.0.0/8 -- not translated"),
