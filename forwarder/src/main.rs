@@ -212,8 +212,8 @@ fn admin_of(
     config: &std::path::Path,
     admin: Option<std::net::SocketAddr>,
 ) -> Option<(std::net::SocketAddr, Option<String>)> {
-    let from_config = match Config::load(config) {
-        Ok(cfg) => cfg.admin,
+    let from_config = match Config::load_admin(config) {
+        Ok(admin) => admin,
         Err(e) if admin.is_none() => {
             eprintln!("error: {e}");
             return None;

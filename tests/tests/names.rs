@@ -99,6 +99,10 @@ fn localhost_servers_and_sentinels_resolve_at_start() {
         c.cmd(&["GET", "k"]).unwrap(),
         Reply::Bulk(Some(b"v".to_vec()))
     );
+    // `forwarder status` finds the admin listener in that file without looking names up.
+    let status_config = format!("[admin]\nlisten = \"{}\"\n\n{moved}", f.admin);
+    let (code, err) = forwarder_exit("status", &status_config);
+    assert_eq!(code, 0, "forwarder status: {err}");
 
     // `forwarder check` shows each name and what it resolved to.
     let (code, out) = forwarder_check(&services.replace("{LISTEN}", "127.0.0.1:1"));

@@ -284,38 +284,66 @@ pub const MAX_FILE: u64 = 1 << 20;
 impl Config {
     /// Reads, parses and validates a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        use std::io::Read;
-        use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-        let err = |reason: String| ConfigError {
-            file: path.display().to_string(),
-            key: "-".into(),
-            reason,
-        };
-        let mut bytes = Vec::new();
-        // O_NONBLOCK: a FIFO must not hang the loader (a reload would block the signal task).
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(path)
-            .map_err(|e| err(format!("cannot read: {e}")))?;
-        let meta = file
-            .metadata()
-            .map_err(|e| err(format!("cannot read: {e}")))?;
-        if !meta.is_file() && !meta.file_type().is_char_device() {
-            return Err(err("not a regular file".into()));
-        }
-        file.take(MAX_FILE + 1)
-            .read_to_end(&mut bytes)
-            .map_err(|e| err(format!("cannot read: {e}")))?;
-        if bytes.len() as u64 > MAX_FILE {
-            return Err(err(format!(
-                "larger than {MAX_FILE} bytes: not a configuration file"
-            )));
-        }
-        let text = String::from_utf8(bytes).map_err(|_| err("not UTF-8 text".into()))?;
-        Config::parse(&text, path)
+        Config::parse(&read(path)?, path)
     }
 
+    /// The admin listener (and token) of the file at `path`, for the commands that talk to a
+    /// running daemon (`forwarder status`, `forwarder reload`): the services are not validated,
+    /// so no name is looked up (the daemon may be needed most when DNS is down).
+    pub fn load_admin(path: &Path) -> Result<Option<Admin>, ConfigError> {
+        let file = path.display().to_string();
+        let raw = raw::from_toml(&read(path)?, &file)?;
+        raw.admin
+            .map(|a| {
+                let listen = a.listen.trim().parse().map_err(|_| ConfigError {
+                    file: file.clone(),
+                    key: "admin.listen".into(),
+                    reason: format!("{:?} is not an IP:port address", a.listen),
+                })?;
+                Ok(Admin {
+                    listen,
+                    token: a.token,
+                })
+            })
+            .transpose()
+    }
+}
+
+/// A configuration file's text: a regular file (or a character device) of at most
+/// [`MAX_FILE`] bytes of UTF-8; a FIFO does not block.
+fn read(path: &Path) -> Result<String, ConfigError> {
+    use std::io::Read;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let err = |reason: String| ConfigError {
+        file: path.display().to_string(),
+        key: "-".into(),
+        reason,
+    };
+    let mut bytes = Vec::new();
+    // O_NONBLOCK: a FIFO must not hang the loader (a reload would block the signal task).
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| err(format!("cannot read: {e}")))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| err(format!("cannot read: {e}")))?;
+    if !meta.is_file() && !meta.file_type().is_char_device() {
+        return Err(err("not a regular file".into()));
+    }
+    file.take(MAX_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| err(format!("cannot read: {e}")))?;
+    if bytes.len() as u64 > MAX_FILE {
+        return Err(err(format!(
+            "larger than {MAX_FILE} bytes: not a configuration file"
+        )));
+    }
+    String::from_utf8(bytes).map_err(|_| err("not UTF-8 text".into()))
+}
+
+impl Config {
     /// Parses and validates configuration text, resolving host names; `path` is only used in
     /// error messages.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
