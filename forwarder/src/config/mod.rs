@@ -519,7 +519,7 @@ mod tests {
             (svc("'self.example:6379'", ""), "service[0].servers[0]", "own listen address (a loop)"),
             (svc("'twin.example:2', '10.0.0.1:2'", ""), "service[0].servers[1]", "listed twice"),
             (svc("'db.example:0'", ""), "service[0].servers[0]", "port 0"),
-            (svc("'db_example:1'", ""), "service[0].servers[0]", "neither IP:port nor host:port"),
+            (svc("'db_example:1'", ""), "service[0].servers[0]", "not an IP:port or host:port address"),
             (svc("'db.example:1'", "resolve_interval='500ms'\n"), "service[0].resolve_interval", "at least 1s"),
             (
                 svc("'10.0.0.1:1'", "[service.sentinel]\nmaster_name='m'\naddresses=['s1.example:1', 'nowhere.example:2']\n"),

@@ -467,7 +467,8 @@ impl Validator<'_> {
                     self.err(
                         &full,
                         format!(
-                            "{s:?} is neither IP:port nor host:port ({why}); e.g.                              \"10.0.0.3:6379\", \"[::1]:6379\", \"redis-1.example.com:6379\""
+                            "{s:?} is not an IP:port or host:port address ({why}); e.g. \
+                             \"10.0.0.3:6379\", \"[::1]:6379\", \"redis-1.example.com:6379\""
                         ),
                     )
                 })?;
