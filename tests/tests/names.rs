@@ -173,6 +173,16 @@ impl Hosts {
     /// `/etc/hosts`.
     fn wrapper(&self) -> Vec<String> {
         require("unshare", "util-linux");
+        let uid = std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .expect("run id -u");
+        assert_eq!(
+            String::from_utf8_lossy(&uid.stdout).trim(),
+            "0",
+            "this test mounts a hosts file in a private mount namespace (unshare --mount): run \
+             it as root (`cargo xtask test` as root does)"
+        );
         vec![
             "unshare".into(),
             "--mount".into(),
