@@ -5,14 +5,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use ipnet::IpNet;
-
+use crate::config::Allow;
 use crate::metrics::{Reject, ServiceStats};
 
 /// The admission rules of one service.
 #[derive(Debug)]
 pub struct Gate {
-    allow: Vec<IpNet>,
+    allow: Vec<Allow>,
     maxconn: u64,
     per_source: Option<u32>,
     /// The counters and the per-source counts: the service's, so they carry over a reload.
@@ -46,7 +45,7 @@ impl Gate {
     /// The rules of a service: `allow` (empty admits every source), `maxconn` sessions in all,
     /// at most `per_source` from one IP (`None`: no per-source limit), counted in `stats`.
     pub fn new(
-        allow: Vec<IpNet>,
+        allow: Vec<Allow>,
         maxconn: u32,
         per_source: Option<u32>,
         stats: Arc<ServiceStats>,
@@ -115,7 +114,7 @@ mod tests {
     use super::*;
 
     fn gate(allow: &[&str], maxconn: u32) -> Gate {
-        let allow = allow.iter().map(|s| s.parse().unwrap()).collect();
+        let allow = allow.iter().map(|s| Allow::parse(s).unwrap()).collect();
         Gate::new(allow, maxconn, None, Arc::default())
     }
 
@@ -142,7 +141,13 @@ mod tests {
 
     #[test]
     fn allow_list_v4_v6_and_mapped() {
-        let g = gate(&["127.0.0.1/32", "fd00::/8"], 10);
+        let g = gate(&["127.0.0.1/32", "fd00::/8", "10.0.0.5-10.0.0.9"], 10);
+        assert!(g.admit("10.0.0.9:5".parse().unwrap()).is_ok());
+        assert!(g.admit("[::ffff:10.0.0.5]:5".parse().unwrap()).is_ok());
+        assert_eq!(
+            g.admit("10.0.0.10:5".parse().unwrap()).unwrap_err(),
+            Reject::NotAllowed
+        );
         assert!(g.admit("127.0.0.1:5".parse().unwrap()).is_ok());
         assert_eq!(
             g.admit("127.0.0.2:5".parse().unwrap()).unwrap_err(),
@@ -150,7 +155,7 @@ mod tests {
         );
         assert!(g.admit("[fd00::1]:5".parse().unwrap()).is_ok());
         assert!(g.admit("[::ffff:127.0.0.1]:5".parse().unwrap()).is_ok());
-        assert_eq!(g.stats.rejected(Reject::NotAllowed), 1);
+        assert_eq!(g.stats.rejected(Reject::NotAllowed), 2);
     }
 
     #[test]

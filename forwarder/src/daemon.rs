@@ -1,7 +1,9 @@
 //! The daemon: turns a validated [`Config`] into running services, applies new configurations
 //! (SIGHUP, `POST /reload`) without dropping sessions, and drains on SIGTERM/SIGINT. What the
 //! admin listener may ask of it (status, readiness, server states, switchovers) is in
-//! [`control`].
+//! [`control`]; host names in the configuration are resolved again in [`names`].
+
+mod names;
 
 mod control;
 
@@ -38,6 +40,9 @@ pub enum ReloadError {
     /// New listen addresses that cannot be served, one line each (nothing was changed).
     #[error("{}", .0.join("; "))]
     Listen(Vec<String>),
+    /// The blocking task that read the file (resolving its names) did not finish.
+    #[error("reading the configuration failed: {0}")]
+    Task(String),
 }
 
 /// A running service: its configuration, runtime and checks.
@@ -218,12 +223,15 @@ impl Daemon {
             Err(e) => tracing::warn!(error = %e, "reading CLOCK_MONOTONIC for systemd"),
         }
         notify(&begin);
-        let result = Config::load(&self.path)
-            .map_err(ReloadError::from)
-            .and_then(|mut cfg| {
+        // Off the runtime's threads: validating resolves host names.
+        let path = self.path.clone();
+        let result = match tokio::task::spawn_blocking(move || Config::load(&path)).await {
+            Ok(loaded) => loaded.map_err(ReloadError::from).and_then(|mut cfg| {
                 budget::plan(&mut cfg, self.budget.limit)?;
-                self.apply(cfg)
-            });
+                self.apply(cfg, "reloaded")
+            }),
+            Err(e) => Err(ReloadError::Task(e.to_string())),
+        };
         let status = match &result {
             Ok(_) => "configuration reloaded".to_string(),
             Err(e) => format!("reload refused, the running configuration stays: {e}"),
@@ -239,8 +247,8 @@ impl Daemon {
     /// sessions go on), or changed (servers, checks, Sentinel, allow list, limits, timeouts: a new
     /// runtime takes the next clients; established sessions keep theirs). Every listener is
     /// bound before anything changes, so a port in use refuses the whole reload. The data path
-    /// and the admin listener need a restart.
-    fn apply(&self, new: Config) -> Result<String, ReloadError> {
+    /// and the admin listener need a restart. `what` starts the summary (`reloaded`).
+    fn apply(&self, new: Config, what: &str) -> Result<String, ReloadError> {
         let old = lock(&self.config).clone();
         let mut notes = Vec::new();
         if new.datapath != old.datapath {
@@ -298,6 +306,9 @@ impl Daemon {
             return Err(ReloadError::Listen(errors));
         }
         // Apply (the new runtimes already know the new set of listeners).
+        for svc in &new.service {
+            names::log_changes(old.service.iter().find(|o| o.name == svc.name), svc);
+        }
         *lock(&self.config) = new.clone();
         let mut next = Vec::with_capacity(steps.len());
         let mut taken = vec![false; live.len()];
@@ -347,7 +358,7 @@ impl Daemon {
         *live = next;
         drop(live);
         let summary = format!(
-            "reloaded: {kept} unchanged, {swapped} changed, {added} added, {removed} removed{}",
+            "{what}: {kept} unchanged, {swapped} changed, {added} added, {removed} removed{}",
             notes.iter().map(|n| format!("; {n}")).collect::<String>()
         );
         tracing::info!("{summary}");
@@ -419,6 +430,9 @@ pub async fn run(cfg: Config, budget: Budget, path: PathBuf, bound: Bound) -> an
         reloading: tokio::sync::Mutex::new(()),
         admin_states: Mutex::new(HashMap::new()),
     });
+    for svc in &cfg.service {
+        names::log_changes(None, svc);
+    }
     let live = cfg
         .service
         .iter()
@@ -448,6 +462,7 @@ pub async fn run(cfg: Config, budget: Budget, path: PathBuf, bound: Bound) -> an
             }
         });
     }
+    tokio::spawn(names::follow(Arc::clone(&daemon)));
 
     // systemd (Type=notify): ready now that every listener is bound and the checks run. Without
     // NOTIFY_SOCKET these are no-ops.

@@ -6,8 +6,8 @@
 //! `router` (the decider's master as a route with a cut token), `service` (a service's runtime:
 //! where a client goes, when it gives up, binding its listeners), `datapath` (accepting,
 //! connecting, moving bytes), `status` (one typed status model and its renderers), `admin`
-//! (HTTP, through [`admin::Control`] only), `daemon` (wiring, reload, signals), `privileges`.
-//! `unsafe` is denied except in the modules that make syscalls.
+//! (HTTP, through [`admin::Control`] only), `daemon` (wiring, reload, signals), `privileges`; beside them
+//! `import` (haproxy.cfg -> forwarder TOML). `unsafe` is denied except in the modules that make syscalls.
 
 #![deny(unsafe_code)]
 
@@ -17,6 +17,7 @@ pub mod budget;
 pub mod config;
 pub mod daemon;
 pub mod datapath;
+pub mod import;
 pub mod metrics;
 pub mod privileges;
 pub mod router;

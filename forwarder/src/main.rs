@@ -1,4 +1,4 @@
-//! `forwarder run|check|status|reload|server|switchover --config FILE`.
+//! `forwarder run|check|status|reload|server|switchover --config FILE`, `forwarder import-haproxy FILE`.
 
 #![forbid(unsafe_code)]
 
@@ -87,12 +87,19 @@ enum Command {
         #[arg(long)]
         admin: Option<std::net::SocketAddr>,
     },
+    /// Translate an haproxy.cfg into a forwarder configuration (printed on stdout), listing
+    /// every directive it could not translate, with its line, in a comment block at the end.
+    ImportHaproxy {
+        /// The haproxy.cfg to read.
+        file: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match cli.command {
+        Command::ImportHaproxy { file } => import_haproxy(&file),
         Command::Check { config } => match checked(&config) {
             Ok((cfg, budget)) => {
                 println!(
@@ -198,6 +205,45 @@ fn post(
     }
 }
 
+/// Prints the translation of haproxy.cfg `file`: exit 0 when there is one (warning on stderr
+/// when it does not pass `forwarder check` as is), 2 when there is none.
+fn import_haproxy(file: &std::path::Path) -> ExitCode {
+    use std::io::Read;
+    let mut text = Vec::new();
+    let read =
+        std::fs::File::open(file).and_then(|f| f.take(config::MAX_FILE + 1).read_to_end(&mut text));
+    if let Err(e) = read {
+        eprintln!("error: {}: cannot read: {e}", file.display());
+        return ExitCode::from(2);
+    }
+    if text.len() as u64 > config::MAX_FILE {
+        eprintln!(
+            "error: {}: larger than {} bytes",
+            file.display(),
+            config::MAX_FILE
+        );
+        return ExitCode::from(2);
+    }
+    match forwarder::import::translate(&String::from_utf8_lossy(&text)) {
+        Ok(t) => {
+            print!("{}", t.toml);
+            eprintln!(
+                "{} service(s) translated, {} directive(s) not translated (listed at the end)",
+                t.services,
+                t.notes.len()
+            );
+            if let Err(e) = Config::parse(&t.toml, std::path::Path::new("<translation>")) {
+                eprintln!("warning: the translation does not pass `forwarder check` as is: {e}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {}: {e}", file.display());
+            ExitCode::from(2)
+        }
+    }
+}
+
 /// Loads the configuration and plans it for this process's open-file limit.
 fn checked(path: &std::path::Path) -> anyhow::Result<(Config, forwarder::budget::Budget)> {
     let mut cfg = Config::load(path)?;
@@ -225,8 +271,8 @@ fn admin_of(
     config: &std::path::Path,
     admin: Option<std::net::SocketAddr>,
 ) -> Option<(std::net::SocketAddr, Option<String>)> {
-    let from_config = match Config::load(config) {
-        Ok(cfg) => cfg.admin,
+    let from_config = match Config::load_admin(config) {
+        Ok(admin) => admin,
         Err(e) if admin.is_none() => {
             eprintln!("error: {e}");
             return None;

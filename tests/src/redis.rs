@@ -11,6 +11,8 @@ use crate::{free_port, require, wait_until, Conn, Proc, Reply};
 pub struct Redis {
     /// Its port on 127.0.0.1 (kept to restart it on the same one with [`Redis::start_on`]).
     pub port: u16,
+    /// The loopback address it listens on (127.0.0.1 unless started with [`Redis::start_at`]).
+    ip: Ipv4Addr,
     proc: Proc,
     _dir: tempfile::TempDir,
 }
@@ -27,7 +29,7 @@ impl Redis {
         let bin = require("redis-server", "redis-server");
         for _ in 0..20 {
             let port = free_port();
-            if let Some(r) = Redis::try_start(&bin, port, extra) {
+            if let Some(r) = Redis::try_start(&bin, Ipv4Addr::LOCALHOST, port, extra) {
                 return r;
             }
         }
@@ -51,9 +53,15 @@ impl Redis {
 
     /// Starts a server on `port` (e.g. to restart one that was killed).
     pub fn start_on(port: u16, extra: &[&str]) -> Redis {
+        Redis::start_at(Ipv4Addr::LOCALHOST, port, extra)
+    }
+
+    /// Starts a server on `ip:port`, `ip` any loopback address (e.g. two servers on one port
+    /// at 127.0.0.2 and 127.0.0.3, for a name that moves from one to the other).
+    pub fn start_at(ip: Ipv4Addr, port: u16, extra: &[&str]) -> Redis {
         let bin = require("redis-server", "redis-server");
         for _ in 0..50 {
-            if let Some(r) = Redis::try_start(&bin, port, extra) {
+            if let Some(r) = Redis::try_start(&bin, ip, port, extra) {
                 return r;
             }
             // Pacing: the port of a killed server may still be in use for a moment; retry.
@@ -62,14 +70,15 @@ impl Redis {
         panic!("redis-server did not start on port {port}");
     }
 
-    fn try_start(bin: &PathBuf, port: u16, extra: &[&str]) -> Option<Redis> {
+    fn try_start(bin: &PathBuf, ip: Ipv4Addr, port: u16, extra: &[&str]) -> Option<Redis> {
         let dir = tempfile::tempdir().expect("tempdir");
         let port_s = port.to_string();
+        let ip_s = ip.to_string();
         let mut args = vec![
             "--port",
             &port_s,
             "--bind",
-            "127.0.0.1",
+            &ip_s,
             "--save",
             "",
             "--appendonly",
@@ -86,7 +95,7 @@ impl Redis {
             .spawn()
             .expect("spawn redis-server");
         let mut proc = Proc { child: Some(child) };
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let addr = SocketAddr::from((ip, port));
         let up = wait_until(Duration::from_secs(5), || {
             if proc.wait_exit(Duration::ZERO).is_some() {
                 return true;
@@ -106,14 +115,15 @@ impl Redis {
         }
         Some(Redis {
             port,
+            ip,
             proc,
             _dir: dir,
         })
     }
 
-    /// `127.0.0.1:port`.
+    /// `127.0.0.1:port` (or the address given to [`Redis::start_at`]).
     pub fn addr(&self) -> SocketAddr {
-        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+        SocketAddr::from((self.ip, self.port))
     }
 
     /// Runs one command on a fresh direct connection.
@@ -135,7 +145,7 @@ impl Redis {
     /// ONE`); panics unless Redis says OK. Does not wait for the sync.
     pub fn replicaof(&self, master: Option<&Redis>) {
         let r = match master {
-            Some(m) => self.cmd(&["REPLICAOF", "127.0.0.1", &m.port.to_string()]),
+            Some(m) => self.cmd(&["REPLICAOF", &m.ip.to_string(), &m.port.to_string()]),
             None => self.cmd(&["REPLICAOF", "NO", "ONE"]),
         };
         assert_eq!(r, Reply::Simple("OK".into()), "REPLICAOF on {}", self.port);

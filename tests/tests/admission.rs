@@ -41,6 +41,45 @@ fn allow_list_rejects_unknown_sources_and_counts_them() {
 }
 
 #[test]
+fn an_allow_range_admits_inside_and_refuses_outside() {
+    let r = Redis::start();
+    let services = format!(
+        "{}{}",
+        Service::redis("out", &[r.addr()]).lines("allow = [\"127.0.0.2-127.0.0.9\"]"),
+        Service::redis("in", &[r.addr()]).lines("allow = [\"127.0.0.0-127.0.0.1\"]"),
+    );
+    let f = Forwarder::start(&services);
+    assert!(wait_until(Duration::from_secs(10), || f
+        .master("out")
+        .is_some()
+        && f.master("in").is_some()));
+    // 127.0.0.1 is below the first range and the end of the second.
+    let mut denied = Conn::open(f.listen[0]).unwrap();
+    assert!(
+        denied.cmd(&["PING"]).is_err(),
+        "a client from 127.0.0.1 was served"
+    );
+    assert!(wait_until(Duration::from_secs(5), || f.counter(
+        "out",
+        "rejected",
+        "not_allowed"
+    ) == 1));
+    let mut admitted = Conn::open(f.listen[1]).unwrap();
+    assert_eq!(
+        admitted.cmd(&["PING"]).unwrap(),
+        Reply::Simple("PONG".into())
+    );
+    // Both ends of the first range are inside it.
+    for last in [2, 9] {
+        let s = connect_from(Ipv4Addr::new(127, 0, 0, last), f.listen[0]).expect("connect");
+        let mut ok = Conn::from_stream(s).unwrap();
+        assert_eq!(ok.cmd(&["PING"]).unwrap(), Reply::Simple("PONG".into()));
+    }
+    assert_eq!(f.counter("out", "rejected", "not_allowed"), 1);
+    assert_eq!(f.counter("in", "rejected", "not_allowed"), 0);
+}
+
+#[test]
 fn maxconn_rejects_the_next_client_cleanly() {
     let r = Redis::start();
     let f = Forwarder::start(&service(&r, "maxconn = 2"));

@@ -61,6 +61,11 @@ const E2E_FILES: &[(&str, Runs)] = &[
     ("operate", Runs::PerMode),
     // SIGTERM drain of sessions, metrics of the traffic, capabilities kept per path.
     ("ops", Runs::PerMode),
+    // `forwarder import-haproxy`: the translation checked and run once.
+    ("import", Runs::Once),
+    // Host names resolved and followed (in a private mount namespace with its own hosts file):
+    // the configuration and the daemon, not the data path.
+    ("names", Runs::Once),
     // Clients held while there is no master, and the queue timeout: each path's front.
     ("queue", Runs::PerMode),
     // Sessions routed to the master and cut when it changes.

@@ -12,15 +12,19 @@
 //! Every error names the file, the key path (`service[1].timeout.connect`) and the reason, so an
 //! operator can fix the file without reading code.
 
+mod allow;
+mod names;
 mod raw;
 mod validate;
+
+pub use allow::Allow;
+pub use names::Resolved;
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 /// A configuration that failed to load: where and why.
@@ -84,6 +88,10 @@ pub struct Config {
     pub process: Process,
     /// The `[[service]]` tables, in file order; at least one, with distinct names.
     pub service: Vec<Service>,
+    /// The text it was validated from: the daemon validates it again to resolve names again
+    /// (not the file, which may have changed since).
+    #[serde(skip)]
+    pub source: std::sync::Arc<str>,
 }
 
 /// Who the daemon runs as once its listeners are bound.
@@ -139,10 +147,11 @@ pub struct Service {
     /// Let other processes listen on the same address (SO_REUSEPORT); by default a listen
     /// address another process serves is a startup (or reload) error.
     pub share_listen: bool,
-    /// Known servers; with Sentinel, more are discovered (`SENTINEL replicas`).
+    /// Known servers (names resolved, see `resolved`); with Sentinel, more are discovered
+    /// (`SENTINEL replicas`).
     pub servers: Vec<SocketAddr>,
-    /// Source networks allowed to connect; empty means everyone.
-    pub allow: Vec<IpNet>,
+    /// Source networks and address ranges allowed to connect; empty means everyone.
+    pub allow: Vec<Allow>,
     /// Sessions (queued included); for `maxconn = "auto"`, set from the descriptor budget at
     /// start (see `budget`) and 0 until then.
     pub maxconn: u32,
@@ -162,6 +171,13 @@ pub struct Service {
     /// `[service.sentinel]`: the Sentinels that name the master; `None` to route to the one
     /// server whose check passes.
     pub sentinel: Option<Sentinel>,
+    /// The servers and Sentinels written as `host:port`, with what they resolved to (the
+    /// addresses in `servers` and `sentinel.addresses` are these).
+    pub resolved: Vec<Resolved>,
+    /// How often the daemon resolves the names again (30s by default; nothing to do without
+    /// names).
+    #[serde(with = "humantime_serde")]
+    pub resolve_interval: Duration,
 }
 
 /// The most sessions one service may be given, explicitly or by `"auto"`.
@@ -275,43 +291,82 @@ pub const MAX_FILE: u64 = 1 << 20;
 impl Config {
     /// Reads, parses and validates a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        use std::io::Read;
-        use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-        let err = |reason: String| ConfigError {
-            file: path.display().to_string(),
-            key: "-".into(),
-            reason,
-        };
-        let mut bytes = Vec::new();
-        // O_NONBLOCK: a FIFO must not hang the loader (a reload would block the signal task).
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(path)
-            .map_err(|e| err(format!("cannot read: {e}")))?;
-        let meta = file
-            .metadata()
-            .map_err(|e| err(format!("cannot read: {e}")))?;
-        if !meta.is_file() && !meta.file_type().is_char_device() {
-            return Err(err("not a regular file".into()));
-        }
-        file.take(MAX_FILE + 1)
-            .read_to_end(&mut bytes)
-            .map_err(|e| err(format!("cannot read: {e}")))?;
-        if bytes.len() as u64 > MAX_FILE {
-            return Err(err(format!(
-                "larger than {MAX_FILE} bytes: not a configuration file"
-            )));
-        }
-        let text = String::from_utf8(bytes).map_err(|_| err("not UTF-8 text".into()))?;
-        Config::parse(&text, path)
+        Config::parse(&read(path)?, path)
     }
 
-    /// Parses and validates configuration text; `path` is only used in error messages.
+    /// The admin listener (and token) of the file at `path`, for the commands that talk to a
+    /// running daemon (`forwarder status`, `forwarder reload`): the services are not validated,
+    /// so no name is looked up (the daemon may be needed most when DNS is down).
+    pub fn load_admin(path: &Path) -> Result<Option<Admin>, ConfigError> {
+        let file = path.display().to_string();
+        let raw = raw::from_toml(&read(path)?, &file)?;
+        raw.admin
+            .map(|a| {
+                let listen = a.listen.trim().parse().map_err(|_| ConfigError {
+                    file: file.clone(),
+                    key: "admin.listen".into(),
+                    reason: format!("{:?} is not an IP:port address", a.listen),
+                })?;
+                Ok(Admin {
+                    listen,
+                    token: a.token,
+                })
+            })
+            .transpose()
+    }
+}
+
+/// A configuration file's text: a regular file (or a character device) of at most
+/// [`MAX_FILE`] bytes of UTF-8; a FIFO does not block.
+fn read(path: &Path) -> Result<String, ConfigError> {
+    use std::io::Read;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let err = |reason: String| ConfigError {
+        file: path.display().to_string(),
+        key: "-".into(),
+        reason,
+    };
+    let mut bytes = Vec::new();
+    // O_NONBLOCK: a FIFO must not hang the loader (a reload would block the signal task).
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| err(format!("cannot read: {e}")))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| err(format!("cannot read: {e}")))?;
+    if !meta.is_file() && !meta.file_type().is_char_device() {
+        return Err(err("not a regular file".into()));
+    }
+    file.take(MAX_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| err(format!("cannot read: {e}")))?;
+    if bytes.len() as u64 > MAX_FILE {
+        return Err(err(format!(
+            "larger than {MAX_FILE} bytes: not a configuration file"
+        )));
+    }
+    String::from_utf8(bytes).map_err(|_| err("not UTF-8 text".into()))
+}
+
+impl Config {
+    /// Parses and validates configuration text, resolving host names; `path` is only used in
+    /// error messages.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        Config::parse_resolving(text, path, &names::system)
+    }
+
+    fn parse_resolving(
+        text: &str,
+        path: &Path,
+        resolve: names::Resolver<'_>,
+    ) -> Result<Config, ConfigError> {
         let file = path.display().to_string();
         let raw = raw::from_toml(text, &file)?;
-        validate::config(raw, file)
+        let mut cfg = validate::config(raw, file, resolve)?;
+        cfg.source = text.into();
+        Ok(cfg)
     }
 
     /// The effective configuration as TOML (what `forwarder check` prints).
@@ -418,5 +473,99 @@ mod tests {
             assert!(e.key.starts_with(key), "{e} (wanted key {key})");
             assert!(e.reason.contains(reason), "{e} (wanted {reason})");
         }
+    }
+
+    /// A resolver that knows a few made-up names.
+    fn fake(host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+        let ips: &[&str] = match host {
+            "db.example" => &["10.0.0.9", "10.0.0.3"],
+            "db6.example" => &["fd00::7"],
+            "twin.example" => &["10.0.0.1"],
+            "zero.example" => &["0.0.0.0"],
+            "self.example" => &["127.0.0.1"],
+            "s1.example" => &["10.0.1.1"],
+            _ => return Err(std::io::Error::other("Name or service not known")),
+        };
+        Ok(ips
+            .iter()
+            .map(|ip| SocketAddr::new(ip.parse().unwrap(), port))
+            .collect())
+    }
+
+    fn parse_fake(s: &str) -> Result<Config, ConfigError> {
+        Config::parse_resolving(s, Path::new("test.toml"), &fake)
+    }
+
+    #[test]
+    fn names_resolve_to_the_first_sorted_address() {
+        let c = parse_fake(
+            "[[service]]\nname='a'\nlisten='127.0.0.1:1'\nresolve_interval='5s'\n\
+             servers=['db.example:6379', '10.0.0.1:6379', 'db6.example:6380']\n\
+             [service.sentinel]\nmaster_name='m'\naddresses=['s1.example:26379']\n",
+        )
+        .unwrap();
+        let s = &c.service[0];
+        let addrs: Vec<String> = s.servers.iter().map(|a| a.to_string()).collect();
+        assert_eq!(addrs, ["10.0.0.3:6379", "10.0.0.1:6379", "[fd00::7]:6380"]);
+        assert_eq!(
+            s.sentinel.as_ref().unwrap().addresses[0].to_string(),
+            "10.0.1.1:26379"
+        );
+        let keys: Vec<&str> = s.resolved.iter().map(|r| r.key.as_str()).collect();
+        assert_eq!(keys, ["servers[0]", "servers[2]", "sentinel.addresses[0]"]);
+        assert_eq!(s.resolved[0].name, "db.example:6379");
+        assert_eq!(s.resolved[0].addresses.len(), 2);
+        assert!(s.resolved[0].is_server() && !s.resolved[2].is_server());
+        assert_eq!(s.resolve_interval, Duration::from_secs(5));
+        // `forwarder check` shows each name and what it resolved to.
+        let text = c.to_toml();
+        assert!(
+            text.contains("db.example:6379") && text.contains("10.0.0.9:6379"),
+            "{text}"
+        );
+        // Without names, the interval is only a default.
+        let plain =
+            parse_fake("[[service]]\nname='a'\nlisten='127.0.0.1:1'\nservers=['10.0.0.1:2']\n")
+                .unwrap();
+        assert!(plain.service[0].resolved.is_empty());
+    }
+
+    #[test]
+    fn names_that_cannot_be_used_are_errors_naming_the_key() {
+        let svc = |servers: &str, extra: &str| {
+            format!("[[service]]\nname='a'\nlisten='127.0.0.1:6379'\nservers=[{servers}]\n{extra}")
+        };
+        let cases = [
+            (svc("'nowhere.example:6379'", ""), "service[0].servers[0]", "cannot resolve \"nowhere.example\""),
+            (svc("'10.0.0.1:1', 'zero.example:6379'", ""), "service[0].servers[1]", "0.0.0.0 (resolved from \"zero.example:6379\") is no host"),
+            (svc("'self.example:6379'", ""), "service[0].servers[0]", "own listen address (a loop)"),
+            (svc("'twin.example:2', '10.0.0.1:2'", ""), "service[0].servers[1]", "listed twice"),
+            (svc("'db.example:0'", ""), "service[0].servers[0]", "port 0"),
+            (svc("'db_example:1'", ""), "service[0].servers[0]", "not an IP:port or host:port address"),
+            (svc("'db.example:1'", "resolve_interval='500ms'\n"), "service[0].resolve_interval", "at least 1s"),
+            (
+                svc("'10.0.0.1:1'", "[service.sentinel]\nmaster_name='m'\naddresses=['s1.example:1', 'nowhere.example:2']\n"),
+                "service[0].sentinel.addresses[1]",
+                "cannot resolve",
+            ),
+        ];
+        for (text, key, reason) in cases {
+            let e = parse_fake(&text).expect_err(&text);
+            assert_eq!(e.key, key, "{e}");
+            assert!(e.reason.contains(reason), "{e} (wanted {reason})");
+        }
+    }
+
+    #[test]
+    fn allow_ranges_are_checked_and_rendered() {
+        let base = "[[service]]\nname='a'\nlisten='127.0.0.1:1'\nservers=['127.0.0.1:2']\n";
+        let c = parse(&format!("{base}allow=['10.0.0.5-10.0.0.9', '::1']\n")).unwrap();
+        assert!(c.to_toml().contains("10.0.0.5-10.0.0.9"));
+        let e = parse(&format!(
+            "{base}allow=['10.0.0.0/8', '10.0.0.9-10.0.0.1']\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "service[0].allow[1]");
+        assert!(e.reason.contains("ends before it starts"), "{e}");
     }
 }

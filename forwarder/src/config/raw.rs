@@ -67,6 +67,7 @@ pub(super) struct RawService {
     #[serde(default)]
     pub(super) check: RawCheck,
     pub(super) sentinel: Option<RawSentinel>,
+    pub(super) resolve_interval: Option<String>,
 }
 
 /// `maxconn = 4000` or `maxconn = "auto"`.

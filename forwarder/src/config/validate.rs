@@ -10,22 +10,23 @@ use std::collections::HashSet;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use ipnet::IpNet;
-
+use super::names::{self, Resolved, Resolver};
 use super::raw::{RawCheck, RawConfig, RawMaxconn, RawProcess, RawSentinel, RawService};
 use super::{
-    local_ips, Admin, Check, CheckKind, Config, ConfigError, Datapath, Mode, OnMasterChange,
+    local_ips, Admin, Allow, Check, CheckKind, Config, ConfigError, Datapath, Mode, OnMasterChange,
     Process, Sentinel, Service, Timeouts, MAX_MAXCONN,
 };
 
-/// Validates `raw`, read from `file` (which only goes into error messages).
-pub(super) fn config(raw: RawConfig, file: String) -> Res<Config> {
-    Validator { file }.config(raw)
+/// Validates `raw`, read from `file` (which only goes into error messages), resolving host names
+/// with `resolve`.
+pub(super) fn config(raw: RawConfig, file: String, resolve: Resolver<'_>) -> Res<Config> {
+    Validator { file, resolve }.config(raw)
 }
 
-/// Makes the errors: it knows the file they are about.
-struct Validator {
+/// Makes the errors (it knows the file they are about) and resolves names.
+struct Validator<'a> {
     file: String,
+    resolve: Resolver<'a>,
 }
 
 type Res<T> = Result<T, ConfigError>;
@@ -41,8 +42,10 @@ const MAX_DURATION: Duration = Duration::from_secs(24 * 24 * 3600);
 const MAX_CHECK_INTERVAL: Duration = Duration::from_secs(3600);
 /// The default cap on servers learnt from Sentinels.
 const DEFAULT_MAX_DISCOVERED: usize = 32;
+/// How often host names are resolved again by default.
+const DEFAULT_RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
 
-impl Validator {
+impl Validator<'_> {
     fn err(&self, key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
         ConfigError {
             file: self.file.clone(),
@@ -128,6 +131,7 @@ impl Validator {
             admin,
             process: self.process(raw.process)?,
             service: services,
+            source: std::sync::Arc::from(""),
         })
     }
 
@@ -168,9 +172,10 @@ impl Validator {
                 "at least one server is required (or a [service.sentinel] to discover them)",
             ));
         }
+        let mut resolved = Vec::new();
         let mut servers = Vec::with_capacity(s.servers.len());
         for (j, srv) in s.servers.iter().enumerate() {
-            let addr = self.peer_addr(&format!("{key}.servers[{j}]"), srv)?;
+            let addr = self.peer(key, &format!("servers[{j}]"), srv, &mut resolved)?;
             if servers.contains(&addr) {
                 return Err(self.err(
                     format!("{key}.servers[{j}]"),
@@ -187,7 +192,7 @@ impl Validator {
         }
         let mut allow = Vec::new();
         for (j, cidr) in s.allow.unwrap_or_default().iter().enumerate() {
-            allow.push(self.cidr(&format!("{key}.allow[{j}]"), cidr)?);
+            allow.push(self.allow(&format!("{key}.allow[{j}]"), cidr)?);
         }
         let (maxconn, maxconn_auto) = match s.maxconn {
             None => (0, true),
@@ -231,9 +236,17 @@ impl Validator {
         };
         let check = self.check(&format!("{key}.check"), s.check)?;
         let sentinel = match s.sentinel {
-            Some(raw) => Some(self.sentinel(&format!("{key}.sentinel"), raw)?),
+            Some(raw) => Some(self.sentinel(key, raw, &mut resolved)?),
             None => None,
         };
+        let resolve_interval = self.dur(
+            &format!("{key}.resolve_interval"),
+            &s.resolve_interval,
+            DEFAULT_RESOLVE_INTERVAL,
+        )?;
+        if resolve_interval < Duration::from_secs(1) {
+            return Err(self.err(format!("{key}.resolve_interval"), "at least 1s"));
+        }
         Ok(Service {
             name,
             listen,
@@ -250,6 +263,8 @@ impl Validator {
             timeout,
             check,
             sentinel,
+            resolved,
+            resolve_interval,
         })
     }
 
@@ -348,7 +363,14 @@ impl Validator {
         })
     }
 
-    fn sentinel(&self, key: &str, s: RawSentinel) -> Res<Sentinel> {
+    /// `[service.sentinel]` of the service at `service` (its key, `service[0]`).
+    fn sentinel(
+        &self,
+        service: &str,
+        s: RawSentinel,
+        resolved: &mut Vec<Resolved>,
+    ) -> Res<Sentinel> {
+        let key = &format!("{service}.sentinel");
         if s.addresses.is_empty() {
             return Err(self.err(
                 format!("{key}.addresses"),
@@ -357,7 +379,7 @@ impl Validator {
         }
         let mut addresses = Vec::new();
         for (j, a) in s.addresses.iter().enumerate() {
-            let addr = self.peer_addr(&format!("{key}.addresses[{j}]"), a)?;
+            let addr = self.peer(service, &format!("sentinel.addresses[{j}]"), a, resolved)?;
             // One Sentinel listed twice would count twice toward the quorum.
             if addresses.contains(&addr) {
                 return Err(self.err(
@@ -430,11 +452,53 @@ impl Validator {
         Ok(a)
     }
 
-    /// An address to connect to: a unicast address of one host.
-    fn peer_addr(&self, key: &str, s: &str) -> Res<SocketAddr> {
-        let a = self.listen_addr(key, s)?;
+    /// An address to connect to, `IP:port` or `host:port` (resolved now, recorded in
+    /// `resolved`): a unicast address of one host. `key` is the key within the service at
+    /// `service`.
+    fn peer(
+        &self,
+        service: &str,
+        key: &str,
+        s: &str,
+        resolved: &mut Vec<Resolved>,
+    ) -> Res<SocketAddr> {
+        let full = format!("{service}.{key}");
+        let text = s.trim();
+        let a = match text.parse::<SocketAddr>() {
+            Ok(_) => self.addr(&full, text)?,
+            Err(_) => {
+                let (host, port) = names::split(text).map_err(|why| {
+                    self.err(
+                        &full,
+                        format!(
+                            "{s:?} is not an IP:port or host:port address ({why}); e.g. \
+                             \"10.0.0.3:6379\", \"[::1]:6379\", \"redis-1.example.com:6379\""
+                        ),
+                    )
+                })?;
+                if port == 0 {
+                    return Err(self.err(&full, "port 0 is not a port to use"));
+                }
+                let addresses =
+                    names::resolve(self.resolve, host, port).map_err(|why| self.err(&full, why))?;
+                resolved.push(Resolved {
+                    key: key.to_string(),
+                    name: text.to_string(),
+                    address: addresses[0],
+                    addresses,
+                });
+                resolved[resolved.len() - 1].address
+            }
+        };
+        let what = |a: SocketAddr| match resolved.last().filter(|r| r.key == key) {
+            Some(r) => format!("{} (resolved from {:?})", a.ip(), r.name),
+            None => a.ip().to_string(),
+        };
+        if a.ip().is_multicast() || a.ip() == Ipv4Addr::BROADCAST {
+            return Err(self.err(&full, format!("{} is not a unicast address", what(a))));
+        }
         if a.ip().is_unspecified() {
-            return Err(self.err(key, format!("{} is no host to connect to", a.ip())));
+            return Err(self.err(&full, format!("{} is no host to connect to", what(a))));
         }
         Ok(a)
     }
@@ -488,20 +552,8 @@ impl Validator {
         Ok(())
     }
 
-    fn cidr(&self, key: &str, s: &str) -> Res<IpNet> {
-        let s = s.trim();
-        // A bare address means that one host.
-        if let Ok(ip) = s.parse::<std::net::IpAddr>() {
-            return Ok(IpNet::from(ip));
-        }
-        s.parse::<IpNet>().map_err(|_| {
-            self.err(
-                key,
-                format!(
-                    "{s:?} is not a CIDR network (e.g. \"10.0.0.0/8\", \"::1/128\") or address"
-                ),
-            )
-        })
+    fn allow(&self, key: &str, s: &str) -> Res<Allow> {
+        Allow::parse(s).map_err(|reason| self.err(key, reason))
     }
 
     fn parse_dur(&self, key: &str, s: &str) -> Res<Duration> {

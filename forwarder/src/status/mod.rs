@@ -132,6 +132,10 @@ pub struct SentinelNodeStatus {
 pub struct ServerStatus {
     /// The server, `ip:port`.
     pub addr: String,
+    /// The `host:port` it was written as in `servers`, when a name (`addr` is what it resolved
+    /// to).
+    #[serde(default)]
+    pub name: Option<String>,
     /// `up`, `down`, `rising` or `falling` (see [`health::ServerState::as_str`]).
     pub state: String,
     /// Whether it is routable: `up` or `falling`.
@@ -200,6 +204,11 @@ impl ServiceStatus {
                 .into_iter()
                 .map(|s| ServerStatus {
                     addr: s.addr.to_string(),
+                    name: config
+                        .resolved
+                        .iter()
+                        .find(|r| r.is_server() && r.address == s.addr)
+                        .map(|r| r.name.clone()),
                     state: s.state.as_str().to_string(),
                     up: s.state.is_up(),
                     role: s.role.map(|r| r.as_str().to_string()),
@@ -229,6 +238,7 @@ mod tests {
     fn sample() -> Status {
         let server = |addr: &str, up: bool, role: &str, reason: Option<&str>| ServerStatus {
             addr: addr.into(),
+            name: None,
             state: if up { "up" } else { "down" }.into(),
             up,
             role: Some(role.into()),
