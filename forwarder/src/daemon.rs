@@ -71,6 +71,8 @@ pub struct Daemon {
     retiring: Mutex<Vec<Arc<ServiceHandle>>>,
     /// One reload at a time.
     reloading: tokio::sync::Mutex<()>,
+    /// When the daemon started (the uptime in `/status`).
+    started: std::time::Instant,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -87,6 +89,8 @@ impl admin::Control for Daemon {
             })
             .collect();
         Status {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            uptime_ms: self.started.elapsed().as_millis(),
             datapath: self.datapath.name().to_string(),
             datapath_fallback: self.fallback.clone(),
             bpf: self.datapath.bpf_totals().map(|t| BpfTotals {
@@ -415,6 +419,7 @@ pub async fn run(cfg: Config, budget: Budget, path: PathBuf, bound: Bound) -> an
         live: Mutex::new(Vec::new()),
         retiring: Mutex::new(Vec::new()),
         reloading: tokio::sync::Mutex::new(()),
+        started: std::time::Instant::now(),
     });
     let live = cfg
         .service
@@ -426,13 +431,16 @@ pub async fn run(cfg: Config, budget: Budget, path: PathBuf, bound: Bound) -> an
 
     if let Some(l) = admin_listener {
         tracing::info!(listen = %l.local_addr()?, "admin listening");
-        let token = cfg.admin.as_ref().and_then(|a| a.token.clone());
+        let tokens = admin::auth::Tokens {
+            full: cfg.admin.as_ref().and_then(|a| a.token.clone()),
+            read: cfg.admin.as_ref().and_then(|a| a.read_token.clone()),
+        };
         let global = Arc::clone(&daemon.global);
         tokio::spawn(admin::serve(
             l,
             Arc::clone(&daemon),
             global,
-            token,
+            tokens,
             shutdown.clone(),
         ));
     }

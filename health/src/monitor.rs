@@ -23,6 +23,11 @@ pub struct ServerStatus {
     pub addr: SocketAddr,
     /// Where the server stands in rise/fall (routable while [`ServerState::is_up`]).
     pub state: ServerState,
+    /// When `state` last changed (up, down, rising, falling), or the server was added.
+    pub state_since: Instant,
+    /// The last check failed only in that the server answered as a replica (the reply the
+    /// failed step got says `role:replica`): a healthy standby, not a broken server.
+    pub standby: bool,
     /// Whether the last check that ran passed; `None` before the first one.
     pub last_ok: Option<bool>,
     /// Why the last check failed; `None` when it passed or none has run.
@@ -225,6 +230,8 @@ fn add_server(shared: &Arc<Shared>, addr: SocketAddr) {
         inner.servers.push(ServerStatus {
             addr,
             state: ServerState::Down,
+            state_since: Instant::now(),
+            standby: false,
             last_ok: None,
             last_reason: None,
             last_check: None,
@@ -333,7 +340,12 @@ async fn check_loop(
         {
             let mut inner = lock(&shared.inner);
             if let Some(s) = inner.servers.get_mut(index) {
+                if s.state.as_str() != health.state().as_str() {
+                    s.state_since = Instant::now();
+                }
                 s.state = health.state();
+                s.standby = !report.ok
+                    && info::reply_role(&report.partial).is_ok_and(|r| r == Role::Replica);
                 s.last_ok = Some(report.ok);
                 s.last_reason.clone_from(&report.reason);
                 s.last_check = Some(SystemTime::now());

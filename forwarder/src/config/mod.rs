@@ -122,10 +122,15 @@ impl Datapath {
 pub struct Admin {
     /// Where it listens; must not overlap a service's listen address.
     pub listen: SocketAddr,
-    /// When set, every admin request needs `Authorization: Bearer <token>` (at least 16
-    /// printable ASCII characters). Never rendered by [`Config::to_toml`].
+    /// When set, every admin request needs the token, as `Authorization: Bearer <token>` or
+    /// as the password of HTTP Basic (any user), except `GET /live` and `GET /ready` (at least
+    /// 16 printable ASCII characters). Never rendered by [`Config::to_toml`].
     #[serde(skip)]
     pub token: Option<String>,
+    /// A second token that allows the read-only endpoints only (`GET /`, `/status`,
+    /// `/metrics`); needs `token`, and must differ from it. Never rendered.
+    #[serde(skip)]
+    pub read_token: Option<String>,
 }
 
 /// One `[[service]]`: a listen address forwarded to the current master of a set of servers.

@@ -1,0 +1,153 @@
+//! Who may use the admin listener. With `[admin] token` set, a request carries the token as
+//! `Authorization: Bearer <token>` or as the password of HTTP Basic (any user name, so that a
+//! browser can open the status page: a refusal is a 401 with a `Basic` challenge). The optional
+//! `read_token` allows the read-only endpoints (`GET`/`HEAD`) only; anything else with it is a
+//! 403. `GET /live` and `GET /ready` are health probes and need no token at all.
+
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+
+/// The tokens of `[admin]`.
+#[derive(Debug, Clone, Default)]
+pub struct Tokens {
+    /// Allows everything; `None`: no token is needed at all.
+    pub full: Option<String>,
+    /// Allows the read-only endpoints.
+    pub read: Option<String>,
+}
+
+/// What an authorised request may do; handlers find it in the request's extensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Everything: the full token, or no token configured.
+    Full,
+    /// `GET` and `HEAD` only: the read token.
+    Read,
+}
+
+/// The paths open to everyone: health probes.
+const OPEN: [&str; 2] = ["/live", "/ready"];
+
+impl Tokens {
+    /// What `headers` allow, or `None` when they carry no valid token.
+    fn access(&self, headers: &HeaderMap) -> Option<Access> {
+        let Some(full) = &self.full else {
+            return Some(Access::Full);
+        };
+        let given = credential(headers)?;
+        if eq(&given, full) {
+            Some(Access::Full)
+        } else if self.read.as_deref().is_some_and(|r| eq(&given, r)) {
+            Some(Access::Read)
+        } else {
+            None
+        }
+    }
+}
+
+/// The token a request carries: a Bearer token, or the password of HTTP Basic.
+fn credential(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, rest) = value.split_once(' ')?;
+    if scheme.eq_ignore_ascii_case("bearer") {
+        Some(rest.trim().to_string())
+    } else if scheme.eq_ignore_ascii_case("basic") {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(rest.trim())
+            .ok()?;
+        let text = String::from_utf8(decoded).ok()?;
+        let (_user, password) = text.split_once(':')?;
+        Some(password.to_string())
+    } else {
+        None
+    }
+}
+
+/// Compares without stopping at the first difference (the time says nothing of the token).
+fn eq(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+/// The middleware: lets the open paths through, refuses a request without a valid token (401
+/// with a Basic challenge) or a read token on anything but `GET`/`HEAD` (403), and records the
+/// [`Access`] of the others.
+pub async fn check(
+    tokens: Tokens,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if OPEN.contains(&req.uri().path()) && req.method() == Method::GET {
+        return next.run(req).await;
+    }
+    let Some(access) = tokens.access(req.headers()) else {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Basic realm=\"forwarder\"")],
+            "admin token required (Authorization: Bearer <token>, or HTTP Basic with the token \
+             as password)\n",
+        )
+            .into_response();
+    };
+    if access == Access::Read && !matches!(*req.method(), Method::GET | Method::HEAD) {
+        return (
+            StatusCode::FORBIDDEN,
+            "the read-only token allows GET only; this needs [admin] token\n",
+        )
+            .into_response();
+    }
+    req.extensions_mut().insert(access);
+    next.run(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(auth: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, auth.parse().unwrap());
+        h
+    }
+
+    fn basic(user_pass: &str) -> String {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(user_pass)
+        )
+    }
+
+    #[test]
+    fn bearer_and_basic_carry_the_same_token() {
+        let t = Tokens {
+            full: Some("full-token-0123456".into()),
+            read: Some("read-token-0123456".into()),
+        };
+        let full = Some(Access::Full);
+        assert_eq!(t.access(&headers("Bearer full-token-0123456")), full);
+        assert_eq!(
+            t.access(&headers(&basic("anyone:full-token-0123456"))),
+            full
+        );
+        assert_eq!(t.access(&headers(&basic(":full-token-0123456"))), full);
+        assert_eq!(
+            t.access(&headers(&basic("x:read-token-0123456"))),
+            Some(Access::Read)
+        );
+        for bad in [
+            "Bearer wrong-token-0123456".to_string(),
+            basic("full-token-0123456:"),
+            basic("full-token-0123456"),
+            "Basic !!!".into(),
+            "full-token-0123456".into(),
+        ] {
+            assert_eq!(t.access(&headers(&bad)), None, "{bad}");
+        }
+        assert_eq!(t.access(&HeaderMap::new()), None);
+        assert_eq!(Tokens::default().access(&HeaderMap::new()), full);
+    }
+}
