@@ -5,14 +5,26 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::{free_port, require, wait_until, Conn, Proc, Reply};
+use crate::{dies_with_parent, free_port, require, wait_until, Conn, Proc, Reply};
 
 /// A real redis-server on a free loopback port.
 pub struct Redis {
     /// Its port on 127.0.0.1 (kept to restart it on the same one with [`Redis::start_on`]).
     pub port: u16,
+    /// The shell command that started it (see [`Redis::command_line`]).
+    command: String,
     proc: Proc,
     _dir: tempfile::TempDir,
+}
+
+/// `arg` quoted for a POSIX shell when it needs it.
+fn shell_quote(arg: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./:=@".contains(c);
+    if !arg.is_empty() && arg.chars().all(plain) {
+        arg.to_string()
+    } else {
+        format!("'{}'", arg.replace('\'', "'\\''"))
+    }
 }
 
 impl Redis {
@@ -78,7 +90,7 @@ impl Redis {
             "no",
         ];
         args.extend_from_slice(extra);
-        let child = Command::new(bin)
+        let child = dies_with_parent(&mut Command::new(bin))
             .args(&args)
             .current_dir(dir.path())
             .stdout(Stdio::null())
@@ -104,11 +116,27 @@ impl Redis {
             proc.kill();
             return None;
         }
+        let command = format!(
+            "cd {} && {} {}",
+            shell_quote(&dir.path().display().to_string()),
+            shell_quote(&bin.display().to_string()),
+            args.iter()
+                .map(|a| shell_quote(a))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
         Some(Redis {
             port,
+            command,
             proc,
             _dir: dir,
         })
+    }
+
+    /// The shell command that starts this server again exactly as it was started (same port,
+    /// arguments and directory), e.g. to bring a killed master back by hand.
+    pub fn command_line(&self) -> &str {
+        &self.command
     }
 
     /// `127.0.0.1:port`.
@@ -193,7 +221,7 @@ impl Sentinel {
                 ));
             }
             std::fs::write(&conf, text).expect("write sentinel.conf");
-            let child = Command::new(&bin)
+            let child = dies_with_parent(&mut Command::new(&bin))
                 .arg(&conf)
                 .current_dir(dir.path())
                 .stdout(Stdio::null())

@@ -2,6 +2,8 @@
 //! page in a real browser show the running state; with `[admin] token` set, every admin endpoint
 //! (`/`, `/status`, `/metrics`, `POST /reload`) and the `forwarder status` and `forwarder reload`
 //! commands are refused (401) without the token or with a wrong one, and served with the right one.
+//! The token also works as the password of HTTP Basic (a browser's login prompt); the read-only
+//! token reads but cannot act (403); the health probes need no token.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
@@ -16,11 +18,17 @@ use harness::{
 
 const TOKEN: &str = "the-right-admin-token";
 const WRONG: &str = "a-wrong-admin-token-x";
+const READ: &str = "the-read-only-token-1";
+/// `Authorization: Basic` of `op:` and the token, of the wrong one and of the read-only one.
+const BASIC: &str = "Basic b3A6dGhlLXJpZ2h0LWFkbWluLXRva2Vu";
+const BASIC_WRONG: &str = "Basic b3A6YS13cm9uZy1hZG1pbi10b2tlbi14";
+const BASIC_READ: &str = "Basic b3A6dGhlLXJlYWQtb25seS10b2tlbi0x";
 
-/// A configuration whose admin listener on `admin` wants `token`.
+/// A configuration whose admin listener on `admin` wants `token` (or `READ` for reading).
 fn config(admin: SocketAddr, listen: SocketAddr, backend: SocketAddr, token: &str) -> String {
     format!(
-        "[datapath]\nmode = \"{}\"\n\n[admin]\nlisten = \"{admin}\"\ntoken = \"{token}\"\n\n{}",
+        "[datapath]\nmode = \"{}\"\n\n[admin]\nlisten = \"{admin}\"\ntoken = \"{token}\"\n\
+         read_token = \"{READ}\"\n\n{}",
         harness::mode(),
         plain_service("plain", &listen.to_string(), backend, "")
     )
@@ -165,6 +173,103 @@ fn forwarder_status_and_reload_send_the_token_of_their_config() {
     let (ok, text) = cli("reload", &d.config, &[]);
     assert!(ok, "{text}");
     assert!(text.contains("reloaded: 1 unchanged"), "{text}");
+}
+
+/// One request with `authorization` as its `Authorization` header: the status code, the
+/// headers and the body.
+fn with_auth(
+    admin: SocketAddr,
+    method: &str,
+    path: &str,
+    authorization: Option<&str>,
+) -> (u16, String, String) {
+    let mut s = TcpStream::connect_timeout(&admin, Duration::from_secs(2)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let auth = authorization.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: {admin}\r\nContent-Length: 0\r\n{auth}\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    let (head, body) = out.split_once("\r\n\r\n").expect("end of headers");
+    let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (code, head.to_string(), body.to_string())
+}
+
+#[test]
+fn a_browser_logs_in_with_the_token_as_basic_password() {
+    let d = start();
+    let (code, head, body) = with_auth(d.admin, "GET", "/", None);
+    assert_eq!(code, 401, "{body}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("www-authenticate: basic realm=\"forwarder\""),
+        "no Basic challenge: {head}"
+    );
+    for path in ["/", "/status", "/metrics"] {
+        let (code, _, body) = with_auth(d.admin, "GET", path, Some(BASIC_WRONG));
+        assert_eq!(code, 401, "{path} with a wrong password: {body}");
+        let (code, _, body) = with_auth(d.admin, "GET", path, Some(BASIC));
+        assert_eq!(code, 200, "{path} with the token as password: {body}");
+        assert!(body.contains("plain"), "{path}: {body}");
+    }
+    // The full token sees the buttons that act.
+    let (_, _, page) = with_auth(d.admin, "GET", "/", Some(BASIC));
+    assert!(page.contains(">drain</button>"), "{page}");
+    let (code, _, body) = with_auth(d.admin, "POST", "/reload", Some(BASIC));
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("reloaded: 1 unchanged"), "{body}");
+}
+
+#[test]
+fn the_read_token_reads_and_cannot_act() {
+    let d = start();
+    for auth in [format!("Bearer {READ}"), BASIC_READ.to_string()] {
+        for path in ["/", "/status", "/metrics"] {
+            let (code, _, body) = with_auth(d.admin, "GET", path, Some(&auth));
+            assert_eq!(code, 200, "{path} with {auth}: {body}");
+            assert!(body.contains("plain"), "{path}: {body}");
+        }
+        let (_, _, page) = with_auth(d.admin, "GET", "/", Some(&auth));
+        assert!(!page.contains("<button"), "buttons for the read token: {page}");
+        for path in [
+            "/reload",
+            "/servers/plain/127.0.0.1:1/state",
+            "/services/plain/switchover",
+        ] {
+            let (code, _, body) = with_auth(d.admin, "POST", path, Some(&auth));
+            assert_eq!(code, 403, "POST {path} with {auth}: {body}");
+            assert!(body.contains("read-only token"), "{body}");
+        }
+    }
+    assert!(!d.log_text().contains("reloaded:"), "{}", d.log_text());
+    // `forwarder status` with only the read token in its configuration.
+    let read_only = d.dir.path().join("read.toml");
+    let text = std::fs::read_to_string(&d.config).unwrap();
+    let text = text.replace(&format!("token = \"{TOKEN}\"\n"), "");
+    assert!(!text.contains(TOKEN), "{text}");
+    std::fs::write(&read_only, text).unwrap();
+    let (ok, text) = cli("status", &read_only, &[]);
+    assert!(ok, "{text}");
+    assert!(text.contains("service plain"), "{text}");
+    let (ok, text) = cli("reload", &read_only, &[]);
+    assert!(!ok && text.contains("403"), "{text}");
+}
+
+#[test]
+fn the_health_probes_need_no_token() {
+    let d = start();
+    for path in ["/live", "/ready"] {
+        let (code, _, body) = with_auth(d.admin, "GET", path, None);
+        assert!(
+            code != 401 && code != 403,
+            "GET {path} refused: {code} {body}"
+        );
+        let (code, _, _) = with_auth(d.admin, "POST", path, None);
+        assert_eq!(code, 401, "POST {path} without a token");
+    }
 }
 
 /// A session through the forwarder's first listener to its echo server, shown to work.

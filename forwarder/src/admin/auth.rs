@@ -2,7 +2,8 @@
 //! `Authorization: Bearer <token>` or as the password of HTTP Basic (any user name, so that a
 //! browser can open the status page: a refusal is a 401 with a `Basic` challenge). The optional
 //! `read_token` allows the read-only endpoints (`GET`/`HEAD`) only; anything else with it is a
-//! 403. `GET /live` and `GET /ready` are health probes and need no token at all.
+//! 403. With a `read_token` and no `token` the listener is read-only: nothing can act through it.
+//! `GET /live` and `GET /ready` are health probes and need no token at all.
 
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -11,9 +12,9 @@ use base64::Engine as _;
 /// The tokens of `[admin]`.
 #[derive(Debug, Clone, Default)]
 pub struct Tokens {
-    /// Allows everything; `None`: no token is needed at all.
+    /// Allows everything.
     pub full: Option<String>,
-    /// Allows the read-only endpoints.
+    /// Allows the read-only endpoints. No token at all: everything is allowed to everyone.
     pub read: Option<String>,
 }
 
@@ -32,11 +33,11 @@ const OPEN: [&str; 2] = ["/live", "/ready"];
 impl Tokens {
     /// What `headers` allow, or `None` when they carry no valid token.
     fn access(&self, headers: &HeaderMap) -> Option<Access> {
-        let Some(full) = &self.full else {
+        if self.full.is_none() && self.read.is_none() {
             return Some(Access::Full);
-        };
+        }
         let given = credential(headers)?;
-        if eq(&given, full) {
+        if self.full.as_deref().is_some_and(|f| eq(&given, f)) {
             Some(Access::Full)
         } else if self.read.as_deref().is_some_and(|r| eq(&given, r)) {
             Some(Access::Read)
@@ -96,7 +97,8 @@ pub async fn check(
     if access == Access::Read && !matches!(*req.method(), Method::GET | Method::HEAD) {
         return (
             StatusCode::FORBIDDEN,
-            "the read-only token allows GET only; this needs [admin] token\n",
+            "the read-only token allows GET only; this needs [admin] token (a listener without \
+             one is read-only)\n",
         )
             .into_response();
     }
@@ -149,5 +151,15 @@ mod tests {
         }
         assert_eq!(t.access(&HeaderMap::new()), None);
         assert_eq!(Tokens::default().access(&HeaderMap::new()), full);
+        let read_only = Tokens {
+            full: None,
+            ..t
+        };
+        assert_eq!(
+            read_only.access(&headers("Bearer read-token-0123456")),
+            Some(Access::Read)
+        );
+        assert_eq!(read_only.access(&headers("Bearer full-token-0123456")), None);
+        assert_eq!(read_only.access(&HeaderMap::new()), None);
     }
 }

@@ -128,7 +128,8 @@ pub struct Admin {
     #[serde(skip)]
     pub token: Option<String>,
     /// A second token that allows the read-only endpoints only (`GET /`, `/status`,
-    /// `/metrics`); needs `token`, and must differ from it. Never rendered.
+    /// `/metrics`); must differ from `token`. Without `token`, nothing can be changed through
+    /// the listener (read-only). Never rendered.
     #[serde(skip)]
     pub read_token: Option<String>,
 }

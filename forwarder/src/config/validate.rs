@@ -60,12 +60,6 @@ impl Validator {
             Some(a) => {
                 let token = self.token("admin.token", a.token)?;
                 let read_token = self.token("admin.read_token", a.read_token)?;
-                if read_token.is_some() && token.is_none() {
-                    return Err(self.err(
-                        "admin.read_token",
-                        "needs admin.token (without it every endpoint is open to everyone)",
-                    ));
-                }
                 if read_token.is_some() && read_token == token {
                     return Err(self.err("admin.read_token", "must differ from admin.token"));
                 }
