@@ -23,8 +23,6 @@ pub use forwarder::{
 };
 pub use health::resp::Reply;
 pub use net::{connect_from, echo, tcp_server};
-pub use process::{
-    dies_with_parent, free_port, free_ports, require, run_within, wait_until, Proc,
-};
+pub use process::{dies_with_parent, free_port, free_ports, require, run_within, wait_until, Proc};
 pub use redis::{info_field, Redis, Sentinel};
 pub use service::{plain_service, sentinel_service, Service};

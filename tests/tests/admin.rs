@@ -233,7 +233,10 @@ fn the_read_token_reads_and_cannot_act() {
             assert!(body.contains("plain"), "{path}: {body}");
         }
         let (_, _, page) = with_auth(d.admin, "GET", "/", Some(&auth));
-        assert!(!page.contains("<button"), "buttons for the read token: {page}");
+        assert!(
+            !page.contains("<button"),
+            "buttons for the read token: {page}"
+        );
         for path in [
             "/reload",
             "/servers/plain/127.0.0.1:1/state",
@@ -340,4 +343,99 @@ fn status_page_renders_in_a_real_browser() {
     );
     assert!(dom.contains("<h2 class=\"service\">plain</h2>"), "{dom}");
     assert!(dom.contains("class=\"server up\""), "{dom}");
+}
+
+/// `forwarder status --admin ADDR` plus `extra`: whether it succeeded, and its stdout.
+fn status_cli(admin: SocketAddr, extra: &[&str]) -> (bool, String) {
+    let out = harness::run_within(
+        Command::new(forwarder_bin())
+            .args(["status", "--admin", &admin.to_string()])
+            .args(extra),
+        Duration::from_secs(20),
+    );
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn a_healthy_replica_is_a_standby_in_status_json_and_table() {
+    let (master, replica) = harness::Redis::pair();
+    let f = Forwarder::start(
+        &harness::Service::redis("mymaster", &[master.addr(), replica.addr()]).to_string(),
+    );
+    let replica_addr = replica.addr().to_string();
+    let standby = || {
+        f.service_status("mymaster").is_some_and(|s| {
+            s["servers"].as_array().into_iter().flatten().any(|srv| {
+                srv["addr"] == replica_addr.as_str()
+                    && srv["standby"] == true
+                    && srv["state"] == "down"
+            })
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), standby),
+        "{:?}",
+        f.status()
+    );
+
+    let (ok, json) = status_cli(f.admin, &["--json"]);
+    assert!(ok, "{json}");
+    let st: serde_json::Value = serde_json::from_str(&json).expect("--json prints JSON");
+    assert_eq!(st["version"], env!("CARGO_PKG_VERSION"), "{st}");
+    assert!(st["uptime_ms"].as_u64().is_some(), "{st}");
+    let servers = st["services"][0]["servers"].as_array().unwrap();
+    assert!(
+        servers.iter().all(|s| s["in_state_ms"].as_u64().is_some()),
+        "{st}"
+    );
+
+    let (ok, text) = status_cli(f.admin, &[]);
+    assert!(ok, "{text}");
+    let line = |addr: &str| {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(addr))
+            .unwrap_or_else(|| panic!("no row for {addr}: {text}"))
+            .to_string()
+    };
+    let (m, r) = (line(&master.addr().to_string()), line(&replica_addr));
+    assert!(m.contains(" up ") && m.contains(" master "), "{text}");
+    assert!(r.contains(" standby ") && r.ends_with(" replica"), "{text}");
+    assert!(!r.contains("role:"), "an error-looking reason: {text}");
+}
+
+#[test]
+fn status_watch_repeats_and_survives_an_unreachable_listener() {
+    // Nothing listens there: each round prints the error and the next one tries again.
+    let nobody = SocketAddr::from((Ipv4Addr::LOCALHOST, free_ports(1)[0]));
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("out");
+    let mut watch = Proc::spawn(
+        Command::new(forwarder_bin())
+            .args(["status", "--watch", "1", "--admin", &nobody.to_string()])
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out_path).unwrap())
+            .stderr(Stdio::null()),
+    )
+    .unwrap();
+    let rounds = || {
+        let text = std::fs::read_to_string(&out_path).unwrap_or_default();
+        text.matches("cannot reach the admin listener").count() >= 3
+    };
+    assert!(
+        wait_until(Duration::from_secs(15), rounds),
+        "{}",
+        std::fs::read_to_string(&out_path).unwrap_or_default()
+    );
+    assert_eq!(watch.wait_exit(Duration::ZERO), None, "--watch gave up");
+    let text = std::fs::read_to_string(&out_path).unwrap();
+    // Not a terminal: a separator between renderings, no screen clearing.
+    assert!(text.contains("\n----\n"), "{text}");
+    assert!(!text.contains('\x1b'), "{text}");
 }

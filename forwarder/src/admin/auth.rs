@@ -151,15 +151,15 @@ mod tests {
         }
         assert_eq!(t.access(&HeaderMap::new()), None);
         assert_eq!(Tokens::default().access(&HeaderMap::new()), full);
-        let read_only = Tokens {
-            full: None,
-            ..t
-        };
+        let read_only = Tokens { full: None, ..t };
         assert_eq!(
             read_only.access(&headers("Bearer read-token-0123456")),
             Some(Access::Read)
         );
-        assert_eq!(read_only.access(&headers("Bearer full-token-0123456")), None);
+        assert_eq!(
+            read_only.access(&headers("Bearer full-token-0123456")),
+            None
+        );
         assert_eq!(read_only.access(&HeaderMap::new()), None);
     }
 }
