@@ -297,3 +297,17 @@ impl Sentinel {
             && field("num-other-sentinels").as_deref() == Some("2")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::shell_quote;
+
+    #[test]
+    fn arguments_are_quoted_only_when_a_shell_needs_it() {
+        assert_eq!(shell_quote("--port"), "--port");
+        assert_eq!(shell_quote("/tmp/.tmpAb1/x"), "/tmp/.tmpAb1/x");
+        assert_eq!(shell_quote(""), "''");
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+    }
+}

@@ -183,12 +183,23 @@ fn with_auth(
     path: &str,
     authorization: Option<&str>,
 ) -> (u16, String, String) {
+    with_headers(admin, method, path, authorization, "")
+}
+
+/// [`with_auth`] with `extra` header lines (each ending in `\r\n`).
+fn with_headers(
+    admin: SocketAddr,
+    method: &str,
+    path: &str,
+    authorization: Option<&str>,
+    extra: &str,
+) -> (u16, String, String) {
     let mut s = TcpStream::connect_timeout(&admin, Duration::from_secs(2)).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let auth = authorization.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
     write!(
         s,
-        "{method} {path} HTTP/1.0\r\nHost: {admin}\r\nContent-Length: 0\r\n{auth}\r\n"
+        "{method} {path} HTTP/1.0\r\nHost: {admin}\r\nContent-Length: 0\r\n{auth}{extra}\r\n"
     )
     .unwrap();
     let mut out = String::new();
@@ -218,7 +229,14 @@ fn a_browser_logs_in_with_the_token_as_basic_password() {
     // The full token sees the buttons that act.
     let (_, _, page) = with_auth(d.admin, "GET", "/", Some(BASIC));
     assert!(page.contains(">drain</button>"), "{page}");
+    // A browser would send the cached password with a cross-site form too: a POST by Basic needs
+    // the header the page's buttons add.
     let (code, _, body) = with_auth(d.admin, "POST", "/reload", Some(BASIC));
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("X-Forwarder-Action"), "{body}");
+    assert!(!d.log_text().contains("reloaded:"), "{}", d.log_text());
+    let action = "X-Forwarder-Action: 1\r\n";
+    let (code, _, body) = with_headers(d.admin, "POST", "/reload", Some(BASIC), action);
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("reloaded: 1 unchanged"), "{body}");
 }

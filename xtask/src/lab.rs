@@ -90,7 +90,6 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
         .collect();
 
     let port = args.port;
-    free_or_say_who(port)?;
     let admin_port = port_from(9121)?;
     let listen = SocketAddr::from(([127, 0, 0, 1], port));
     let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));

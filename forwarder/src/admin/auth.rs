@@ -4,6 +4,11 @@
 //! `read_token` allows the read-only endpoints (`GET`/`HEAD`) only; anything else with it is a
 //! 403. With a `read_token` and no `token` the listener is read-only: nothing can act through it.
 //! `GET /live` and `GET /ready` are health probes and need no token at all.
+//!
+//! A browser sends cached Basic credentials with any request to the listener, a cross-site form
+//! included; so a `POST` authorised by Basic must also carry the [`ACTION_HEADER`] (the status
+//! page's buttons send it), which no other site can add without a CORS preflight this listener
+//! never grants. Bearer tokens are never sent by a browser on its own.
 
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -27,19 +32,33 @@ pub enum Access {
     Read,
 }
 
+/// The header a `POST` authorised by HTTP Basic must carry (any value).
+pub const ACTION_HEADER: &str = "x-forwarder-action";
+
 /// The paths open to everyone: health probes.
 const OPEN: [&str; 2] = ["/live", "/ready"];
 
 impl Tokens {
     /// What `headers` allow, or `None` when they carry no valid token.
+    #[cfg(test)]
     fn access(&self, headers: &HeaderMap) -> Option<Access> {
+        self.access_by(headers).map(|(access, _)| access)
+    }
+
+    /// What `headers` allow, and whether the token came by HTTP Basic.
+    fn access_by(&self, headers: &HeaderMap) -> Option<(Access, bool)> {
         if self.full.is_none() && self.read.is_none() {
-            return Some(Access::Full);
+            return Some((Access::Full, false));
         }
-        let given = credential(headers)?;
-        if self.full.as_deref().is_some_and(|f| eq(&given, f)) {
+        let (given, basic) = credential(headers)?;
+        self.level(&given).map(|access| (access, basic))
+    }
+
+    /// What a token allows.
+    fn level(&self, given: &str) -> Option<Access> {
+        if self.full.as_deref().is_some_and(|f| eq(given, f)) {
             Some(Access::Full)
-        } else if self.read.as_deref().is_some_and(|r| eq(&given, r)) {
+        } else if self.read.as_deref().is_some_and(|r| eq(given, r)) {
             Some(Access::Read)
         } else {
             None
@@ -47,19 +66,20 @@ impl Tokens {
     }
 }
 
-/// The token a request carries: a Bearer token, or the password of HTTP Basic.
-fn credential(headers: &HeaderMap) -> Option<String> {
+/// The token a request carries, a Bearer token or the password of HTTP Basic, and whether it
+/// came by Basic.
+fn credential(headers: &HeaderMap) -> Option<(String, bool)> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, rest) = value.split_once(' ')?;
     if scheme.eq_ignore_ascii_case("bearer") {
-        Some(rest.trim().to_string())
+        Some((rest.trim().to_string(), false))
     } else if scheme.eq_ignore_ascii_case("basic") {
         let decoded = base64::engine::general_purpose::STANDARD
             .decode(rest.trim())
             .ok()?;
         let text = String::from_utf8(decoded).ok()?;
         let (_user, password) = text.split_once(':')?;
-        Some(password.to_string())
+        Some((password.to_string(), true))
     } else {
         None
     }
@@ -85,7 +105,7 @@ pub async fn check(
     if OPEN.contains(&req.uri().path()) && req.method() == Method::GET {
         return next.run(req).await;
     }
-    let Some(access) = tokens.access(req.headers()) else {
+    let Some((access, basic)) = tokens.access_by(req.headers()) else {
         return (
             StatusCode::UNAUTHORIZED,
             [(header::WWW_AUTHENTICATE, "Basic realm=\"forwarder\"")],
@@ -94,11 +114,20 @@ pub async fn check(
         )
             .into_response();
     };
-    if access == Access::Read && !matches!(*req.method(), Method::GET | Method::HEAD) {
+    let reads = matches!(*req.method(), Method::GET | Method::HEAD);
+    if access == Access::Read && !reads {
         return (
             StatusCode::FORBIDDEN,
             "the read-only token allows GET only; this needs [admin] token (a listener without \
              one is read-only)\n",
+        )
+            .into_response();
+    }
+    if basic && !reads && !req.headers().contains_key(ACTION_HEADER) {
+        return (
+            StatusCode::FORBIDDEN,
+            "a POST authorised by HTTP Basic needs the X-Forwarder-Action header (the status \
+             page's buttons send it); scripts should send Authorization: Bearer <token>\n",
         )
             .into_response();
     }
@@ -130,6 +159,14 @@ mod tests {
             read: Some("read-token-0123456".into()),
         };
         let full = Some(Access::Full);
+        assert_eq!(
+            t.access_by(&headers(&basic("u:full-token-0123456"))),
+            Some((Access::Full, true))
+        );
+        assert_eq!(
+            t.access_by(&headers("Bearer full-token-0123456")),
+            Some((Access::Full, false))
+        );
         assert_eq!(t.access(&headers("Bearer full-token-0123456")), full);
         assert_eq!(
             t.access(&headers(&basic("anyone:full-token-0123456"))),

@@ -9,7 +9,7 @@ use super::{human_ms, ServerStatus, Status};
 
 /// The buttons' script: POST, then show the answer if it is not a 2xx, and reload.
 const SCRIPT: &str = "<script>async function act(path, body) {\
-  try { const r = await fetch(path, {method: 'POST', body: body});\
+  try { const r = await fetch(path, {method: 'POST', body: body, headers: {'X-Forwarder-Action': '1'}});\
     if (!r.ok) alert(r.status + ' ' + await r.text()); } catch (e) { alert(e); }\
   location.reload(); }</script>";
 
