@@ -242,6 +242,35 @@ fn a_browser_logs_in_with_the_token_as_basic_password() {
 }
 
 #[test]
+fn a_real_browser_opens_the_page_with_the_token_as_password() {
+    let chromium = harness::require("chromium", "chromium");
+    let d = start();
+    let dir = tempfile::tempdir().unwrap();
+    let dump = |url: String| {
+        let out = harness::run_within(
+            Command::new(&chromium)
+                .args([
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-dev-shm-usage",
+                ])
+                .arg(format!("--user-data-dir={}", dir.path().display()))
+                .arg("--dump-dom")
+                .arg(url),
+            Duration::from_secs(60),
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let dom = dump(format!("http://op:{TOKEN}@{}/", d.admin));
+    assert!(dom.contains("<h2 class=\"service\">plain</h2>"), "{dom}");
+    assert!(dom.contains(">drain</button>"), "{dom}");
+    let dom = dump(format!("http://op:{READ}@{}/", d.admin));
+    assert!(dom.contains("<h2 class=\"service\">plain</h2>"), "{dom}");
+    assert!(!dom.contains("<button"), "{dom}");
+}
+
+#[test]
 fn the_read_token_reads_and_cannot_act() {
     let d = start();
     for auth in [format!("Bearer {READ}"), BASIC_READ.to_string()] {
