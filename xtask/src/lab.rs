@@ -220,8 +220,9 @@ fn after_failover(old: &Redis, new: &str, port: u16) -> String {
          Next step of the guide's test: restart the old master as it was, in another terminal:\n\
          \x20 {cmd}\n\
          and watch it: `redis-cli -p {old_port} info replication` says role:master for a few \
-         seconds, until the Sentinels make it a replica of {new}. The forwarder never routes to it \
-         (the status lines keep `-> {new}`, `redis-cli -p {port} info replication` keeps \
+         seconds, until the Sentinels make it a replica of {new} (the status lines show it `UP \
+         master` and `conflicts` goes up, then `standby replica`). The forwarder never routes to \
+         it (the status lines keep `-> {new}`, `redis-cli -p {port} info replication` keeps \
          answering from {new}): split-brain protection. Stop it with Ctrl-C when done; the lab \
          does not own it.\n",
         old_addr = old.addr(),
