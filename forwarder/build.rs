@@ -5,9 +5,11 @@
 //! prebuilt object to embed instead.
 //!
 //! Without clang-19 or the headers the forwarder still builds, with a cargo warning saying what
-//! to install, and an empty object: `mode = "sockmap"` then fails at startup saying the same. The
-//! missing files are watched, so the first build after installing them compiles the program. A
-//! program that does not compile with everything installed fails the build.
+//! to install, and an empty object: `mode = "sockmap"` then fails at startup saying the same.
+//! Then dpkg's database is watched (it changes when packages are installed), so the first build
+//! after installing them compiles the program. Watching the missing files themselves would make
+//! every build rerun this script and rebuild the forwarder: cargo counts a missing path as
+//! changed. A program that does not compile with everything installed fails the build.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -16,6 +18,8 @@ const CLANG: &str = "clang-19";
 /// Files the compilation needs besides clang: libbpf-dev's helpers and the kernel's UAPI headers.
 const HEADERS: [&str; 2] = ["/usr/include/bpf/bpf_helpers.h", "/usr/include/linux/bpf.h"];
 const INSTALL: &str = "apt-get install clang-19 libbpf-dev linux-libc-dev";
+/// Changes when a Debian package is installed or removed.
+const DPKG_STATUS: &str = "/var/lib/dpkg/status";
 
 fn main() {
     let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it"));
@@ -44,28 +48,27 @@ fn main() {
         .join("ebpf");
     println!("cargo::rerun-if-changed={}", src.display());
     let clang = find_program(CLANG);
-    // What is missing, and the path to watch for it.
-    let mut missing: Vec<(String, PathBuf)> = HEADERS
+    let mut missing: Vec<String> = HEADERS
         .iter()
         .filter(|h| !Path::new(h).is_file())
-        .map(|h| (h.to_string(), PathBuf::from(h)))
+        .map(|h| h.to_string())
         .collect();
     if clang.is_none() {
-        let watch = PathBuf::from("/usr/bin").join(CLANG);
-        missing.insert(0, (format!("{CLANG} (on PATH)"), watch));
+        missing.insert(0, format!("{CLANG} (on PATH)"));
     }
     let clang = match clang {
         Some(clang) if missing.is_empty() => clang,
         _ => {
-            for (_, watch) in &missing {
-                // A missing path is always stale: cargo runs this again until it exists.
-                println!("cargo::rerun-if-changed={}", watch.display());
-            }
-            let names: Vec<&str> = missing.iter().map(|(name, _)| name.as_str()).collect();
+            let again = if Path::new(DPKG_STATUS).is_file() {
+                println!("cargo::rerun-if-changed={DPKG_STATUS}");
+                "the next build after installing compiles it"
+            } else {
+                "then `touch ebpf/forwarder.bpf.c` to build it"
+            };
             println!(
                 "cargo::warning=the forwarder is built without its BPF program (mode = \"sockmap\" \
-                 unavailable): {} missing; install with: {INSTALL}",
-                names.join(", ")
+                 unavailable): {} missing; install with: {INSTALL} ({again})",
+                missing.join(", ")
             );
             std::fs::write(&out, []).expect("write OUT_DIR/forwarder.bpf.o");
             return;

@@ -3,6 +3,9 @@
 //! `POST /servers/{service}/{server}/state` (body `ready`, `drain` or `maint`) and
 //! `POST /services/{service}/switchover`. It knows the daemon only through [`Control`]: what it
 //! reports and what it may be asked to do, nothing else of it.
+//! Who may call what: [`auth`].
+
+pub mod auth;
 
 use std::future::Future;
 use std::sync::atomic::Ordering;
@@ -92,7 +95,7 @@ pub async fn serve<C: Control>(
     listener: TcpListener,
     control: Arc<C>,
     global: Arc<GlobalStats>,
-    token: Option<String>,
+    tokens: auth::Tokens,
     shutdown: CancellationToken,
 ) {
     let app = axum::Router::new()
@@ -112,7 +115,7 @@ pub async fn serve<C: Control>(
         )
         .with_state(control)
         .layer(axum::middleware::from_fn(move |req, next| {
-            bearer(token.clone(), req, next)
+            auth::check(tokens.clone(), req, next)
         }));
     let slots = Arc::new(Semaphore::new(budget::ADMIN_CONNECTIONS as usize));
     let (busy_log, accept_log) = (RateLimit::default(), RateLimit::default());
@@ -166,32 +169,13 @@ pub async fn serve<C: Control>(
     }
 }
 
-/// With a token configured, answers 401 to any request without `Authorization: Bearer <token>`.
-async fn bearer(
-    token: Option<String>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    if let Some(t) = token {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if given != Some(t.as_str()) {
-            return (
-                axum::http::StatusCode::UNAUTHORIZED,
-                [(header::WWW_AUTHENTICATE, "Bearer")],
-                "admin token required\n",
-            )
-                .into_response();
-        }
-    }
-    next.run(req).await
-}
-
-async fn page<C: Control>(AxState(control): AxState<Arc<C>>) -> impl IntoResponse {
-    axum::response::Html(status::page::render(&control.status()))
+/// `GET /`: the status page, with its buttons when the request may use them.
+async fn page<C: Control>(
+    AxState(control): AxState<Arc<C>>,
+    access: Option<axum::Extension<auth::Access>>,
+) -> impl IntoResponse {
+    let may_act = access.is_some_and(|a| a.0 == auth::Access::Full);
+    axum::response::Html(status::page::render(&control.status(), may_act))
 }
 
 /// `POST /reload`: re-read the configuration file and apply it (as SIGHUP does); the answer says

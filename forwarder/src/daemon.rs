@@ -85,6 +85,8 @@ pub struct Daemon {
     /// The operator's server states (`POST /servers/...`), by service: they outlive the
     /// monitors a reload replaces.
     admin_states: Mutex<HashMap<String, HashMap<SocketAddr, health::AdminState>>>,
+    /// When the daemon started (the uptime in `/status`).
+    started: std::time::Instant,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -429,6 +431,7 @@ pub async fn run(cfg: Config, budget: Budget, path: PathBuf, bound: Bound) -> an
         retiring: Mutex::new(Vec::new()),
         reloading: tokio::sync::Mutex::new(()),
         admin_states: Mutex::new(HashMap::new()),
+        started: std::time::Instant::now(),
     });
     for svc in &cfg.service {
         names::log_changes(None, svc);
@@ -443,13 +446,16 @@ pub async fn run(cfg: Config, budget: Budget, path: PathBuf, bound: Bound) -> an
 
     if let Some(l) = admin_listener {
         tracing::info!(listen = %l.local_addr()?, "admin listening");
-        let token = cfg.admin.as_ref().and_then(|a| a.token.clone());
+        let tokens = admin::auth::Tokens {
+            full: cfg.admin.as_ref().and_then(|a| a.token.clone()),
+            read: cfg.admin.as_ref().and_then(|a| a.read_token.clone()),
+        };
         let global = Arc::clone(&daemon.global);
         tokio::spawn(admin::serve(
             l,
             Arc::clone(&daemon),
             global,
-            token,
+            tokens,
             shutdown.clone(),
         ));
     }

@@ -86,6 +86,14 @@ enum Command {
         /// The admin listener's address, instead of reading it from the configuration.
         #[arg(long)]
         admin: Option<std::net::SocketAddr>,
+        /// Print the /status JSON as the daemon sent it (pretty-printed) instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Show it again every SECS seconds (default 2) until interrupted; a failed request is
+        /// printed and tried again.
+        #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2",
+              value_parser = clap::value_parser!(u64).range(1..=3600))]
+        watch: Option<u64>,
     },
     /// Translate an haproxy.cfg into a forwarder configuration (printed on stdout), listing
     /// every directive it could not translate, with its line, in a comment block at the end.
@@ -137,13 +145,22 @@ fn main() -> ExitCode {
             &format!("/services/{service}/switchover"),
             "",
         ),
-        Command::Status { config, admin } => {
+        Command::Status {
+            config,
+            admin,
+            json,
+            watch,
+        } => {
             let Some((admin, token)) = admin_of(&config, admin) else {
                 return ExitCode::from(2);
             };
-            match forwarder::status::cli::fetch(admin, token.as_deref()) {
-                Ok(st) => {
-                    print!("{}", forwarder::status::cli::render(&st));
+            let cli = forwarder::status::cli::Cli { admin, token, json };
+            if let Some(secs) = watch {
+                cli.watch(std::time::Duration::from_secs(secs));
+            }
+            match cli.once() {
+                Ok(text) => {
+                    print!("{text}");
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -279,7 +296,10 @@ fn admin_of(
         }
         Err(_) => None,
     };
-    let token = from_config.as_ref().and_then(|a| a.token.clone());
+    // The full token, else the read-only one (enough for `status`; `reload` then gets a 403).
+    let token = from_config
+        .as_ref()
+        .and_then(|a| a.token.clone().or_else(|| a.read_token.clone()));
     match admin.or(from_config.map(|a| a.listen)) {
         Some(a) => Some((a, token)),
         None => {

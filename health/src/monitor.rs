@@ -27,6 +27,11 @@ pub struct ServerStatus {
     pub addr: SocketAddr,
     /// Where the server stands in rise/fall (routable while [`ServerState::is_up`]).
     pub state: ServerState,
+    /// When `state` last changed (up, down, rising, falling), or the server was added.
+    pub state_since: Instant,
+    /// The last check failed only in that the server answered as a replica (the reply the
+    /// failed step got says `role:replica`): a healthy standby, not a broken server.
+    pub standby: bool,
     /// Whether the last check that ran passed; `None` before the first one.
     pub last_ok: Option<bool>,
     /// Why the last check failed; `None` when it passed or none has run.
@@ -270,6 +275,8 @@ impl Monitor {
                 continue;
             }
             s.state = state;
+            s.state_since = old.state_since;
+            s.standby = old.standby;
             s.last_ok = old.last_ok;
             s.last_reason = old.last_reason;
             s.role = old.role;
@@ -299,8 +306,9 @@ impl Monitor {
         let i = inner.servers.iter().position(|s| s.addr == server)?;
         let was = inner.servers[i].admin;
         inner.servers[i].admin = state;
-        if state == AdminState::Maint {
+        if state == AdminState::Maint && inner.servers[i].state != ServerState::Down {
             inner.servers[i].state = ServerState::Down;
+            inner.servers[i].state_since = Instant::now();
         }
         let out = inner.decider.set_admin(i, state, Instant::now());
         if was == AdminState::Maint && state != AdminState::Maint {
@@ -350,6 +358,8 @@ fn add_server(shared: &Arc<Shared>, addr: SocketAddr) {
         inner.servers.push(ServerStatus {
             addr,
             state: ServerState::Down,
+            state_since: Instant::now(),
+            standby: false,
             last_ok: None,
             last_reason: None,
             last_check: None,
@@ -515,7 +525,12 @@ fn observe(
         });
     }
     if let Some(s) = inner.servers.get_mut(index) {
+        if s.state.as_str() != state.as_str() {
+            s.state_since = Instant::now();
+        }
         s.state = state;
+        s.standby =
+            !report.ok && info::reply_role(&report.partial).is_ok_and(|r| r == Role::Replica);
         s.last_ok = Some(report.ok);
         s.last_reason.clone_from(&report.reason);
         s.last_check = Some(SystemTime::now());

@@ -372,7 +372,7 @@ fn spawn_forwarder(
         }
         None => Command::new(forwarder_bin()),
     };
-    let mut child = cmd
+    let mut child = crate::dies_with_parent(&mut cmd)
         .args(args)
         .arg("--config")
         .arg(&path)

@@ -6,7 +6,7 @@
 //! The data path under test comes from `FORWARDER_MODE` (set by `cargo xtask test`, which runs
 //! the suite once per mode); the binary from `FORWARDER_BIN` (default: the workspace's
 //! `target/debug/forwarder`).
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)] // allowed in one place: `process::dies_with_parent`'s pre_exec
 
 mod conn;
 pub mod endpoints;
@@ -23,6 +23,6 @@ pub use forwarder::{
 };
 pub use health::resp::Reply;
 pub use net::{connect_from, echo, tcp_server};
-pub use process::{free_port, free_ports, require, run_within, wait_until, Proc};
+pub use process::{dies_with_parent, free_port, free_ports, require, run_within, wait_until, Proc};
 pub use redis::{info_field, Redis, Sentinel};
 pub use service::{plain_service, sentinel_service, Service};

@@ -10,6 +10,27 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+/// Makes the process `cmd` spawns get SIGKILL when the thread that spawns it ends: with the test,
+/// or with `cargo xtask lab` even when that is killed or its terminal closes, so that no
+/// redis-server, Sentinel or forwarder outlives whoever started it.
+pub fn dies_with_parent(cmd: &mut Command) -> &mut Command {
+    let parent = rustix::process::getpid();
+    #[allow(unsafe_code)]
+    // SAFETY: the closure runs in the forked child before exec. It only makes two syscalls
+    // (prctl(PR_SET_PDEATHSIG), getppid), which are async-signal-safe; it allocates nothing and
+    // takes no lock (the error of a failed check is a constant).
+    unsafe {
+        cmd.pre_exec(move || {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
+            // The parent may have died between fork and prctl: then nobody would kill us.
+            if rustix::process::getppid() != Some(parent) {
+                return Err(io::ErrorKind::NotFound.into());
+            }
+            Ok(())
+        })
+    }
+}
+
 /// A port that was free a moment ago. Callers retry if it is taken by the time they bind.
 pub fn free_port() -> u16 {
     let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
@@ -167,10 +188,10 @@ pub struct Proc {
 }
 
 impl Proc {
-    /// Spawns `cmd` as a reaped-on-drop child.
+    /// Spawns `cmd` as a reaped-on-drop child that dies with its parent ([`dies_with_parent`]).
     pub fn spawn(cmd: &mut Command) -> io::Result<Proc> {
         Ok(Proc {
-            child: Some(cmd.spawn()?),
+            child: Some(dies_with_parent(cmd).spawn()?),
         })
     }
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::{free_port, require, wait_until, Conn, Proc, Reply};
+use crate::{dies_with_parent, free_port, require, wait_until, Conn, Proc, Reply};
 
 /// A real redis-server on a free loopback port.
 pub struct Redis {
@@ -13,8 +13,20 @@ pub struct Redis {
     pub port: u16,
     /// The loopback address it listens on (127.0.0.1 unless started with [`Redis::start_at`]).
     ip: Ipv4Addr,
+    /// The shell command that started it (see [`Redis::command_line`]).
+    command: String,
     proc: Proc,
     _dir: tempfile::TempDir,
+}
+
+/// `arg` quoted for a POSIX shell when it needs it.
+fn shell_quote(arg: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./:=@".contains(c);
+    if !arg.is_empty() && arg.chars().all(plain) {
+        arg.to_string()
+    } else {
+        format!("'{}'", arg.replace('\'', "'\\''"))
+    }
 }
 
 impl Redis {
@@ -87,7 +99,7 @@ impl Redis {
             "no",
         ];
         args.extend_from_slice(extra);
-        let child = Command::new(bin)
+        let child = dies_with_parent(&mut Command::new(bin))
             .args(&args)
             .current_dir(dir.path())
             .stdout(Stdio::null())
@@ -113,12 +125,28 @@ impl Redis {
             proc.kill();
             return None;
         }
+        let command = format!(
+            "cd {} && {} {}",
+            shell_quote(&dir.path().display().to_string()),
+            shell_quote(&bin.display().to_string()),
+            args.iter()
+                .map(|a| shell_quote(a))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
         Some(Redis {
             port,
             ip,
+            command,
             proc,
             _dir: dir,
         })
+    }
+
+    /// The shell command that starts this server again exactly as it was started (same port,
+    /// arguments and directory), e.g. to bring a killed master back by hand.
+    pub fn command_line(&self) -> &str {
+        &self.command
     }
 
     /// `127.0.0.1:port` (or the address given to [`Redis::start_at`]).
@@ -203,7 +231,7 @@ impl Sentinel {
                 ));
             }
             std::fs::write(&conf, text).expect("write sentinel.conf");
-            let child = Command::new(&bin)
+            let child = dies_with_parent(&mut Command::new(&bin))
                 .arg(&conf)
                 .current_dir(dir.path())
                 .stdout(Stdio::null())
@@ -277,5 +305,19 @@ impl Sentinel {
         };
         field("num-slaves").as_deref() == Some("1")
             && field("num-other-sentinels").as_deref() == Some("2")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shell_quote;
+
+    #[test]
+    fn arguments_are_quoted_only_when_a_shell_needs_it() {
+        assert_eq!(shell_quote("--port"), "--port");
+        assert_eq!(shell_quote("/tmp/.tmpAb1/x"), "/tmp/.tmpAb1/x");
+        assert_eq!(shell_quote(""), "''");
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
     }
 }

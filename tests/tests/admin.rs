@@ -2,6 +2,8 @@
 //! page in a real browser show the running state; with `[admin] token` set, every admin endpoint
 //! (`/`, `/status`, `/metrics`, `POST /reload`) and the `forwarder status` and `forwarder reload`
 //! commands are refused (401) without the token or with a wrong one, and served with the right one.
+//! The token also works as the password of HTTP Basic (a browser's login prompt); the read-only
+//! token reads but cannot act (403); the health probes need no token.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
@@ -16,11 +18,17 @@ use harness::{
 
 const TOKEN: &str = "the-right-admin-token";
 const WRONG: &str = "a-wrong-admin-token-x";
+const READ: &str = "the-read-only-token-1";
+/// `Authorization: Basic` of `op:` and the token, of the wrong one and of the read-only one.
+const BASIC: &str = "Basic b3A6dGhlLXJpZ2h0LWFkbWluLXRva2Vu";
+const BASIC_WRONG: &str = "Basic b3A6YS13cm9uZy1hZG1pbi10b2tlbi14";
+const BASIC_READ: &str = "Basic b3A6dGhlLXJlYWQtb25seS10b2tlbi0x";
 
-/// A configuration whose admin listener on `admin` wants `token`.
+/// A configuration whose admin listener on `admin` wants `token` (or `READ` for reading).
 fn config(admin: SocketAddr, listen: SocketAddr, backend: SocketAddr, token: &str) -> String {
     format!(
-        "[datapath]\nmode = \"{}\"\n\n[admin]\nlisten = \"{admin}\"\ntoken = \"{token}\"\n\n{}",
+        "[datapath]\nmode = \"{}\"\n\n[admin]\nlisten = \"{admin}\"\ntoken = \"{token}\"\n\
+         read_token = \"{READ}\"\n\n{}",
         harness::mode(),
         plain_service("plain", &listen.to_string(), backend, "")
     )
@@ -167,6 +175,153 @@ fn forwarder_status_and_reload_send_the_token_of_their_config() {
     assert!(text.contains("reloaded: 1 unchanged"), "{text}");
 }
 
+/// One request with `authorization` as its `Authorization` header: the status code, the
+/// headers and the body.
+fn with_auth(
+    admin: SocketAddr,
+    method: &str,
+    path: &str,
+    authorization: Option<&str>,
+) -> (u16, String, String) {
+    with_headers(admin, method, path, authorization, "")
+}
+
+/// [`with_auth`] with `extra` header lines (each ending in `\r\n`).
+fn with_headers(
+    admin: SocketAddr,
+    method: &str,
+    path: &str,
+    authorization: Option<&str>,
+    extra: &str,
+) -> (u16, String, String) {
+    let mut s = TcpStream::connect_timeout(&admin, Duration::from_secs(2)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let auth = authorization.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: {admin}\r\nContent-Length: 0\r\n{auth}{extra}\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    let (head, body) = out.split_once("\r\n\r\n").expect("end of headers");
+    let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (code, head.to_string(), body.to_string())
+}
+
+#[test]
+fn a_browser_logs_in_with_the_token_as_basic_password() {
+    let d = start();
+    let (code, head, body) = with_auth(d.admin, "GET", "/", None);
+    assert_eq!(code, 401, "{body}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("www-authenticate: basic realm=\"forwarder\""),
+        "no Basic challenge: {head}"
+    );
+    for path in ["/", "/status", "/metrics"] {
+        let (code, _, body) = with_auth(d.admin, "GET", path, Some(BASIC_WRONG));
+        assert_eq!(code, 401, "{path} with a wrong password: {body}");
+        let (code, _, body) = with_auth(d.admin, "GET", path, Some(BASIC));
+        assert_eq!(code, 200, "{path} with the token as password: {body}");
+        assert!(body.contains("plain"), "{path}: {body}");
+    }
+    // The full token sees the buttons that act.
+    let (_, _, page) = with_auth(d.admin, "GET", "/", Some(BASIC));
+    assert!(page.contains(">drain</button>"), "{page}");
+    // A browser would send the cached password with a cross-site form too: a POST by Basic needs
+    // the header the page's buttons add.
+    let (code, _, body) = with_auth(d.admin, "POST", "/reload", Some(BASIC));
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("X-Forwarder-Action"), "{body}");
+    assert!(!d.log_text().contains("reloaded:"), "{}", d.log_text());
+    let action = "X-Forwarder-Action: 1\r\n";
+    let (code, _, body) = with_headers(d.admin, "POST", "/reload", Some(BASIC), action);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("reloaded: 1 unchanged"), "{body}");
+}
+
+#[test]
+fn a_real_browser_opens_the_page_with_the_token_as_password() {
+    let chromium = harness::require("chromium", "chromium");
+    let d = start();
+    let dir = tempfile::tempdir().unwrap();
+    let dump = |url: String| {
+        let out = harness::run_within(
+            Command::new(&chromium)
+                .args([
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-dev-shm-usage",
+                ])
+                .arg(format!("--user-data-dir={}", dir.path().display()))
+                .arg("--dump-dom")
+                .arg(url),
+            Duration::from_secs(60),
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let dom = dump(format!("http://op:{TOKEN}@{}/", d.admin));
+    assert!(dom.contains("<h2 class=\"service\">plain</h2>"), "{dom}");
+    assert!(dom.contains(">drain</button>"), "{dom}");
+    let dom = dump(format!("http://op:{READ}@{}/", d.admin));
+    assert!(dom.contains("<h2 class=\"service\">plain</h2>"), "{dom}");
+    assert!(!dom.contains("<button"), "{dom}");
+}
+
+#[test]
+fn the_read_token_reads_and_cannot_act() {
+    let d = start();
+    for auth in [format!("Bearer {READ}"), BASIC_READ.to_string()] {
+        for path in ["/", "/status", "/metrics"] {
+            let (code, _, body) = with_auth(d.admin, "GET", path, Some(&auth));
+            assert_eq!(code, 200, "{path} with {auth}: {body}");
+            assert!(body.contains("plain"), "{path}: {body}");
+        }
+        let (_, _, page) = with_auth(d.admin, "GET", "/", Some(&auth));
+        assert!(
+            !page.contains("<button"),
+            "buttons for the read token: {page}"
+        );
+        for path in [
+            "/reload",
+            "/servers/plain/127.0.0.1:1/state",
+            "/services/plain/switchover",
+        ] {
+            let (code, _, body) = with_auth(d.admin, "POST", path, Some(&auth));
+            assert_eq!(code, 403, "POST {path} with {auth}: {body}");
+            assert!(body.contains("read-only token"), "{body}");
+        }
+    }
+    assert!(!d.log_text().contains("reloaded:"), "{}", d.log_text());
+    // `forwarder status` with only the read token in its configuration.
+    let read_only = d.dir.path().join("read.toml");
+    let text = std::fs::read_to_string(&d.config).unwrap();
+    let text = text.replace(&format!("token = \"{TOKEN}\"\n"), "");
+    assert!(!text.contains(TOKEN), "{text}");
+    std::fs::write(&read_only, text).unwrap();
+    let (ok, text) = cli("status", &read_only, &[]);
+    assert!(ok, "{text}");
+    assert!(text.contains("service plain"), "{text}");
+    let (ok, text) = cli("reload", &read_only, &[]);
+    assert!(!ok && text.contains("403"), "{text}");
+}
+
+#[test]
+fn the_health_probes_need_no_token() {
+    let d = start();
+    for path in ["/live", "/ready"] {
+        let (code, _, body) = with_auth(d.admin, "GET", path, None);
+        assert!(
+            code != 401 && code != 403,
+            "GET {path} refused: {code} {body}"
+        );
+        let (code, _, _) = with_auth(d.admin, "POST", path, None);
+        assert_eq!(code, 401, "POST {path} without a token");
+    }
+}
+
 /// A session through the forwarder's first listener to its echo server, shown to work.
 fn echo_session(f: &Forwarder) -> TcpStream {
     assert!(
@@ -235,4 +390,99 @@ fn status_page_renders_in_a_real_browser() {
     );
     assert!(dom.contains("<h2 class=\"service\">plain</h2>"), "{dom}");
     assert!(dom.contains("class=\"server up\""), "{dom}");
+}
+
+/// `forwarder status --admin ADDR` plus `extra`: whether it succeeded, and its stdout.
+fn status_cli(admin: SocketAddr, extra: &[&str]) -> (bool, String) {
+    let out = harness::run_within(
+        Command::new(forwarder_bin())
+            .args(["status", "--admin", &admin.to_string()])
+            .args(extra),
+        Duration::from_secs(20),
+    );
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn a_healthy_replica_is_a_standby_in_status_json_and_table() {
+    let (master, replica) = harness::Redis::pair();
+    let f = Forwarder::start(
+        &harness::Service::redis("mymaster", &[master.addr(), replica.addr()]).to_string(),
+    );
+    let replica_addr = replica.addr().to_string();
+    let standby = || {
+        f.service_status("mymaster").is_some_and(|s| {
+            s["servers"].as_array().into_iter().flatten().any(|srv| {
+                srv["addr"] == replica_addr.as_str()
+                    && srv["standby"] == true
+                    && srv["state"] == "down"
+            })
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), standby),
+        "{:?}",
+        f.status()
+    );
+
+    let (ok, json) = status_cli(f.admin, &["--json"]);
+    assert!(ok, "{json}");
+    let st: serde_json::Value = serde_json::from_str(&json).expect("--json prints JSON");
+    assert_eq!(st["build"]["version"], env!("CARGO_PKG_VERSION"), "{st}");
+    assert!(st["uptime_ms"].as_u64().is_some(), "{st}");
+    let servers = st["services"][0]["servers"].as_array().unwrap();
+    assert!(
+        servers.iter().all(|s| s["in_state_ms"].as_u64().is_some()),
+        "{st}"
+    );
+
+    let (ok, text) = status_cli(f.admin, &[]);
+    assert!(ok, "{text}");
+    let line = |addr: &str| {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(addr))
+            .unwrap_or_else(|| panic!("no row for {addr}: {text}"))
+            .to_string()
+    };
+    let (m, r) = (line(&master.addr().to_string()), line(&replica_addr));
+    assert!(m.contains(" up ") && m.contains(" master "), "{text}");
+    assert!(r.contains(" standby ") && r.ends_with(" replica"), "{text}");
+    assert!(!r.contains("role:"), "an error-looking reason: {text}");
+}
+
+#[test]
+fn status_watch_repeats_and_survives_an_unreachable_listener() {
+    // Nothing listens there: each round prints the error and the next one tries again.
+    let nobody = SocketAddr::from((Ipv4Addr::LOCALHOST, free_ports(1)[0]));
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("out");
+    let mut watch = Proc::spawn(
+        Command::new(forwarder_bin())
+            .args(["status", "--watch", "1", "--admin", &nobody.to_string()])
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out_path).unwrap())
+            .stderr(Stdio::null()),
+    )
+    .unwrap();
+    let rounds = || {
+        let text = std::fs::read_to_string(&out_path).unwrap_or_default();
+        text.matches("cannot reach the admin listener").count() >= 3
+    };
+    assert!(
+        wait_until(Duration::from_secs(15), rounds),
+        "{}",
+        std::fs::read_to_string(&out_path).unwrap_or_default()
+    );
+    assert_eq!(watch.wait_exit(Duration::ZERO), None, "--watch gave up");
+    let text = std::fs::read_to_string(&out_path).unwrap();
+    // Not a terminal: a separator between renderings, no screen clearing.
+    assert!(text.contains("\n----\n"), "{text}");
+    assert!(!text.contains('\x1b'), "{text}");
 }

@@ -151,6 +151,18 @@ fn bad_configs_are_refused_with_key_and_reason() {
             "no spaces or control characters",
         ),
         (
+            "a read token equal to the token",
+            format!("[admin]\nlisten = \"127.0.0.1:16390\"\ntoken = \"0123456789abcdefg\"\nread_token = \"0123456789abcdefg\"\n{SERVICE}"),
+            "admin.read_token",
+            "must differ from admin.token",
+        ),
+        (
+            "a short read token",
+            format!("[admin]\nlisten = \"127.0.0.1:16390\"\nread_token = \"short\"\n{SERVICE}"),
+            "admin.read_token",
+            "at least 16 characters",
+        ),
+        (
             "admin token with a newline",
             format!("[admin]\nlisten = \"127.0.0.1:16390\"\ntoken = \"abcdefgh\\nijklmnop\"\n{SERVICE}"),
             "admin.token",

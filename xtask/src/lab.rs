@@ -1,5 +1,8 @@
 //! `cargo xtask lab`: the seed guide's HA setup on loopback — a master, a replica, three
-//! Sentinels, and the forwarder in front — with a one-line status every few seconds.
+//! Sentinels, and the forwarder in front — with a one-line status every few seconds, and what to
+//! try at a failover. Ctrl-C, SIGTERM or a closed terminal (SIGHUP) stop it and everything it
+//! started; its children die with it even when it is killed (PR_SET_PDEATHSIG, see
+//! [`harness::dies_with_parent`]).
 
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Command, Stdio};
@@ -15,9 +18,9 @@ use crate::prereq::{self, REDIS, REDIS_CLI, SENTINEL};
 
 #[derive(Args)]
 pub struct LabArgs {
-    /// Port the forwarder listens on (127.0.0.1); the first free one from 6379 up when not given.
-    #[arg(long)]
-    port: Option<u16>,
+    /// Port the forwarder listens on (127.0.0.1); taken, it is an error naming who holds it.
+    #[arg(long, default_value_t = 6379)]
+    port: u16,
     /// Data path mode.
     #[arg(long, default_value = "auto")]
     mode: String,
@@ -35,12 +38,39 @@ fn port_from(start: u16) -> anyhow::Result<u16> {
         .with_context(|| format!("no free port in {start}..{}", start.saturating_add(100)))
 }
 
-pub fn run(args: LabArgs) -> anyhow::Result<()> {
-    prereq::ensure(&[REDIS, SENTINEL, REDIS_CLI])?;
-    // Embedded in the forwarder, the BPF object makes `--mode sockmap` available.
-    if let Err(e) = crate::ebpf::prerequisites() {
-        eprintln!("lab: the BPF program cannot be built ({e:#}); the forwarder will fall back");
+/// Fails when `port` is taken on 127.0.0.1, naming the process that holds it when `ss` can tell.
+fn free_or_say_who(port: u16) -> anyhow::Result<()> {
+    if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        return Ok(());
     }
+    let holder = Command::new("ss")
+        .args(["-Hltnp", &format!("sport = :{port}")])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|t| !t.is_empty());
+    let who = match holder {
+        Some(line) if line.contains("users:") => {
+            format!("held by {}", &line[line.find("users:").unwrap_or(0)..])
+        }
+        Some(line) => format!("held by a process of another user ({line})"),
+        None => "held by another process".into(),
+    };
+    bail!(
+        "port {port} is taken ({who}): stop that process, or run `cargo xtask lab --port PORT` \
+         with a free port"
+    )
+}
+
+pub fn run(args: LabArgs) -> anyhow::Result<()> {
+    // Before anything slow: a taken port is the most likely reason the lab cannot run.
+    free_or_say_who(args.port)?;
+    prereq::ensure(&[REDIS, SENTINEL, REDIS_CLI])?;
+    if args.mode == "sockmap" {
+        // The BPF program is embedded in the forwarder only when clang and the headers are there.
+        crate::ebpf::prerequisites()?;
+    }
+    eprintln!("lab: building the forwarder (cargo build --release -p forwarder)");
     prereq::run(crate::cargo().args(["build", "--release", "-p", "forwarder"]))?;
     let bin = crate::root().join("target/release/forwarder");
 
@@ -48,7 +78,7 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
     {
         let stop = Arc::clone(&stop);
         ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
-            .context("installing the Ctrl-C handler")?;
+            .context("installing the Ctrl-C / SIGTERM / SIGHUP handler")?;
     }
 
     eprintln!("lab: starting a master, a replica and three Sentinels on loopback");
@@ -59,10 +89,7 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
         .map(|_| Sentinel::start("mymaster", master.addr(), 2, 3000))
         .collect();
 
-    let port = match args.port {
-        Some(p) => p,
-        None => port_from(6379)?,
-    };
+    let port = args.port;
     let admin_port = port_from(9121)?;
     let listen = SocketAddr::from(([127, 0, 0, 1], port));
     let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
@@ -156,13 +183,22 @@ master_name = "mymaster"
     let started = Instant::now();
     let limit = args.seconds.map(Duration::from_secs);
     let mut next = Instant::now();
+    let mut failed_over = false;
     while !stop.load(Ordering::SeqCst) && limit.is_none_or(|l| started.elapsed() < l) {
         if fwd.wait_exit(Duration::ZERO).is_some() {
             let text = std::fs::read_to_string(&log_path).unwrap_or_default();
             bail!("the forwarder exited:\n{text}");
         }
         if Instant::now() >= next {
-            println!("{}", status_line(admin));
+            let (line, routed) = status_line(admin);
+            println!("{line}");
+            match routed {
+                Some(new) if !failed_over && new != master.addr().to_string() => {
+                    failed_over = true;
+                    println!("{}", after_failover(&master, &new, port));
+                }
+                _ => {}
+            }
             next = Instant::now() + Duration::from_secs(args.every.max(1));
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -176,11 +212,32 @@ master_name = "mymaster"
     Ok(())
 }
 
-fn status_line(admin: SocketAddr) -> String {
+/// What to do once the Sentinels have promoted the replica: bring the old master back, and what
+/// to look for.
+fn after_failover(old: &Redis, new: &str, port: u16) -> String {
+    format!(
+        "\nlab: failover: the forwarder now routes to {new} (was {old_addr}).\n\
+         Next step of the guide's test: restart the old master as it was, in another terminal:\n\
+         \x20 {cmd}\n\
+         and watch it: `redis-cli -p {old_port} info replication` says role:master for a few \
+         seconds, until the Sentinels make it a replica of {new} (the status lines show it `UP \
+         master` and `conflicts` goes up, then `standby replica`). The forwarder never routes to \
+         it (the status lines keep `-> {new}`, `redis-cli -p {port} info replication` keeps \
+         answering from {new}): split-brain protection. Stop it with Ctrl-C when done; the lab \
+         does not own it.\n",
+        old_addr = old.addr(),
+        cmd = old.command_line(),
+        old_port = old.port,
+    )
+}
+
+/// One status line, and the master the forwarder routes to (`None` while there is none or the
+/// status cannot be read).
+fn status_line(admin: SocketAddr) -> (String, Option<String>) {
     let v: serde_json::Value = match http_get(admin, "/status").map(|b| serde_json::from_str(&b)) {
         Ok(Ok(v)) => v,
-        Ok(Err(e)) => return format!("status: unreadable JSON: {e}"),
-        Err(e) => return format!("status: {e}"),
+        Ok(Err(e)) => return (format!("status: unreadable JSON: {e}"), None),
+        Err(e) => return (format!("status: {e}"), None),
     };
     let mut parts = Vec::new();
     for s in v["services"].as_array().into_iter().flatten() {
@@ -192,20 +249,21 @@ fn status_line(admin: SocketAddr) -> String {
                 format!(
                     "{} {} {}",
                     srv["addr"].as_str().unwrap_or("?"),
-                    if srv["up"].as_bool() == Some(true) {
-                        "UP"
-                    } else {
-                        "DOWN"
+                    match (srv["up"].as_bool(), srv["standby"].as_bool()) {
+                        (Some(true), _) => "UP",
+                        (_, Some(true)) => "standby",
+                        _ => "DOWN",
                     },
                     srv["role"].as_str().unwrap_or("-"),
                 )
             })
             .collect();
         parts.push(format!(
-            "{} -> {} (gen {}) | {} | active {} accepted {} bytes in/out {}/{}",
+            "{} -> {} (gen {}, conflicts {}) | {} | active {} accepted {} bytes in/out {}/{}",
             s["name"].as_str().unwrap_or("?"),
             s["master"].as_str().unwrap_or("NO MASTER"),
             s["generation"],
+            s["master_conflicts"],
             servers.join(", "),
             s["stats"]["active"],
             s["stats"]["accepted"],
@@ -213,7 +271,11 @@ fn status_line(admin: SocketAddr) -> String {
             s["stats"]["bytes_server_to_client"],
         ));
     }
-    format!("[{}] {}", chrono_less_now(), parts.join(" || "))
+    let routed = v["services"][0]["master"].as_str().map(str::to_string);
+    (
+        format!("[{}] {}", chrono_less_now(), parts.join(" || ")),
+        routed,
+    )
 }
 
 /// Wall-clock HH:MM:SS (UTC) without a date-time crate.

@@ -130,10 +130,16 @@ impl Datapath {
 pub struct Admin {
     /// Where it listens; must not overlap a service's listen address.
     pub listen: SocketAddr,
-    /// When set, every admin request needs `Authorization: Bearer <token>` (at least 16
-    /// printable ASCII characters). Never rendered by [`Config::to_toml`].
+    /// When set, every admin request needs the token, as `Authorization: Bearer <token>` or
+    /// as the password of HTTP Basic (any user), except `GET /live` and `GET /ready` (at least
+    /// 16 printable ASCII characters). Never rendered by [`Config::to_toml`].
     #[serde(skip)]
     pub token: Option<String>,
+    /// A second token that allows the read-only endpoints only (`GET /`, `/status`,
+    /// `/metrics`); must differ from `token`. Without `token`, nothing can be changed through
+    /// the listener (read-only). Never rendered.
+    #[serde(skip)]
+    pub read_token: Option<String>,
 }
 
 /// One `[[service]]`: a listen address forwarded to the current master of a set of servers.
@@ -310,6 +316,7 @@ impl Config {
                 Ok(Admin {
                     listen,
                     token: a.token,
+                    read_token: a.read_token,
                 })
             })
             .transpose()

@@ -46,6 +46,7 @@ pub(super) struct RawDatapath {
 pub(super) struct RawAdmin {
     pub(super) listen: String,
     pub(super) token: Option<String>,
+    pub(super) read_token: Option<String>,
 }
 
 /// One `[[service]]`.

@@ -60,22 +60,18 @@ impl Validator<'_> {
             return Err(self.err("datapath.workers", "at most 1024 (0 means one per core)"));
         }
         let admin = match raw.admin {
-            Some(a) => Some(Admin {
-                listen: self.listen_addr("admin.listen", &a.listen)?,
-                token: match a.token {
-                    Some(t) if t.chars().count() < 16 => {
-                        return Err(self.err("admin.token", "at least 16 characters"))
-                    }
-                    Some(t) if !t.bytes().all(|b| b.is_ascii_graphic()) => {
-                        return Err(self.err(
-                            "admin.token",
-                            "printable ASCII only, no spaces or control characters (it is sent as \
-                             `Authorization: Bearer <token>`)",
-                        ))
-                    }
-                    t => t,
-                },
-            }),
+            Some(a) => {
+                let token = self.token("admin.token", a.token)?;
+                let read_token = self.token("admin.read_token", a.read_token)?;
+                if read_token.is_some() && read_token == token {
+                    return Err(self.err("admin.read_token", "must differ from admin.token"));
+                }
+                Some(Admin {
+                    listen: self.listen_addr("admin.listen", &a.listen)?,
+                    token,
+                    read_token,
+                })
+            }
             None => None,
         };
         if raw.service.is_empty() {
@@ -441,6 +437,19 @@ impl Validator<'_> {
             return Err(self.err(key, "port 0 is not a port to use"));
         }
         Ok(SocketAddr::new(a.ip().to_canonical(), a.port()))
+    }
+
+    /// An admin token: at least 16 printable ASCII characters, no spaces.
+    fn token(&self, key: &str, t: Option<String>) -> Res<Option<String>> {
+        match t {
+            Some(t) if t.chars().count() < 16 => Err(self.err(key, "at least 16 characters")),
+            Some(t) if !t.bytes().all(|b| b.is_ascii_graphic()) => Err(self.err(
+                key,
+                "printable ASCII only, no spaces or control characters (it is sent as \
+                 `Authorization: Bearer <token>`)",
+            )),
+            t => Ok(t),
+        }
     }
 
     /// An address to listen on: unicast (or unspecified, for every address).

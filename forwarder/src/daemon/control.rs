@@ -30,6 +30,7 @@ impl admin::Control for Daemon {
         Status {
             build: BuildInfo::current(),
             process: ProcessStats::read(),
+            uptime_ms: self.started.elapsed().as_millis(),
             ready: not_ready.is_empty(),
             not_ready,
             datapath: self.datapath.name().to_string(),

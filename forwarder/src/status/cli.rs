@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use super::Status;
+use super::{human_ms, Status};
 
 /// Why a request to the admin listener failed.
 #[derive(Debug, thiserror::Error)]
@@ -77,10 +77,98 @@ pub fn request(
     Ok(body.to_string())
 }
 
+/// Fetches `/status` as the daemon sent it, pretty-printed (`forwarder status --json`).
+pub fn fetch_json(admin: SocketAddr, token: Option<&str>) -> Result<String, ClientError> {
+    let body = request(admin, "GET", "/status", "", token)?;
+    let value: serde_json::Value = serde_json::from_str(&body).map_err(ClientError::NotStatus)?;
+    Ok(format!("{value:#}\n"))
+}
+
+/// `forwarder status`: where to ask, with which token, and how to show the answer.
+pub struct Cli {
+    /// The admin listener.
+    pub admin: SocketAddr,
+    /// The token sent as `Authorization: Bearer`.
+    pub token: Option<String>,
+    /// Print the JSON instead of the table.
+    pub json: bool,
+}
+
+impl Cli {
+    /// One rendering: the table, or the JSON.
+    pub fn once(&self) -> Result<String, ClientError> {
+        let token = self.token.as_deref();
+        if self.json {
+            fetch_json(self.admin, token)
+        } else {
+            fetch(self.admin, token).map(|st| render(&st))
+        }
+    }
+
+    /// `--watch`: renders every `every` until the process is interrupted. On a terminal each
+    /// rendering replaces the last (the screen is cleared); elsewhere they follow each other
+    /// under a separator line. A failed request is printed and tried again.
+    pub fn watch(&self, every: Duration) -> ! {
+        use std::io::IsTerminal as _;
+        let terminal = std::io::stdout().is_terminal();
+        let mut first = true;
+        loop {
+            let text = match self.once() {
+                Ok(text) => text,
+                Err(e) => format!("error: {e} (trying again in {}s)\n", every.as_secs()),
+            };
+            let mut out = std::io::stdout().lock();
+            let written = if terminal {
+                write!(out, "\x1b[H\x1b[2J{text}")
+            } else if first {
+                write!(out, "{text}")
+            } else {
+                write!(out, "----\n{text}")
+            };
+            if written.and_then(|()| out.flush()).is_err() {
+                std::process::exit(0); // the reader went away (`| head`)
+            }
+            drop(out);
+            first = false;
+            std::thread::sleep(every);
+        }
+    }
+}
+
+/// Lays out rows as columns, each as wide as its widest cell plus two spaces (the last one
+/// unpadded), indented by two spaces: every column starts at the same offset on every row.
+fn table(rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|cell| cell.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::from("  ");
+        for (c, cell) in row.iter().enumerate() {
+            line.push_str(cell);
+            if c + 1 < row.len() {
+                line.push_str(&" ".repeat(widths[c] - cell.chars().count() + 2));
+            }
+        }
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}
+
 /// Renders a status as aligned text.
 pub fn render(st: &Status) -> String {
     let mut out = format!(
-        "datapath {}{}\n",
+        "forwarder {}  up {}  datapath {}{}\n",
+        st.build.version,
+        human_ms(st.uptime_ms),
         st.datapath,
         st.datapath_fallback
             .as_deref()
@@ -110,26 +198,27 @@ pub fn render(st: &Status) -> String {
             svc.master_changes,
             svc.master_conflicts,
         ));
-        out.push_str(&format!(
-            "  {:<22} {:<12} {:<8} {:>8} {:>8}  {}\n",
-            "server", "check", "role", "ok", "failed", "last"
-        ));
-        for s in &svc.servers {
-            out.push_str(&format!(
-                "  {:<22} {:<12} {:<8} {:>8} {:>8}  {}\n",
-                s.addr,
-                s.state,
-                s.role.as_deref().unwrap_or("-"),
-                s.checks_ok,
-                s.checks_failed,
-                match (s.last_ok, &s.last_reason) {
-                    (Some(true), _) => "ok",
-                    (Some(false), Some(r)) => r.as_str(),
-                    (Some(false), None) => "failed",
-                    (None, _) => "not checked yet",
-                }
-            ));
+        if let Some(note) = &svc.note {
+            out.push_str(&format!("  note: {note}\n"));
         }
+        let mut rows = vec![[
+            "server", "check", "for", "role", "admin", "ok", "failed", "last",
+        ]
+        .map(String::from)
+        .to_vec()];
+        rows.extend(svc.servers.iter().map(|s| {
+            vec![
+                s.addr.clone(),
+                s.display_state().to_string(),
+                human_ms(s.in_state_ms),
+                s.role.clone().unwrap_or_else(|| "-".into()),
+                s.admin_state.clone(),
+                s.checks_ok.to_string(),
+                s.checks_failed.to_string(),
+                s.display_check().to_string(),
+            ]
+        }));
+        out.push_str(&table(&rows));
     }
     out
 }

@@ -30,6 +30,8 @@ pub struct Status {
     pub ready: bool,
     /// Why not ready, one line per service; empty when ready.
     pub not_ready: Vec<String>,
+    /// How long the daemon has run, in ms.
+    pub uptime_ms: u128,
     /// The data path sessions take: `userspace`, `uring` or `sockmap` ([`DataPath::name`]).
     ///
     /// [`DataPath::name`]: crate::datapath::DataPath::name
@@ -136,10 +138,16 @@ pub struct ServerStatus {
     /// to).
     #[serde(default)]
     pub name: Option<String>,
-    /// `up`, `down`, `rising` or `falling` (see [`health::ServerState::as_str`]).
+    /// `up`, `down`, `rising` or `falling` (see [`health::ServerState::as_str`]); what to show
+    /// is [`ServerStatus::display_state`].
     pub state: String,
+    /// How long it has been in `state`, in ms.
+    pub in_state_ms: u128,
     /// Whether it is routable: `up` or `falling`.
     pub up: bool,
+    /// The last check failed only in that the server answered as a replica: a healthy standby.
+    #[serde(default)]
+    pub standby: bool,
     /// `master` or `replica`, from its last INFO reply.
     pub role: Option<String>,
     /// Whether the last check that ran passed; `None` before the first one.
@@ -155,7 +163,47 @@ pub struct ServerStatus {
     /// Checks that could not run because of this host (EMFILE, ...): they leave the state alone.
     pub checks_unknown: u64,
     /// As the operator set it: `ready`, `drain` or `maint` (see [`health::AdminState`]).
+    #[serde(default = "ready")]
     pub admin_state: String,
+}
+
+fn ready() -> String {
+    "ready".into()
+}
+
+impl ServerStatus {
+    /// The state to show: `standby` for a down server that failed its check only by answering
+    /// as a replica, else [`ServerStatus::state`]. The page, the CLI and the metrics all use it.
+    pub fn display_state(&self) -> &str {
+        if self.standby && !self.up {
+            "standby"
+        } else {
+            &self.state
+        }
+    }
+
+    /// What its last check said: `ok`, `replica` for a standby, the failure's reason, or `not
+    /// checked yet`.
+    pub fn display_check(&self) -> &str {
+        match (self.last_ok, &self.last_reason) {
+            (Some(true), _) => "ok",
+            (Some(false), _) if self.standby => "replica",
+            (Some(false), Some(r)) => r,
+            (Some(false), None) => "failed",
+            (None, _) => "not checked yet",
+        }
+    }
+}
+
+/// A duration in ms as the page and the CLI show it: `45s`, `12m05s`, `3h02m`, `2d04h`.
+pub fn human_ms(ms: u128) -> String {
+    let s = ms / 1000;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..=86_399 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{:02}h", s / 86_400, s % 86_400 / 3600),
+    }
 }
 
 impl ServiceStatus {
@@ -210,7 +258,9 @@ impl ServiceStatus {
                         .find(|r| r.is_server() && r.address == s.addr)
                         .map(|r| r.name.clone()),
                     state: s.state.as_str().to_string(),
+                    in_state_ms: s.state_since.elapsed().as_millis(),
                     up: s.state.is_up(),
+                    standby: s.standby,
                     role: s.role.map(|r| r.as_str().to_string()),
                     last_ok: s.last_ok,
                     last_reason: s.last_reason,
@@ -240,7 +290,9 @@ mod tests {
             addr: addr.into(),
             name: None,
             state: if up { "up" } else { "down" }.into(),
+            in_state_ms: 754_000,
             up,
+            standby: false,
             role: Some(role.into()),
             last_ok: Some(up),
             last_reason: reason.map(str::to_string),
@@ -266,6 +318,7 @@ mod tests {
             not_ready: vec![
                 "service mymaster: master 127.0.0.1:6380 takes no new sessions (drain)".into(),
             ],
+            uptime_ms: 3_725_000,
             datapath: "userspace".into(),
             datapath_fallback: Some("uring: EPERM".into()),
             bpf: None,
@@ -335,6 +388,16 @@ mod tests {
                         "replica",
                         Some("step 5: expected \"role:master\""),
                     ),
+                    ServerStatus {
+                        standby: true,
+                        admin_state: "drain".into(),
+                        ..server(
+                            "127.0.0.1:6382",
+                            false,
+                            "replica",
+                            Some("step 4 (expect role master): role:replica"),
+                        )
+                    },
                 ],
             }],
         }
@@ -355,20 +418,96 @@ mod tests {
             "master 127.0.0.1:6380 (generation 3)  sentinel 1/3 DEGRADED",
             "rejected 3  master changes 2  conflicts 1",
             "step 5: expected",
+            "forwarder 1.2.3  up 1h02m",
         ] {
             assert!(text.contains(want), "{want:?} not in {text}");
         }
+        assert!(!text.contains("role:replica"), "{text}");
+    }
+
+    #[test]
+    fn a_healthy_replica_is_a_standby_and_a_broken_one_is_down() {
+        let st = sample();
+        let s = &st.services[0].servers;
+        assert_eq!((s[0].display_state(), s[0].display_check()), ("up", "ok"));
+        assert_eq!(s[1].display_state(), "down");
+        assert_eq!(s[1].display_check(), "step 5: expected \"role:master\"");
+        assert_eq!(
+            (s[2].display_state(), s[2].display_check()),
+            ("standby", "replica")
+        );
+        let html = page::render(&st, false);
+        assert!(
+            html.contains("<tr class=\"server standby\"><td>127.0.0.1:6382</td><td>standby</td>"),
+            "{html}"
+        );
+        assert!(
+            html.contains("<tr class=\"server down\"><td>127.0.0.1:6381</td><td>down</td>"),
+            "{html}"
+        );
+    }
+
+    #[test]
+    fn every_column_of_the_server_table_starts_at_the_same_offset() {
+        let text = cli::render(&sample());
+        let lines: Vec<&str> = text.lines().collect();
+        let header = lines
+            .iter()
+            .position(|l| l.trim_start().starts_with("server "))
+            .expect("a header");
+        let starts: Vec<usize> = [
+            "server", "check", "for", "role", "admin", "ok", "failed", "last",
+        ]
+        .iter()
+        .map(|h| lines[header].find(&format!(" {h}")).unwrap() + 1)
+        .collect();
+        let rows = &lines[header + 1..header + 4];
+        for row in rows {
+            for &at in &starts {
+                let bytes = row.as_bytes();
+                assert!(
+                    bytes[at - 1] == b' ' && bytes[at] != b' ',
+                    "a column of {row:?} does not start at {at}:\n{text}"
+                );
+            }
+        }
+        assert!(
+            rows[2].contains("standby") && rows[2].contains("drain"),
+            "{text}"
+        );
+        assert!(rows[0].contains("12m34s"), "{text}");
+        assert!(!text.contains('\t') && !text.contains("Rising("), "{text}");
+    }
+
+    #[test]
+    fn durations_read_as_an_operator_writes_them() {
+        assert_eq!(human_ms(999), "0s");
+        assert_eq!(human_ms(61_000), "1m01s");
+        assert_eq!(human_ms(3_725_000), "1h02m");
+        assert_eq!(human_ms(90_000_000), "1d01h");
     }
 
     #[test]
     fn the_page_escapes_and_shows_every_server() {
-        let html = page::render(&sample());
+        let html = page::render(&sample(), false);
         assert!(
             html.contains("id=\"master-mymaster\">127.0.0.1:6380<"),
             "{html}"
         );
         assert!(html.contains("the &lt;quorum&gt; names X"), "{html}");
-        assert_eq!(html.matches("<tr class=\"server ").count(), 2, "{html}");
+        assert!(
+            html.contains("version <b id=\"version\">1.2.3</b>, up 1h02m"),
+            "{html}"
+        );
+        assert_eq!(html.matches("<tr class=\"server ").count(), 3, "{html}");
+        assert!(!html.contains("<button"), "{html}");
+        let html = page::render(&sample(), true);
+        assert_eq!(html.matches("switchover</button>").count(), 1, "{html}");
+        assert!(
+            html.contains("encodeURIComponent('127.0.0.1:6382')+'/state','drain')\" disabled>"),
+            "{html}"
+        );
+        assert_eq!(html.matches(">maint</button>").count(), 3, "{html}");
     }
 
     #[test]

@@ -1,9 +1,17 @@
 //! The status page (`GET /` on the admin listener): the [`Status`] model as a small HTML page
-//! in the spirit of HAProxy's stats page.
+//! in the spirit of HAProxy's stats page. With `may_act` (the request carried the full token, or
+//! none is configured) each server gets Ready / Drain / Maint buttons and each service with a
+//! Sentinel a Switchover button; they POST to the admin listener and reload the page.
 
 use std::fmt::Write as _;
 
-use super::Status;
+use super::{human_ms, ServerStatus, Status};
+
+/// The buttons' script: POST, then show the answer if it is not a 2xx, and reload.
+const SCRIPT: &str = "<script>async function act(path, body) {\
+  try { const r = await fetch(path, {method: 'POST', body: body, headers: {'X-Forwarder-Action': '1'}});\
+    if (!r.ok) alert(r.status + ' ' + await r.text()); } catch (e) { alert(e); }\
+  location.reload(); }</script>";
 
 /// Escapes text for HTML.
 fn esc(s: &str) -> String {
@@ -13,14 +21,55 @@ fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
+/// The class of a server's row: `up` (green), `standby` (neutral), `warn` (rising or falling) or
+/// `down` (red).
+fn class(s: &ServerStatus) -> &'static str {
+    match s.display_state() {
+        "up" => "up",
+        "standby" => "standby",
+        "down" => "down",
+        _ => "warn",
+    }
+}
+
+/// The Ready / Drain / Maint buttons of one server, the one in force disabled.
+fn server_buttons(h: &mut String, service: &str, s: &ServerStatus) {
+    h.push_str("<td>");
+    for state in ["ready", "drain", "maint"] {
+        let _ = write!(
+            h,
+            "<button onclick=\"act('/servers/'+encodeURIComponent('{svc}')+'/'+\
+             encodeURIComponent('{addr}')+'/state','{state}')\"{dis}>{state}</button>",
+            svc = esc(service),
+            addr = esc(&s.addr),
+            dis = if s.admin_state == state {
+                " disabled"
+            } else {
+                ""
+            },
+        );
+    }
+    h.push_str("</td>");
+}
+
 /// A small status page in the spirit of HAProxy's stats page; refreshes itself every 2 s.
-pub fn render(st: &Status) -> String {
+/// `may_act`: show the buttons that change server states and switch masters over.
+pub fn render(st: &Status, may_act: bool) -> String {
     let mut h = String::from(
         "<!doctype html><html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"2\">\
          <title>forwarder status</title><style>body{font-family:sans-serif;margin:1em}\
          table{border-collapse:collapse;margin-bottom:1em}td,th{border:1px solid #999;padding:2px 8px}\
          th{background:#eee}.up{background:#c8f0c8}.down{background:#f4c4c4}.warn{background:#f8e8a0}\
-         </style></head><body><h1>forwarder</h1>",
+         .standby{background:#e4e8f0}</style></head><body><h1>forwarder</h1>",
+    );
+    if may_act {
+        h.push_str(SCRIPT);
+    }
+    let _ = write!(
+        h,
+        "<p>version <b id=\"version\">{}</b>, up {}</p>",
+        esc(&st.build.version),
+        human_ms(st.uptime_ms)
     );
     let _ = write!(
         h,
@@ -69,29 +118,44 @@ pub fn render(st: &Status) -> String {
         if let Some(note) = &svc.note {
             let _ = write!(h, "<p class=\"warn\">{}</p>", esc(note));
         }
+        if may_act && svc.sentinel.is_some() {
+            let _ = write!(
+                h,
+                "<p><button onclick=\"act('/services/'+encodeURIComponent('{0}')+'/switchover','')\">\
+                 switchover</button> (Sentinel promotes a replica)</p>",
+                esc(&svc.name)
+            );
+        }
         h.push_str(
-            "<table><tr><th>server</th><th>check</th><th>role</th><th>last check</th>\
-             <th>ok</th><th>failed</th><th>took</th></tr>",
+            "<table><tr><th>server</th><th>check</th><th>for</th><th>role</th><th>admin</th>\
+             <th>last check</th><th>ok</th><th>failed</th><th>took</th>",
         );
+        h.push_str(if may_act {
+            "<th>set</th></tr>"
+        } else {
+            "</tr>"
+        });
         for s in &svc.servers {
             let _ = write!(
                 h,
-                "<tr class=\"server {cls}\"><td>{addr}</td><td>{state}</td><td>{role}</td>\
-                 <td>{last}</td><td>{ok}</td><td>{failed}</td><td>{took}</td></tr>",
-                cls = if s.up { "up" } else { "down" },
+                "<tr class=\"server {cls}\"><td>{addr}</td><td>{state}</td><td>{since}</td>\
+                 <td>{role}</td><td>{admin}</td><td>{last}</td><td>{ok}</td><td>{failed}</td>\
+                 <td>{took}</td>",
+                cls = class(s),
                 addr = esc(&s.addr),
-                state = esc(&s.state),
+                state = esc(s.display_state()),
+                since = human_ms(s.in_state_ms),
                 role = esc(s.role.as_deref().unwrap_or("-")),
-                last = match (s.last_ok, &s.last_reason) {
-                    (Some(true), _) => "ok".to_string(),
-                    (Some(false), Some(r)) => esc(r),
-                    (Some(false), None) => "failed".into(),
-                    (None, _) => "not checked yet".into(),
-                },
+                admin = esc(&s.admin_state),
+                last = esc(s.display_check()),
                 ok = s.checks_ok,
                 failed = s.checks_failed,
                 took = s.last_check_ms.map_or("-".into(), |m| format!("{m} ms")),
             );
+            if may_act {
+                server_buttons(&mut h, &svc.name, s);
+            }
+            h.push_str("</tr>");
         }
         h.push_str("</table>");
     }
