@@ -78,6 +78,8 @@ const E2E_FILES: &[(&str, Runs)] = &[
     ("session_log", Runs::PerMode),
     // Failover drills: sessions cut and writes resumed through the data path.
     ("sentinel", Runs::PerMode),
+    // A planned switchover holds and cuts through each path's front; two forwarders agree.
+    ("switchover", Runs::PerMode),
     // The sockmap path, whatever FORWARDER_MODE says.
     ("sockmap", Runs::Once),
     // systemd's READY=1, RELOADING=1, STOPPING=1 and WATCHDOG=1, sent by the daemon whatever
