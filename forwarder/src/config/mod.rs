@@ -205,7 +205,8 @@ pub struct Timeouts {
     /// How long a new client is held while the service has no master.
     #[serde(with = "humantime_serde")]
     pub queue: Duration,
-    /// On SIGTERM/SIGINT, how long established sessions may finish before they are closed.
+    /// On SIGTERM/SIGINT, how long established sessions may finish before they are closed; and
+    /// how long the sessions of a server an operator set to `drain` may go on.
     #[serde(with = "humantime_serde")]
     pub drain: Duration,
 }
