@@ -64,6 +64,13 @@ pub enum SwitchoverError {
     /// One runs already, or the master is held for another reason.
     #[error("a switchover is already running")]
     Running,
+    /// A server the Sentinels could promote takes no sessions: the switchover could end with
+    /// a master that is not routed to.
+    #[error(
+        "server {0} is in {1} and the Sentinels could promote it; set it ready first \
+         (nothing changed)"
+    )]
+    NotReady(SocketAddr, &'static str),
     /// The master could not be read, or said it is not a master.
     #[error("master {0}: {1}; switchover given up, nothing changed")]
     Master(SocketAddr, String),
@@ -106,6 +113,13 @@ pub async fn run(
         .sentinel_config()
         .ok_or(SwitchoverError::NoSentinel)?;
     let from = monitor.view().master.ok_or(SwitchoverError::NoMaster)?;
+    if let Some(s) = monitor
+        .servers()
+        .into_iter()
+        .find(|s| s.addr != from && s.admin != crate::AdminState::Ready)
+    {
+        return Err(SwitchoverError::NotReady(s.addr, s.admin.as_str()));
+    }
     let started = Instant::now();
     if !monitor.switchover(true) {
         return Err(match monitor.view().master {

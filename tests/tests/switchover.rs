@@ -123,6 +123,14 @@ fn a_planned_switchover_under_writes_loses_no_write_and_fails_no_new_client() {
     let (master, replica, sentinels) = lab(5000);
     let f = forwarder(&[master.addr(), replica.addr()], &sentinels, master.addr());
     assert_eq!(f.post("/services/nope/switchover", "").0, 404);
+    // Not onto a replica the operator took out: it could end with a master not routed to.
+    let state = format!("/servers/mymaster/{}/state", replica.addr());
+    assert_eq!(f.post(&state, "maint").0, 200);
+    let (code, body) = f.post("/services/mymaster/switchover", "");
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("set it ready first"), "{body}");
+    assert_eq!(f.post(&state, "ready").0, 200);
+    assert_eq!(f.master("mymaster"), Some(master.addr()), "nothing changed");
 
     under_writes(&f, &replica, || {
         let (code, body) = f.post("/services/mymaster/switchover", "");
