@@ -166,7 +166,12 @@ master_name = "mymaster"
          \x20 redis-cli -p {port} info replication      # role:master, connected_slaves:1\n\
          \x20 redis-cli -p {mp} shutdown nosave         # kill the master; Sentinels promote the replica\n\
          \x20 redis-cli -p {port} info replication      # role:master again, now the other server, 0 slaves\n\
+         Or a planned one, without an error for any new client ({bin}):\n\
+         \x20 forwarder switchover mymaster --admin {admin}   # prints how long clients were held\n\
+         \x20 forwarder server mymaster {r} drain --admin {admin}   # or maint, ready\n\
+         \x20 forwarder status --admin {admin} --watch\n\
          Ctrl-C stops everything.\n",
+        bin = bin.display(),
         mode = args.mode,
         m = master.addr(),
         r = replica.addr(),
@@ -195,7 +200,20 @@ master_name = "mymaster"
             match routed {
                 Some(new) if !failed_over && new != master.addr().to_string() => {
                     failed_over = true;
-                    println!("{}", after_failover(&master, &new, port));
+                    let alive = harness::Conn::open(master.addr())
+                        .and_then(|mut c| c.cmd(&["PING"]))
+                        .is_ok();
+                    if alive {
+                        println!(
+                            "\nlab: the forwarder now routes to {new} (was {}), which is still up: \
+                             a planned switchover. The Sentinels make the old master a replica of \
+                             {new} (the status lines show it `standby replica` soon); no client \
+                             was refused meanwhile.\n",
+                            master.addr()
+                        );
+                    } else {
+                        println!("{}", after_failover(&master, &new, port));
+                    }
                 }
                 _ => {}
             }
