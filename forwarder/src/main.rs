@@ -158,16 +158,7 @@ fn main() -> ExitCode {
             if let Some(secs) = watch {
                 cli.watch(std::time::Duration::from_secs(secs));
             }
-            match cli.once() {
-                Ok(text) => {
-                    print!("{text}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            printed(cli.once())
         }
         Command::Run { config } => {
             if let Err(e) = forwarder::budget::raise_nofile_limit() {
@@ -210,7 +201,18 @@ fn post(
     let Some((admin, token)) = admin_of(config, admin) else {
         return ExitCode::from(2);
     };
-    match forwarder::status::cli::request(admin, "POST", path, body, token.as_deref()) {
+    printed(forwarder::status::cli::request(
+        admin,
+        "POST",
+        path,
+        body,
+        token.as_deref(),
+    ))
+}
+
+/// Prints an answer of the admin listener (exit 0), or the error (exit 1).
+fn printed<E: std::fmt::Display>(answer: Result<String, E>) -> ExitCode {
+    match answer {
         Ok(text) => {
             print!("{text}");
             ExitCode::SUCCESS
