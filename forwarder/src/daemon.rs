@@ -80,7 +80,7 @@ pub struct Daemon {
     /// Services replaced or removed by a reload, kept (with their checks and router, so their
     /// sessions are still cut on a master change) until their last session ends.
     retiring: Mutex<Vec<Arc<ServiceHandle>>>,
-    /// One reload at a time.
+    /// One reload at a time; a planned switchover holds it too (no reload while one runs).
     reloading: tokio::sync::Mutex<()>,
     /// The operator's server states (`POST /servers/...`), by service: they outlive the
     /// monitors a reload replaces.

@@ -232,3 +232,58 @@ fn a_reload_that_replaces_the_checks_keeps_every_counter() {
         );
     }
 }
+
+#[test]
+fn a_reload_during_a_switchover_does_not_route_new_clients_to_the_held_master() {
+    use harness::hostile::{HostileSentinel, Lie};
+    let (master, replica) = Redis::pair();
+    // Names the master and accepts SENTINEL FAILOVER, but never fails over: the switchover
+    // holds new clients until it gives up (20 s).
+    let sentinel = HostileSentinel::start(Lie::Names(master.addr()));
+    let text = |f: &str| {
+        Service::redis("mymaster", &[master.addr(), replica.addr()])
+            .set(
+                "timeout",
+                "{ connect = \"1s\", queue = \"30s\", drain = \"2s\" }",
+            )
+            .check("rise", "1")
+            .check("timeout", "\"1s\"")
+            .check("fall", f)
+            .sentinels(&[sentinel.addr])
+            .to_string()
+    };
+    let mut f = Forwarder::start(&text("1"));
+    routed(&f, master.addr());
+    assert!(
+        wait_until(Duration::from_secs(10), || master
+            .info_field("replication", "slave0")
+            .is_some_and(|s| s.contains("online"))),
+        "the replica never came online"
+    );
+    let admin = f.admin;
+    let switchover = std::thread::spawn(move || {
+        harness::endpoints::admin_call(admin, "POST", "/services/mymaster/switchover", "", None)
+    });
+    assert!(
+        wait_until(Duration::from_secs(10), || f
+            .service_status("mymaster")
+            .is_some_and(|s| s["hold"] == "switchover")),
+        "the switchover never held the master: {:?}",
+        f.status()
+    );
+    // A reload that replaces the checks (a new monitor) while the switchover runs.
+    f.rewrite(&text("2").replace("{LISTEN}", &f.listen[0].to_string()));
+    f.proc().signal(libc::SIGHUP);
+    std::thread::sleep(Duration::from_secs(1));
+    // The master is still being switched away from: a new client must not reach it.
+    let _held = held_client(&f);
+    assert_eq!(f.service_status("mymaster").unwrap()["hold"], "switchover");
+    let (code, body) = switchover.join().unwrap().expect("switchover answered");
+    assert_eq!(code, 502, "{body}");
+    // The reload waited for the switchover, then was applied.
+    assert!(
+        f.wait_for_log("1 changed", Duration::from_secs(10)),
+        "{}",
+        f.log_text()
+    );
+}

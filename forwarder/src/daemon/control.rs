@@ -134,6 +134,15 @@ impl admin::Control for Daemon {
     }
 
     async fn switchover(&self, service: &str) -> Result<String, ControlError> {
+        // No reload (nor name re-resolution) while it runs: one would replace the monitor that
+        // holds the master, and the new one would route new clients to it again while the
+        // replicas are caught up and the Sentinels promote one (writes acknowledged, then lost).
+        // A reload asked for meanwhile waits for the switchover to end.
+        let Ok(_no_reload) = self.reloading.try_lock() else {
+            return Err(ControlError::Conflict(format!(
+                "service {service}: a reload or another switchover is running; try again"
+            )));
+        };
         let (monitor, stats, auth, request) = {
             let live = lock(&self.live);
             let l = live
