@@ -81,7 +81,7 @@ pub struct Daemon {
     /// sessions are still cut on a master change) until their last session ends.
     retiring: Mutex<Vec<Arc<ServiceHandle>>>,
     /// One reload at a time; a planned switchover holds it too (no reload while one runs).
-    reloading: tokio::sync::Mutex<()>,
+    reloading: Arc<tokio::sync::Mutex<()>>,
     /// The operator's server states (`POST /servers/...`), by service: they outlive the
     /// monitors a reload replaces.
     admin_states: Mutex<HashMap<String, HashMap<SocketAddr, health::AdminState>>>,
@@ -429,7 +429,7 @@ pub async fn run(cfg: Config, budget: Budget, path: PathBuf, bound: Bound) -> an
         shutdown: shutdown.clone(),
         live: Mutex::new(Vec::new()),
         retiring: Mutex::new(Vec::new()),
-        reloading: tokio::sync::Mutex::new(()),
+        reloading: Arc::new(tokio::sync::Mutex::new(())),
         admin_states: Mutex::new(HashMap::new()),
         started: std::time::Instant::now(),
     });

@@ -287,3 +287,62 @@ fn a_reload_during_a_switchover_does_not_route_new_clients_to_the_held_master() 
         f.log_text()
     );
 }
+
+#[test]
+fn a_switchover_runs_to_its_end_when_its_client_goes_away() {
+    use harness::hostile::{HostileSentinel, Lie};
+    use std::io::Write;
+    let (master, replica) = Redis::pair();
+    // Accepts SENTINEL FAILOVER and never does it: the switchover waits 20 s, then gives up.
+    let sentinel = HostileSentinel::start(Lie::Names(master.addr()));
+    let f = Forwarder::start(
+        &Service::redis("mymaster", &[master.addr(), replica.addr()])
+            .set(
+                "timeout",
+                "{ connect = \"1s\", queue = \"30s\", drain = \"2s\" }",
+            )
+            .check("rise", "1")
+            .check("timeout", "\"1s\"")
+            .sentinels(&[sentinel.addr])
+            .to_string(),
+    );
+    routed(&f, master.addr());
+    assert!(
+        wait_until(Duration::from_secs(10), || master
+            .info_field("replication", "slave0")
+            .is_some_and(|s| s.contains("online"))),
+        "the replica never came online"
+    );
+    let mut c = std::net::TcpStream::connect(f.admin).unwrap();
+    write!(
+        c,
+        "POST /services/mymaster/switchover HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+    )
+    .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || f
+            .service_status("mymaster")
+            .is_some_and(|s| s["hold"] == "switchover")),
+        "the switchover never held the master: {:?}",
+        f.status()
+    );
+    // The operator's curl is interrupted: the Sentinels were asked to fail over, so the
+    // master must stay held (writes to it now would be lost) until the switchover ends.
+    drop(c);
+    std::thread::sleep(Duration::from_secs(1));
+    let _held = held_client(&f);
+    assert_eq!(f.service_status("mymaster").unwrap()["hold"], "switchover");
+    // It ends as it would have: given up after 20 s, counted, the master routed again.
+    assert!(
+        wait_until(Duration::from_secs(30), || f
+            .service_status("mymaster")
+            .is_some_and(|s| s["hold"].is_null())),
+        "the hold never ended"
+    );
+    assert_eq!(
+        f.service_status("mymaster").unwrap()["stats"]["switchovers_failed"],
+        1,
+        "{:?}",
+        f.status()
+    );
+}

@@ -138,7 +138,7 @@ impl admin::Control for Daemon {
         // holds the master, and the new one would route new clients to it again while the
         // replicas are caught up and the Sentinels promote one (writes acknowledged, then lost).
         // A reload asked for meanwhile waits for the switchover to end.
-        let Ok(_no_reload) = self.reloading.try_lock() else {
+        let Ok(no_reload) = std::sync::Arc::clone(&self.reloading).try_lock_owned() else {
             return Err(ControlError::Conflict(format!(
                 "service {service}: a reload or another switchover is running; try again"
             )));
@@ -162,29 +162,38 @@ impl admin::Control for Daemon {
             request,
         };
         tracing::warn!(%service, "planned switchover requested");
-        match health::switchover::run(&monitor, auth.as_ref(), limits).await {
-            Ok(r) => {
-                let ms = u64::try_from(r.paused.as_millis()).unwrap_or(u64::MAX);
-                stats.switchovers.fetch_add(1, Ordering::Relaxed);
-                stats.last_switchover_ms.store(ms, Ordering::Relaxed);
-                tracing::warn!(%service, from = %r.from, to = %r.to, paused_ms = ms,
-                    sentinel = %r.sentinel, "planned switchover done");
-                Ok(format!(
-                    "service {service}: switched over from {} to {} (new clients held {ms} ms; \
-                     failover by Sentinel {})",
-                    r.from, r.to, r.sentinel
-                ))
+        // Its own task: once the Sentinels may have been asked to fail over, the master must
+        // stay held until the switchover ends, whether or not the client that asked for it
+        // (curl, `forwarder switchover`) is still there to read the answer.
+        let service = service.to_string();
+        let task = tokio::spawn(async move {
+            let _no_reload = no_reload;
+            match health::switchover::run(&monitor, auth.as_ref(), limits).await {
+                Ok(r) => {
+                    let ms = u64::try_from(r.paused.as_millis()).unwrap_or(u64::MAX);
+                    stats.switchovers.fetch_add(1, Ordering::Relaxed);
+                    stats.last_switchover_ms.store(ms, Ordering::Relaxed);
+                    tracing::warn!(%service, from = %r.from, to = %r.to, paused_ms = ms,
+                        sentinel = %r.sentinel, "planned switchover done");
+                    Ok(format!(
+                        "service {service}: switched over from {} to {} (new clients held {ms} \
+                         ms; failover by Sentinel {})",
+                        r.from, r.to, r.sentinel
+                    ))
+                }
+                Err(e) => {
+                    use health::switchover::SwitchoverError as E;
+                    stats.switchovers_failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(%service, error = %e, "planned switchover not done");
+                    let text = format!("service {service}: {e}");
+                    Err(match e {
+                        E::NoSentinel | E::NoMaster | E::Running => ControlError::Conflict(text),
+                        _ => ControlError::Failed(text),
+                    })
+                }
             }
-            Err(e) => {
-                use health::switchover::SwitchoverError as E;
-                stats.switchovers_failed.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(%service, error = %e, "planned switchover not done");
-                let text = format!("service {service}: {e}");
-                Err(match e {
-                    E::NoSentinel | E::NoMaster | E::Running => ControlError::Conflict(text),
-                    _ => ControlError::Failed(text),
-                })
-            }
-        }
+        });
+        task.await
+            .unwrap_or_else(|e| Err(ControlError::Failed(format!("switchover task: {e}"))))
     }
 }
