@@ -8,7 +8,8 @@
 //!    every online replica's own offset until each has reached it. The replica the Sentinels
 //!    promote then has every write the master acknowledged. Should they not catch up in
 //!    [`Limits::catch_up`], the switchover is given up and the master takes clients again:
-//!    nothing was lost, nothing changed.
+//!    nothing was lost, nothing changed. Nor is it done when an online replica is in `maint`
+//!    (the Sentinels might promote it, and it would never be routed to).
 //! 3. **Failover**: `SENTINEL FAILOVER <master_name>` to each Sentinel in turn until one accepts
 //!    (`-INPROG`, a failover already running, counts as accepted).
 //! 4. **Wait** for the decider to route to another master (named by a quorum, passing its own
@@ -70,6 +71,13 @@ pub enum SwitchoverError {
     /// No replica to hand over to.
     #[error("master {0} has no online replica; switchover given up, nothing changed")]
     NoReplica(SocketAddr),
+    /// An online replica of the master is in `maint`: the Sentinels might promote it, and a
+    /// server in `maint` is never routed to (the service would be left without a master).
+    #[error(
+        "replica {0} of master {1} is in maint: the Sentinels could promote it, and a server in \
+         maint is never routed to; set it ready first; switchover given up, nothing changed"
+    )]
+    InMaint(SocketAddr, SocketAddr),
     /// The replicas did not reach the master's offset in time.
     #[error(
         "replicas did not catch up with master {master} (offset {offset}) within {within:?}: \
@@ -119,7 +127,13 @@ pub async fn run(
         monitor,
         armed: true,
     };
-    catch_up(from, auth, limits).await?;
+    let maint: Vec<SocketAddr> = monitor
+        .servers()
+        .iter()
+        .filter(|s| s.admin == crate::AdminState::Maint)
+        .map(|s| s.addr)
+        .collect();
+    catch_up(from, auth, limits, &maint).await?;
     let sentinel = failover(&cfg, limits.request).await?;
     let mut views = monitor.subscribe();
     let moved = tokio::time::timeout(
@@ -160,6 +174,7 @@ async fn catch_up(
     master: SocketAddr,
     auth: Option<&Auth>,
     limits: Limits,
+    maint: &[SocketAddr],
 ) -> Result<(), SwitchoverError> {
     let bad = |e: String| SwitchoverError::Master(master, e);
     let repl = replication(master, auth, limits.request)
@@ -179,6 +194,9 @@ async fn catch_up(
         .collect();
     if replicas.is_empty() {
         return Err(SwitchoverError::NoReplica(master));
+    }
+    if let Some(r) = replicas.iter().find(|r| maint.contains(r)) {
+        return Err(SwitchoverError::InMaint(*r, master));
     }
     let deadline = Instant::now() + limits.catch_up;
     loop {
@@ -320,5 +338,18 @@ mod tests {
         // And the next switchover is not refused as already running.
         assert!(m.switchover(true), "a second switchover is refused");
         m.switchover(false);
+
+        // A replica in maint could be promoted, and would never be routed: refused.
+        assert_eq!(
+            m.set_admin(replica.addr(), crate::AdminState::Maint),
+            Some(crate::AdminState::Ready)
+        );
+        let done = tokio::time::timeout(Duration::from_secs(5), run(&m, None, limits)).await;
+        assert!(
+            matches!(done, Ok(Err(SwitchoverError::InMaint(r, _))) if r == replica.addr()),
+            "{done:?}"
+        );
+        assert_eq!(m.view().hold, None);
+        assert_eq!(m.view().master, Some(master.addr()));
     }
 }

@@ -187,7 +187,9 @@ impl admin::Control for Daemon {
                     tracing::error!(%service, error = %e, "planned switchover not done");
                     let text = format!("service {service}: {e}");
                     Err(match e {
-                        E::NoSentinel | E::NoMaster | E::Running => ControlError::Conflict(text),
+                        E::NoSentinel | E::NoMaster | E::Running | E::InMaint(..) => {
+                            ControlError::Conflict(text)
+                        }
                         _ => ControlError::Failed(text),
                     })
                 }
