@@ -89,6 +89,28 @@ pub struct Daemon {
     started: std::time::Instant,
 }
 
+/// Drops the operator's states of servers `new` no longer has (a removed service, or a server
+/// no longer in a service's `servers`), logged: a server added again later starts `ready`, not
+/// in a state nobody sees any more. Services that discover their servers keep theirs (a server
+/// the Sentinels do not report now may come back).
+fn forget_states(
+    states: &mut HashMap<String, HashMap<SocketAddr, health::AdminState>>,
+    new: &Config,
+) {
+    states.retain(|name, of| {
+        let svc = new.service.iter().find(|s| &s.name == name);
+        of.retain(|addr, state| {
+            let keep = svc.is_some_and(|s| s.servers.is_empty() || s.servers.contains(addr));
+            if !keep {
+                tracing::warn!(service = %name, server = %addr, state = state.as_str(),
+                    "server no longer configured: its operator state is forgotten");
+            }
+            keep
+        });
+        !of.is_empty()
+    });
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -312,6 +334,7 @@ impl Daemon {
             names::log_changes(old.service.iter().find(|o| o.name == svc.name), svc);
         }
         *lock(&self.config) = new.clone();
+        forget_states(&mut lock(&self.admin_states), &new);
         let mut next = Vec::with_capacity(steps.len());
         let mut taken = vec![false; live.len()];
         let mut old_live: Vec<Option<Live>> = live.drain(..).map(Some).collect();

@@ -346,3 +346,33 @@ fn a_switchover_runs_to_its_end_when_its_client_goes_away() {
         f.status()
     );
 }
+
+#[test]
+fn a_server_removed_by_a_reload_and_added_again_starts_ready() {
+    let (master, replica) = Redis::pair();
+    let mut f = Forwarder::start(&service(&[master.addr(), replica.addr()]));
+    routed(&f, master.addr());
+    assert_eq!(set_state(&f, replica.addr(), "maint").0, 200);
+    let reload = |f: &mut Forwarder, servers: &[SocketAddr], n: usize| {
+        f.rewrite(&service(servers).replace("{LISTEN}", &f.listen[0].to_string()));
+        f.proc().signal(libc::SIGHUP);
+        assert!(
+            wait_until(Duration::from_secs(10), || f
+                .log_text()
+                .matches("1 changed")
+                .count()
+                >= n),
+            "{}",
+            f.log_text()
+        );
+    };
+    reload(&mut f, &[master.addr()], 1);
+    // Added again (another machine on the same address, say): not in a maint nobody could see.
+    reload(&mut f, &[master.addr(), replica.addr()], 2);
+    assert_eq!(server_field(&f, replica.addr(), "admin_state"), "ready");
+    assert!(
+        f.log_text().contains("its operator state is forgotten"),
+        "{}",
+        f.log_text()
+    );
+}
