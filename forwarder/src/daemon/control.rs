@@ -103,29 +103,28 @@ impl admin::Control for Daemon {
         let addr: SocketAddr = server
             .parse()
             .map_err(|_| ControlError::Invalid(format!("server {server:?}: expected ip:port")))?;
-        let monitor = lock(&self.live)
+        // Under the lock of the running services: a reload cannot build the service's next
+        // monitor between the map and the monitor (it would miss the state), nor can two
+        // requests interleave and leave the map and the monitor disagreeing.
+        let live = lock(&self.live);
+        let monitor = live
             .iter()
             .find(|l| l.handle.config.name == service)
-            .map(|l| std::sync::Arc::clone(&l.handle.monitor))
+            .map(|l| &l.handle.monitor)
             .ok_or_else(|| ControlError::NotFound(format!("no service {service:?}")))?;
-        // The map first: a reload building a new monitor meanwhile starts with the new state.
-        {
-            let mut states = lock(&self.admin_states);
-            let of = states.entry(service.to_string()).or_default();
-            match state {
-                health::AdminState::Ready => of.remove(&addr),
-                other => of.insert(addr, other),
-            };
-        }
+        let mut states = lock(&self.admin_states);
         let Some(was) = monitor.set_admin(addr, state) else {
-            let mut states = lock(&self.admin_states);
-            if let Some(of) = states.get_mut(service) {
-                of.remove(&addr);
-            }
             return Err(ControlError::NotFound(format!(
                 "server {addr} is not one of service {service:?}'s (configured or discovered)"
             )));
         };
+        let of = states.entry(service.to_string()).or_default();
+        match state {
+            health::AdminState::Ready => of.remove(&addr),
+            other => of.insert(addr, other),
+        };
+        drop(states);
+        drop(live);
         Ok(format!(
             "service {service}: server {addr} is {} (was {})",
             state.as_str(),
