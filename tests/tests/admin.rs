@@ -317,6 +317,12 @@ fn the_health_probes_need_no_token() {
             code != 401 && code != 403,
             "GET {path} refused: {code} {body}"
         );
+        // Some load balancers probe with HEAD.
+        let (code, _, body) = with_auth(d.admin, "HEAD", path, None);
+        assert!(
+            code != 401 && code != 403,
+            "HEAD {path} refused: {code} {body}"
+        );
         let (code, _, _) = with_auth(d.admin, "POST", path, None);
         assert_eq!(code, 401, "POST {path} without a token");
     }

@@ -3,7 +3,7 @@
 //! browser can open the status page: a refusal is a 401 with a `Basic` challenge). The optional
 //! `read_token` allows the read-only endpoints (`GET`/`HEAD`) only; anything else with it is a
 //! 403. With a `read_token` and no `token` the listener is read-only: nothing can act through it.
-//! `GET /live` and `GET /ready` are health probes and need no token at all.
+//! `GET /live` and `GET /ready` (and `HEAD`) are health probes and need no token at all.
 //!
 //! A browser sends cached Basic credentials with any request to the listener, a cross-site form
 //! included; so a `POST` authorised by Basic must also carry the [`ACTION_HEADER`] (the status
@@ -102,7 +102,7 @@ pub async fn check(
     mut req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    if OPEN.contains(&req.uri().path()) && req.method() == Method::GET {
+    if OPEN.contains(&req.uri().path()) && matches!(*req.method(), Method::GET | Method::HEAD) {
         return next.run(req).await;
     }
     let Some((access, basic)) = tokens.access_by(req.headers()) else {
