@@ -376,3 +376,23 @@ fn a_server_removed_by_a_reload_and_added_again_starts_ready() {
         f.log_text()
     );
 }
+
+#[test]
+fn a_drained_master_that_fails_hands_its_held_clients_to_the_next_master() {
+    let (mut master, replica) = Redis::pair();
+    let f = Forwarder::start(&service(&[master.addr(), replica.addr()]));
+    routed(&f, master.addr());
+    assert_eq!(set_state(&f, master.addr(), "drain").0, 200);
+    let mut held = held_client(&f);
+    // The drained master dies; its replica is promoted.
+    master.proc().kill();
+    replica.replicaof(None);
+    routed(&f, replica.addr());
+    assert_eq!(
+        held.read_reply().expect("the held client was never served"),
+        Reply::Simple("PONG".into())
+    );
+    assert_eq!(held.server_port().unwrap(), replica.port);
+    assert!(f.service_status("mymaster").unwrap()["hold"].is_null());
+    assert_eq!(f.get("/ready").0, 200);
+}
