@@ -89,6 +89,35 @@ pub struct Daemon {
     started: std::time::Instant,
 }
 
+/// Moves the operator's state of a server written as a name to the address the name resolves
+/// to now: the operator set the state of that server (in `maint`, say), and a moved name must
+/// not make it routable behind their back.
+fn follow_names(
+    states: &mut HashMap<String, HashMap<SocketAddr, health::AdminState>>,
+    old: &Config,
+    new: &Config,
+) {
+    for svc in &new.service {
+        let (Some(before), Some(of)) = (
+            old.service.iter().find(|o| o.name == svc.name),
+            states.get_mut(&svc.name),
+        ) else {
+            continue;
+        };
+        for r in svc.resolved.iter().filter(|r| r.is_server()) {
+            let moved = before
+                .resolved
+                .iter()
+                .find(|b| b.key == r.key && b.name == r.name && b.address != r.address);
+            if let Some(state) = moved.and_then(|b| of.remove(&b.address)) {
+                tracing::warn!(service = %svc.name, name = %r.name, server = %r.address,
+                    state = state.as_str(), "the operator state follows the name to its new address");
+                of.insert(r.address, state);
+            }
+        }
+    }
+}
+
 /// Drops the operator's states of servers `new` no longer has (a removed service, or a server
 /// no longer in a service's `servers`), logged: a server added again later starts `ready`, not
 /// in a state nobody sees any more. Services that discover their servers keep theirs (a server
@@ -334,7 +363,11 @@ impl Daemon {
             names::log_changes(old.service.iter().find(|o| o.name == svc.name), svc);
         }
         *lock(&self.config) = new.clone();
-        forget_states(&mut lock(&self.admin_states), &new);
+        {
+            let mut states = lock(&self.admin_states);
+            follow_names(&mut states, &old, &new);
+            forget_states(&mut states, &new);
+        }
         let mut next = Vec::with_capacity(steps.len());
         let mut taken = vec![false; live.len()];
         let mut old_live: Vec<Option<Live>> = live.drain(..).map(Some).collect();
