@@ -34,7 +34,8 @@ use crate::tcpcheck::Auth;
 pub struct Limits {
     /// For the replicas to reach the master's offset.
     pub catch_up: Duration,
-    /// For the Sentinels to promote a replica and the checks to confirm it.
+    /// For the Sentinels to promote a replica and the checks to confirm it; the switchover
+    /// as a whole ends within `catch_up + failover` (plus the requests under way then).
     pub failover: Duration,
     /// Per request to a server or a Sentinel (connect included).
     pub request: Duration,
@@ -136,8 +137,10 @@ pub async fn run(
     catch_up(from, auth, limits, &maint).await?;
     let sentinel = failover(&cfg, limits.request).await?;
     let mut views = monitor.subscribe();
-    let moved = tokio::time::timeout(
-        limits.failover,
+    // One deadline for the whole: time the requests took before is not waited again.
+    let deadline = started + limits.catch_up + limits.failover;
+    let moved = tokio::time::timeout_at(
+        deadline.into(),
         views.wait_for(|v| v.master.is_some_and(|m| m != from) && v.hold.is_none()),
     )
     .await;

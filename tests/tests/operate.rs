@@ -396,3 +396,49 @@ fn a_drained_master_that_fails_hands_its_held_clients_to_the_next_master() {
     assert!(f.service_status("mymaster").unwrap()["hold"].is_null());
     assert_eq!(f.get("/ready").0, 200);
 }
+
+#[test]
+fn a_switchover_answers_within_the_admin_connection_limit_when_a_sentinel_hangs() {
+    use harness::hostile::{HostileSentinel, Lie};
+    let (master, replica) = Redis::pair();
+    // The first Sentinel accepts connections and never answers; the next two name the master
+    // and accept SENTINEL FAILOVER without doing it.
+    let hang = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let honest: Vec<HostileSentinel> = (0..2)
+        .map(|_| HostileSentinel::start(Lie::Names(master.addr())))
+        .collect();
+    let sentinels = [hang.local_addr().unwrap(), honest[0].addr, honest[1].addr];
+    let f = Forwarder::start(
+        &Service::redis("mymaster", &[master.addr(), replica.addr()])
+            .set(
+                "timeout",
+                "{ connect = \"1s\", queue = \"30s\", drain = \"2s\" }",
+            )
+            .check("rise", "1")
+            .check("interval", "\"10s\"")
+            .check("timeout", "\"10s\"")
+            .sentinels(&sentinels)
+            .to_string(),
+    );
+    routed(&f, master.addr());
+    assert!(
+        wait_until(Duration::from_secs(10), || master
+            .info_field("replication", "slave0")
+            .is_some_and(|s| s.contains("online"))),
+        "the replica never came online"
+    );
+    let started = std::time::Instant::now();
+    let answer =
+        harness::endpoints::admin_call(f.admin, "POST", "/services/mymaster/switchover", "", None);
+    // Not cut by the admin listener's 30 s limit: an answer, saying it gave up.
+    let (code, body) = answer.unwrap_or_else(|e| {
+        panic!(
+            "no answer after {:?}: {e}\n{}",
+            started.elapsed(),
+            f.log_text()
+        )
+    });
+    assert_eq!(code, 502, "{body}");
+    assert!(body.contains("no new master was confirmed"), "{body}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+}

@@ -13,9 +13,13 @@ use crate::status::{BpfTotals, BuildInfo, ProcessStats, ServiceStatus, Status};
 /// How long the replicas may take to reach the master's offset in a switchover (no write
 /// reaches the master meanwhile, so on a healthy link this is one round trip).
 const CATCH_UP: Duration = Duration::from_secs(3);
-/// How long the Sentinels may take to promote a replica and the checks to confirm it. With
-/// `CATCH_UP` it stays below the admin listener's 30 s connection limit.
+/// How long the Sentinels may take to promote a replica and the checks to confirm it. The
+/// whole switchover ends within `CATCH_UP + FAILOVER` (plus at most a few `REQUEST`s), below
+/// the admin listener's 30 s connection limit, so that its answer is always read.
 const FAILOVER: Duration = Duration::from_secs(20);
+/// The longest one request of a switchover may take (the check's timeout when shorter): a
+/// Sentinel that does not answer must not use up the switchover's time.
+const REQUEST: Duration = Duration::from_secs(2);
 
 impl admin::Control for Daemon {
     fn status(&self) -> Status {
@@ -158,7 +162,7 @@ impl admin::Control for Daemon {
         let limits = health::switchover::Limits {
             catch_up: CATCH_UP,
             failover: FAILOVER,
-            request,
+            request: request.min(REQUEST),
         };
         tracing::warn!(%service, "planned switchover requested");
         // Its own task: once the Sentinels may have been asked to fail over, the master must
