@@ -442,3 +442,39 @@ fn a_switchover_answers_within_the_admin_connection_limit_when_a_sentinel_hangs(
     assert!(body.contains("no new master was confirmed"), "{body}");
     assert!(started.elapsed() < Duration::from_secs(30));
 }
+
+#[test]
+fn a_state_set_after_a_reload_reaches_the_clients_held_before_it() {
+    let (master, replica) = Redis::pair();
+    let mut f = Forwarder::start(&service(&[master.addr(), replica.addr()]));
+    routed(&f, master.addr());
+    let mut old = Conn::open(f.listen[0]).expect("connect");
+    assert!(pong(&mut old));
+    assert_eq!(set_state(&f, master.addr(), "drain").0, 200);
+    let mut held = held_client(&f);
+    // A reload that replaces the checks: the held client and the established session belong
+    // to the runtime before it.
+    f.rewrite(
+        &service(&[master.addr(), replica.addr()])
+            .replace("{LISTEN}", &f.listen[0].to_string())
+            .replace("interval = \"200ms\"", "interval = \"300ms\""),
+    );
+    f.proc().signal(libc::SIGHUP);
+    assert!(f.wait_for_log("1 changed", Duration::from_secs(10)));
+    // Ready again: the client held since before the reload is served.
+    assert_eq!(set_state(&f, master.addr(), "ready").0, 200);
+    held.stream()
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    assert_eq!(
+        held.read_reply()
+            .expect("the client held before the reload was never served"),
+        Reply::Simple("PONG".into())
+    );
+    // Maint now: the session established before the reload is cut too.
+    assert_eq!(set_state(&f, master.addr(), "maint").0, 200);
+    assert!(
+        old.closed_within(Duration::from_secs(5)),
+        "a session to a server in maint outlived it"
+    );
+}

@@ -122,6 +122,14 @@ impl admin::Control for Daemon {
                 "server {addr} is not one of service {service:?}'s (configured or discovered)"
             )));
         };
+        // The runtimes a reload replaced still hold their queued clients and established
+        // sessions, on their own monitors: they follow the operator too.
+        for old in lock(&self.retiring)
+            .iter()
+            .filter(|h| h.config.name == service && !std::sync::Arc::ptr_eq(&h.monitor, monitor))
+        {
+            old.monitor.set_admin(addr, state);
+        }
         let of = states.entry(service.to_string()).or_default();
         match state {
             health::AdminState::Ready => of.remove(&addr),
