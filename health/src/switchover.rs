@@ -8,7 +8,8 @@
 //!    every online replica's own offset until each has reached it. The replica the Sentinels
 //!    promote then has every write the master acknowledged. Should they not catch up in
 //!    [`Limits::catch_up`], the switchover is given up and the master takes clients again:
-//!    nothing was lost, nothing changed.
+//!    nothing was lost, nothing changed. Nor is it done when an online replica is in `maint`
+//!    (the Sentinels might promote it, and it would never be routed to).
 //! 3. **Failover**: `SENTINEL FAILOVER <master_name>` to each Sentinel in turn until one accepts
 //!    (`-INPROG`, a failover already running, counts as accepted).
 //! 4. **Wait** for the decider to route to another master (named by a quorum, passing its own
@@ -33,7 +34,8 @@ use crate::tcpcheck::Auth;
 pub struct Limits {
     /// For the replicas to reach the master's offset.
     pub catch_up: Duration,
-    /// For the Sentinels to promote a replica and the checks to confirm it.
+    /// For the Sentinels to promote a replica and the checks to confirm it; the switchover
+    /// as a whole ends within `catch_up + failover` (plus the requests under way then).
     pub failover: Duration,
     /// Per request to a server or a Sentinel (connect included).
     pub request: Duration,
@@ -127,26 +129,47 @@ pub async fn run(
             Some(_) => SwitchoverError::Running,
         });
     }
-    let given_up = |e: SwitchoverError| {
-        monitor.switchover(false);
-        e
+    // Given up on every way out but success, a dropped future included (the admin connection
+    // closed or timed out): a hold nobody ends would keep new clients waiting for good.
+    let mut hold = Held {
+        monitor,
+        armed: true,
     };
-    catch_up(from, auth, limits).await.map_err(given_up)?;
-    let sentinel = failover(&cfg, limits.request).await.map_err(given_up)?;
+    catch_up(from, auth, limits).await?;
+    let sentinel = failover(&cfg, limits.request).await?;
     let mut views = monitor.subscribe();
-    let moved = tokio::time::timeout(
-        limits.failover,
+    // One deadline for the whole: time the requests took before is not waited again.
+    let deadline = started + limits.catch_up + limits.failover;
+    let moved = tokio::time::timeout_at(
+        deadline.into(),
         views.wait_for(|v| v.master.is_some_and(|m| m != from) && v.hold.is_none()),
     )
     .await;
     match moved {
-        Ok(Ok(v)) => Ok(Report {
-            from,
-            to: v.master.unwrap_or(from),
-            paused: started.elapsed(),
-            sentinel,
-        }),
-        _ => Err(given_up(SwitchoverError::Timeout(limits.failover))),
+        Ok(Ok(v)) => {
+            hold.armed = false; // ended by itself: the next master routes
+            Ok(Report {
+                from,
+                to: v.master.unwrap_or(from),
+                paused: started.elapsed(),
+                sentinel,
+            })
+        }
+        _ => Err(SwitchoverError::Timeout(limits.failover)),
+    }
+}
+
+/// The hold of a running switchover: given up when dropped armed.
+struct Held<'a> {
+    monitor: &'a Monitor,
+    armed: bool,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.monitor.switchover(false);
+        }
     }
 }
 
@@ -247,4 +270,86 @@ async fn failover(
         }
     }
     Err(SwitchoverError::Refused(why.join("; ")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schedule::Schedule;
+    use crate::sentinel::SentinelConfig;
+    use crate::tcpcheck::Program;
+    use harness::hostile::{HostileSentinel, Lie};
+    use harness::Redis;
+    use std::collections::HashMap;
+
+    #[tokio::test]
+    async fn a_switchover_dropped_midway_gives_its_hold_up() {
+        let master = Redis::start();
+        let replica = Redis::start_with(&["--replicaof", "127.0.0.1", &master.port.to_string()]);
+        // Names the master and accepts SENTINEL FAILOVER, but never fails over.
+        let sentinel = HostileSentinel::start(Lie::Names(master.addr()));
+        let m = Monitor::spawn(
+            "test".into(),
+            vec![master.addr(), replica.addr()],
+            Program::redis_master(None),
+            Schedule {
+                interval: Duration::from_millis(100),
+                fastinter: None,
+                downinter: None,
+                rise: 1,
+                fall: 1,
+                timeout: Duration::from_millis(500),
+            },
+            Some(SentinelConfig {
+                addresses: vec![sentinel.addr],
+                master_name: "mymaster".into(),
+                quorum: 1,
+                auth: None,
+                timeout: Duration::from_millis(500),
+                max_servers: 8,
+                interval: Duration::from_millis(100),
+                own: Vec::new(),
+            }),
+            HashMap::new(),
+        );
+        let mut ready = false;
+        for _ in 0..100 {
+            let online = master
+                .info_field("replication", "slave0")
+                .is_some_and(|s| s.contains("online"));
+            if m.view().master == Some(master.addr()) && online {
+                ready = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(ready, "no master with an online replica: {:?}", m.view());
+        let limits = Limits {
+            catch_up: Duration::from_secs(3),
+            failover: Duration::from_secs(20),
+            request: Duration::from_millis(500),
+        };
+        // The admin connection's limit (or a client that goes away) drops the future while it
+        // waits for the new master.
+        let cut = tokio::time::timeout(Duration::from_secs(2), run(&m, None, limits)).await;
+        assert!(cut.is_err(), "the switchover ended: {cut:?}");
+        assert_eq!(m.view().master, Some(master.addr()));
+        assert_eq!(m.view().hold, None, "the master is held for good");
+        // And the next switchover is not refused as already running.
+        assert!(m.switchover(true), "a second switchover is refused");
+        m.switchover(false);
+
+        // A replica in maint could be promoted, and would never be routed: refused.
+        assert_eq!(
+            m.set_admin(replica.addr(), crate::AdminState::Maint),
+            Some(crate::AdminState::Ready)
+        );
+        let done = tokio::time::timeout(Duration::from_secs(5), run(&m, None, limits)).await;
+        assert!(
+            matches!(done, Ok(Err(SwitchoverError::NotReady(r, "maint"))) if r == replica.addr()),
+            "{done:?}"
+        );
+        assert_eq!(m.view().hold, None);
+        assert_eq!(m.view().master, Some(master.addr()));
+    }
 }

@@ -19,7 +19,8 @@ pub enum Lie {
         /// How many made-up replicas `SENTINEL replicas` lists.
         replicas: u16,
     },
-    /// Names `master`, quietly (no pushes, no replicas).
+    /// Names `master`, quietly (no pushes, no replicas); accepts `SENTINEL FAILOVER` and never
+    /// does it.
     Names(SocketAddr),
     /// Names `master`, and floods every subscription with `+sdown` events for it (not
     /// `+switch-master`), as fast as it can for at most 20 s.
@@ -214,6 +215,8 @@ fn serve(mut c: TcpStream, lie: &Lie, stop: &AtomicBool) {
                 out
             }
             (["sentinel", "replicas", _], _) => "*0\r\n".to_string(),
+            // Accepts a failover and never does it.
+            (["sentinel", "failover", _], Lie::Names(_)) => "+OK\r\n".to_string(),
             (["auth", ..], _) => "+OK\r\n".to_string(),
             (["ping"], _) => "+PONG\r\n".to_string(),
             _ => "-ERR unknown command\r\n".to_string(),

@@ -317,6 +317,12 @@ fn the_health_probes_need_no_token() {
             code != 401 && code != 403,
             "GET {path} refused: {code} {body}"
         );
+        // Some load balancers probe with HEAD.
+        let (code, _, body) = with_auth(d.admin, "HEAD", path, None);
+        assert!(
+            code != 401 && code != 403,
+            "HEAD {path} refused: {code} {body}"
+        );
         let (code, _, _) = with_auth(d.admin, "POST", path, None);
         assert_eq!(code, 401, "POST {path} without a token");
     }
@@ -485,4 +491,27 @@ fn status_watch_repeats_and_survives_an_unreachable_listener() {
     // Not a terminal: a separator between renderings, no screen clearing.
     assert!(text.contains("\n----\n"), "{text}");
     assert!(!text.contains('\x1b'), "{text}");
+}
+
+#[test]
+fn a_cross_site_post_is_refused_even_without_a_token() {
+    // No [admin] token (everything allowed): a web page the operator's browser opens must
+    // still not reload or switch over through a form posted to the admin listener.
+    let backend = tcp_server(echo);
+    let f = Forwarder::start(&plain_service("plain", "{LISTEN}", backend, ""));
+    let (code, _, body) = with_headers(
+        f.admin,
+        "POST",
+        "/reload",
+        None,
+        "Origin: http://evil.example\r\n",
+    );
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("cross-site"), "{body}");
+    assert!(!f.log_text().contains("reloaded"), "{}", f.log_text());
+    // The status page's own buttons (same origin) and scripts (no Origin) still work.
+    let same = format!("Origin: http://{}\r\n", f.admin);
+    let (code, _, body) = with_headers(f.admin, "POST", "/reload", None, &same);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(f.post("/reload", "").0, 200);
 }

@@ -285,3 +285,48 @@ fn a_named_server_that_goes_down_is_resolved_again_soon() {
         f.log_text()
     );
 }
+
+#[test]
+fn a_server_in_maint_stays_in_maint_when_its_name_moves() {
+    const NAME: &str = "redis-maint.forwarder-test.internal";
+    let (a_ip, b_ip) = (Ipv4Addr::new(127, 0, 0, 6), Ipv4Addr::new(127, 0, 0, 7));
+    let port = harness::endpoints::free_port_at(IpAddr::V4(a_ip));
+    let a = Redis::start_at(a_ip, port, &[]);
+    let b = Redis::start_at(b_ip, port, &[]);
+    let hosts = Hosts::new(&format!("{a_ip} {NAME}"));
+    let services = format!(
+        "[[service]]\nname = \"maint\"\nlisten = \"{{LISTEN}}\"\n\
+         servers = [\"{NAME}:{port}\"]\nresolve_interval = \"1s\"\n\
+         [service.check]\ninterval = \"200ms\"\nrise = 1\n"
+    );
+    let wrapper = hosts.wrapper();
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let f = Forwarder::start_with(&services, &format!("mode = \"{}\"", mode()), &wrapper);
+    assert!(
+        wait_until(Duration::from_secs(10), || f.master("maint")
+            == Some(a.addr())),
+        "never routed to {}\n{}",
+        a.addr(),
+        f.log_text()
+    );
+    let (code, body) = f.post(&format!("/servers/maint/{}/state", a.addr()), "maint");
+    assert_eq!(code, 200, "{body}");
+    // The name moves: the server the operator took out is the name's, wherever it points.
+    hosts.set(&format!("{b_ip} {NAME}"));
+    assert!(
+        wait_until(Duration::from_secs(10), || names(&f, "maint")
+            .first()
+            .is_some_and(|(addr, _)| *addr == b.addr().to_string())),
+        "the new address was not followed: {:?}\n{}",
+        f.status(),
+        f.log_text()
+    );
+    std::thread::sleep(Duration::from_secs(1)); // checks of the new address, were it ready
+    assert_eq!(
+        f.master("maint"),
+        None,
+        "a moved name took its server out of maint"
+    );
+    let st = f.service_status("maint").unwrap();
+    assert_eq!(st["servers"][0]["admin_state"], "maint", "{st:#}");
+}

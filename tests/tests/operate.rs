@@ -232,3 +232,249 @@ fn a_reload_that_replaces_the_checks_keeps_every_counter() {
         );
     }
 }
+
+#[test]
+fn a_reload_during_a_switchover_does_not_route_new_clients_to_the_held_master() {
+    use harness::hostile::{HostileSentinel, Lie};
+    let (master, replica) = Redis::pair();
+    // Names the master and accepts SENTINEL FAILOVER, but never fails over: the switchover
+    // holds new clients until it gives up (20 s).
+    let sentinel = HostileSentinel::start(Lie::Names(master.addr()));
+    let text = |f: &str| {
+        Service::redis("mymaster", &[master.addr(), replica.addr()])
+            .set(
+                "timeout",
+                "{ connect = \"1s\", queue = \"30s\", drain = \"2s\" }",
+            )
+            .check("rise", "1")
+            .check("timeout", "\"1s\"")
+            .check("fall", f)
+            .sentinels(&[sentinel.addr])
+            .to_string()
+    };
+    let mut f = Forwarder::start(&text("1"));
+    routed(&f, master.addr());
+    assert!(
+        wait_until(Duration::from_secs(10), || master
+            .info_field("replication", "slave0")
+            .is_some_and(|s| s.contains("online"))),
+        "the replica never came online"
+    );
+    let admin = f.admin;
+    let switchover = std::thread::spawn(move || {
+        harness::endpoints::admin_call(admin, "POST", "/services/mymaster/switchover", "", None)
+    });
+    assert!(
+        wait_until(Duration::from_secs(10), || f
+            .service_status("mymaster")
+            .is_some_and(|s| s["hold"] == "switchover")),
+        "the switchover never held the master: {:?}",
+        f.status()
+    );
+    // A reload that replaces the checks (a new monitor) while the switchover runs.
+    f.rewrite(&text("2").replace("{LISTEN}", &f.listen[0].to_string()));
+    f.proc().signal(libc::SIGHUP);
+    std::thread::sleep(Duration::from_secs(1));
+    // The master is still being switched away from: a new client must not reach it.
+    let _held = held_client(&f);
+    assert_eq!(f.service_status("mymaster").unwrap()["hold"], "switchover");
+    let (code, body) = switchover.join().unwrap().expect("switchover answered");
+    assert_eq!(code, 502, "{body}");
+    // The reload waited for the switchover, then was applied.
+    assert!(
+        f.wait_for_log("1 changed", Duration::from_secs(10)),
+        "{}",
+        f.log_text()
+    );
+}
+
+#[test]
+fn a_switchover_runs_to_its_end_when_its_client_goes_away() {
+    use harness::hostile::{HostileSentinel, Lie};
+    use std::io::Write;
+    let (master, replica) = Redis::pair();
+    // Accepts SENTINEL FAILOVER and never does it: the switchover waits 20 s, then gives up.
+    let sentinel = HostileSentinel::start(Lie::Names(master.addr()));
+    let f = Forwarder::start(
+        &Service::redis("mymaster", &[master.addr(), replica.addr()])
+            .set(
+                "timeout",
+                "{ connect = \"1s\", queue = \"30s\", drain = \"2s\" }",
+            )
+            .check("rise", "1")
+            .check("timeout", "\"1s\"")
+            .sentinels(&[sentinel.addr])
+            .to_string(),
+    );
+    routed(&f, master.addr());
+    assert!(
+        wait_until(Duration::from_secs(10), || master
+            .info_field("replication", "slave0")
+            .is_some_and(|s| s.contains("online"))),
+        "the replica never came online"
+    );
+    let mut c = std::net::TcpStream::connect(f.admin).unwrap();
+    write!(
+        c,
+        "POST /services/mymaster/switchover HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+    )
+    .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || f
+            .service_status("mymaster")
+            .is_some_and(|s| s["hold"] == "switchover")),
+        "the switchover never held the master: {:?}",
+        f.status()
+    );
+    // The operator's curl is interrupted: the Sentinels were asked to fail over, so the
+    // master must stay held (writes to it now would be lost) until the switchover ends.
+    drop(c);
+    std::thread::sleep(Duration::from_secs(1));
+    let _held = held_client(&f);
+    assert_eq!(f.service_status("mymaster").unwrap()["hold"], "switchover");
+    // It ends as it would have: given up after 20 s, counted, the master routed again.
+    assert!(
+        wait_until(Duration::from_secs(30), || f
+            .service_status("mymaster")
+            .is_some_and(|s| s["hold"].is_null())),
+        "the hold never ended"
+    );
+    assert_eq!(
+        f.service_status("mymaster").unwrap()["stats"]["switchovers_failed"],
+        1,
+        "{:?}",
+        f.status()
+    );
+}
+
+#[test]
+fn a_server_removed_by_a_reload_and_added_again_starts_ready() {
+    let (master, replica) = Redis::pair();
+    let mut f = Forwarder::start(&service(&[master.addr(), replica.addr()]));
+    routed(&f, master.addr());
+    assert_eq!(set_state(&f, replica.addr(), "maint").0, 200);
+    let reload = |f: &mut Forwarder, servers: &[SocketAddr], n: usize| {
+        f.rewrite(&service(servers).replace("{LISTEN}", &f.listen[0].to_string()));
+        f.proc().signal(libc::SIGHUP);
+        assert!(
+            wait_until(Duration::from_secs(10), || f
+                .log_text()
+                .matches("1 changed")
+                .count()
+                >= n),
+            "{}",
+            f.log_text()
+        );
+    };
+    reload(&mut f, &[master.addr()], 1);
+    // Added again (another machine on the same address, say): not in a maint nobody could see.
+    reload(&mut f, &[master.addr(), replica.addr()], 2);
+    assert_eq!(server_field(&f, replica.addr(), "admin_state"), "ready");
+    assert!(
+        f.log_text().contains("its operator state is forgotten"),
+        "{}",
+        f.log_text()
+    );
+}
+
+#[test]
+fn a_drained_master_that_fails_hands_its_held_clients_to_the_next_master() {
+    let (mut master, replica) = Redis::pair();
+    let f = Forwarder::start(&service(&[master.addr(), replica.addr()]));
+    routed(&f, master.addr());
+    assert_eq!(set_state(&f, master.addr(), "drain").0, 200);
+    let mut held = held_client(&f);
+    // The drained master dies; its replica is promoted.
+    master.proc().kill();
+    replica.replicaof(None);
+    routed(&f, replica.addr());
+    assert_eq!(
+        held.read_reply().expect("the held client was never served"),
+        Reply::Simple("PONG".into())
+    );
+    assert_eq!(held.server_port().unwrap(), replica.port);
+    assert!(f.service_status("mymaster").unwrap()["hold"].is_null());
+    assert_eq!(f.get("/ready").0, 200);
+}
+
+#[test]
+fn a_switchover_answers_within_the_admin_connection_limit_when_a_sentinel_hangs() {
+    use harness::hostile::{HostileSentinel, Lie};
+    let (master, replica) = Redis::pair();
+    // The first Sentinel accepts connections and never answers; the next two name the master
+    // and accept SENTINEL FAILOVER without doing it.
+    let hang = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let honest: Vec<HostileSentinel> = (0..2)
+        .map(|_| HostileSentinel::start(Lie::Names(master.addr())))
+        .collect();
+    let sentinels = [hang.local_addr().unwrap(), honest[0].addr, honest[1].addr];
+    let f = Forwarder::start(
+        &Service::redis("mymaster", &[master.addr(), replica.addr()])
+            .set(
+                "timeout",
+                "{ connect = \"1s\", queue = \"30s\", drain = \"2s\" }",
+            )
+            .check("rise", "1")
+            .check("interval", "\"10s\"")
+            .check("timeout", "\"10s\"")
+            .sentinels(&sentinels)
+            .to_string(),
+    );
+    routed(&f, master.addr());
+    assert!(
+        wait_until(Duration::from_secs(10), || master
+            .info_field("replication", "slave0")
+            .is_some_and(|s| s.contains("online"))),
+        "the replica never came online"
+    );
+    let started = std::time::Instant::now();
+    let answer =
+        harness::endpoints::admin_call(f.admin, "POST", "/services/mymaster/switchover", "", None);
+    // Not cut by the admin listener's 30 s limit: an answer, saying it gave up.
+    let (code, body) = answer.unwrap_or_else(|e| {
+        panic!(
+            "no answer after {:?}: {e}\n{}",
+            started.elapsed(),
+            f.log_text()
+        )
+    });
+    assert_eq!(code, 502, "{body}");
+    assert!(body.contains("no new master was confirmed"), "{body}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+}
+
+#[test]
+fn a_state_set_after_a_reload_reaches_the_clients_held_before_it() {
+    let (master, replica) = Redis::pair();
+    let mut f = Forwarder::start(&service(&[master.addr(), replica.addr()]));
+    routed(&f, master.addr());
+    let mut old = Conn::open(f.listen[0]).expect("connect");
+    assert!(pong(&mut old));
+    assert_eq!(set_state(&f, master.addr(), "drain").0, 200);
+    let mut held = held_client(&f);
+    // A reload that replaces the checks: the held client and the established session belong
+    // to the runtime before it.
+    f.rewrite(
+        &service(&[master.addr(), replica.addr()])
+            .replace("{LISTEN}", &f.listen[0].to_string())
+            .replace("interval = \"200ms\"", "interval = \"300ms\""),
+    );
+    f.proc().signal(libc::SIGHUP);
+    assert!(f.wait_for_log("1 changed", Duration::from_secs(10)));
+    // Ready again: the client held since before the reload is served.
+    assert_eq!(set_state(&f, master.addr(), "ready").0, 200);
+    held.stream()
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    assert_eq!(
+        held.read_reply()
+            .expect("the client held before the reload was never served"),
+        Reply::Simple("PONG".into())
+    );
+    // Maint now: the session established before the reload is cut too.
+    assert_eq!(set_state(&f, master.addr(), "maint").0, 200);
+    assert!(
+        old.closed_within(Duration::from_secs(5)),
+        "a session to a server in maint outlived it"
+    );
+}

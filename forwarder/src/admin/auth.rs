@@ -3,12 +3,13 @@
 //! browser can open the status page: a refusal is a 401 with a `Basic` challenge). The optional
 //! `read_token` allows the read-only endpoints (`GET`/`HEAD`) only; anything else with it is a
 //! 403. With a `read_token` and no `token` the listener is read-only: nothing can act through it.
-//! `GET /live` and `GET /ready` are health probes and need no token at all.
+//! `GET /live` and `GET /ready` (and `HEAD`) are health probes and need no token at all.
 //!
 //! A browser sends cached Basic credentials with any request to the listener, a cross-site form
 //! included; so a `POST` authorised by Basic must also carry the [`ACTION_HEADER`] (the status
 //! page's buttons send it), which no other site can add without a CORS preflight this listener
-//! never grants. Bearer tokens are never sent by a browser on its own.
+//! never grants. Bearer tokens are never sent by a browser on its own. Whatever the tokens, a
+//! `POST` whose `Origin` is not this listener (a page of another site) is refused.
 
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -85,6 +86,23 @@ fn credential(headers: &HeaderMap) -> Option<(String, bool)> {
     }
 }
 
+/// Whether a browser sent the request from a page of another origin: it says so in `Origin`
+/// (every browser sends it with a `POST`), which scripts and the CLI do not send. Without a
+/// token configured nothing else would stop a page the operator opens from posting a form to
+/// `/reload` or `/services/.../switchover` (no body needed).
+fn cross_site(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return false;
+    };
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let from = origin
+        .to_str()
+        .ok()
+        .and_then(|o| o.split_once("://"))
+        .map(|(_, authority)| authority);
+    from.is_none() || from != host
+}
+
 /// Compares without stopping at the first difference (the time says nothing of the token).
 fn eq(a: &str, b: &str) -> bool {
     a.len() == b.len()
@@ -102,8 +120,16 @@ pub async fn check(
     mut req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    if OPEN.contains(&req.uri().path()) && req.method() == Method::GET {
+    if OPEN.contains(&req.uri().path()) && matches!(*req.method(), Method::GET | Method::HEAD) {
         return next.run(req).await;
+    }
+    let reads = matches!(*req.method(), Method::GET | Method::HEAD);
+    if !reads && cross_site(req.headers()) {
+        return (
+            StatusCode::FORBIDDEN,
+            "a cross-site request (its Origin is not this listener) cannot act here\n",
+        )
+            .into_response();
     }
     let Some((access, basic)) = tokens.access_by(req.headers()) else {
         return (
@@ -114,7 +140,6 @@ pub async fn check(
         )
             .into_response();
     };
-    let reads = matches!(*req.method(), Method::GET | Method::HEAD);
     if access == Access::Read && !reads {
         return (
             StatusCode::FORBIDDEN,

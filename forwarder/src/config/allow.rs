@@ -63,12 +63,30 @@ impl Allow {
         if let Ok(ip) = s.parse::<IpAddr>() {
             return Ok(Allow::Net(IpNet::from(ip.to_canonical())));
         }
-        s.parse::<IpNet>().map(Allow::Net).map_err(|_| {
-            format!(
+        s.parse::<IpNet>()
+            .map(canonical)
+            .map(Allow::Net)
+            .map_err(|_| {
+                format!(
                 "{s:?} is not a CIDR network (e.g. \"10.0.0.0/8\", \"::1/128\"), an address or a \
                  range (\"10.0.0.5-10.0.0.9\")"
             )
-        })
+            })
+    }
+}
+
+/// An IPv4-mapped network (`::ffff:10.0.0.0/104`) as the IPv4 network it covers: clients are
+/// matched by their canonical address (`10.0.0.1`, never `::ffff:10.0.0.1`), so as written it
+/// would match nobody.
+fn canonical(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+                .map(IpNet::V4)
+                .unwrap_or(net),
+            None => net,
+        },
+        _ => net,
     }
 }
 
@@ -134,6 +152,11 @@ mod tests {
             Allow::parse(" 127.0.0.1 ").unwrap().to_string(),
             "127.0.0.1/32"
         );
+        // An IPv4-mapped network covers the IPv4 clients it names.
+        let mapped = Allow::parse("::ffff:10.0.0.0/104").unwrap();
+        assert!(mapped.contains(&ip("10.1.2.3")), "{mapped}");
+        assert!(!mapped.contains(&ip("11.0.0.1")), "{mapped}");
+        assert_eq!(mapped.to_string(), "10.0.0.0/8");
     }
 
     #[test]

@@ -13,9 +13,13 @@ use crate::status::{BpfTotals, BuildInfo, ProcessStats, ServiceStatus, Status};
 /// How long the replicas may take to reach the master's offset in a switchover (no write
 /// reaches the master meanwhile, so on a healthy link this is one round trip).
 const CATCH_UP: Duration = Duration::from_secs(3);
-/// How long the Sentinels may take to promote a replica and the checks to confirm it. With
-/// `CATCH_UP` it stays below the admin listener's 30 s connection limit.
+/// How long the Sentinels may take to promote a replica and the checks to confirm it. The
+/// whole switchover ends within `CATCH_UP + FAILOVER` (plus at most a few `REQUEST`s), below
+/// the admin listener's 30 s connection limit, so that its answer is always read.
 const FAILOVER: Duration = Duration::from_secs(20);
+/// The longest one request of a switchover may take (the check's timeout when shorter): a
+/// Sentinel that does not answer must not use up the switchover's time.
+const REQUEST: Duration = Duration::from_secs(2);
 
 impl admin::Control for Daemon {
     fn status(&self) -> Status {
@@ -103,29 +107,36 @@ impl admin::Control for Daemon {
         let addr: SocketAddr = server
             .parse()
             .map_err(|_| ControlError::Invalid(format!("server {server:?}: expected ip:port")))?;
-        let monitor = lock(&self.live)
+        // Under the lock of the running services: a reload cannot build the service's next
+        // monitor between the map and the monitor (it would miss the state), nor can two
+        // requests interleave and leave the map and the monitor disagreeing.
+        let live = lock(&self.live);
+        let monitor = live
             .iter()
             .find(|l| l.handle.config.name == service)
-            .map(|l| std::sync::Arc::clone(&l.handle.monitor))
+            .map(|l| &l.handle.monitor)
             .ok_or_else(|| ControlError::NotFound(format!("no service {service:?}")))?;
-        // The map first: a reload building a new monitor meanwhile starts with the new state.
-        {
-            let mut states = lock(&self.admin_states);
-            let of = states.entry(service.to_string()).or_default();
-            match state {
-                health::AdminState::Ready => of.remove(&addr),
-                other => of.insert(addr, other),
-            };
-        }
+        let mut states = lock(&self.admin_states);
         let Some(was) = monitor.set_admin(addr, state) else {
-            let mut states = lock(&self.admin_states);
-            if let Some(of) = states.get_mut(service) {
-                of.remove(&addr);
-            }
             return Err(ControlError::NotFound(format!(
                 "server {addr} is not one of service {service:?}'s (configured or discovered)"
             )));
         };
+        // The runtimes a reload replaced still hold their queued clients and established
+        // sessions, on their own monitors: they follow the operator too.
+        for old in lock(&self.retiring)
+            .iter()
+            .filter(|h| h.config.name == service && !std::sync::Arc::ptr_eq(&h.monitor, monitor))
+        {
+            old.monitor.set_admin(addr, state);
+        }
+        let of = states.entry(service.to_string()).or_default();
+        match state {
+            health::AdminState::Ready => of.remove(&addr),
+            other => of.insert(addr, other),
+        };
+        drop(states);
+        drop(live);
         Ok(format!(
             "service {service}: server {addr} is {} (was {})",
             state.as_str(),
@@ -134,6 +145,15 @@ impl admin::Control for Daemon {
     }
 
     async fn switchover(&self, service: &str) -> Result<String, ControlError> {
+        // No reload (nor name re-resolution) while it runs: one would replace the monitor that
+        // holds the master, and the new one would route new clients to it again while the
+        // replicas are caught up and the Sentinels promote one (writes acknowledged, then lost).
+        // A reload asked for meanwhile waits for the switchover to end.
+        let Ok(no_reload) = std::sync::Arc::clone(&self.reloading).try_lock_owned() else {
+            return Err(ControlError::Conflict(format!(
+                "service {service}: a reload or another switchover is running; try again"
+            )));
+        };
         let (monitor, stats, auth, request) = {
             let live = lock(&self.live);
             let l = live
@@ -150,34 +170,43 @@ impl admin::Control for Daemon {
         let limits = health::switchover::Limits {
             catch_up: CATCH_UP,
             failover: FAILOVER,
-            request,
+            request: request.min(REQUEST),
         };
         tracing::warn!(%service, "planned switchover requested");
-        match health::switchover::run(&monitor, auth.as_ref(), limits).await {
-            Ok(r) => {
-                let ms = u64::try_from(r.paused.as_millis()).unwrap_or(u64::MAX);
-                stats.switchovers.fetch_add(1, Ordering::Relaxed);
-                stats.last_switchover_ms.store(ms, Ordering::Relaxed);
-                tracing::warn!(%service, from = %r.from, to = %r.to, paused_ms = ms,
-                    sentinel = %r.sentinel, "planned switchover done");
-                Ok(format!(
-                    "service {service}: switched over from {} to {} (new clients held {ms} ms; \
-                     failover by Sentinel {})",
-                    r.from, r.to, r.sentinel
-                ))
+        // Its own task: once the Sentinels may have been asked to fail over, the master must
+        // stay held until the switchover ends, whether or not the client that asked for it
+        // (curl, `forwarder switchover`) is still there to read the answer.
+        let service = service.to_string();
+        let task = tokio::spawn(async move {
+            let _no_reload = no_reload;
+            match health::switchover::run(&monitor, auth.as_ref(), limits).await {
+                Ok(r) => {
+                    let ms = u64::try_from(r.paused.as_millis()).unwrap_or(u64::MAX);
+                    stats.switchovers.fetch_add(1, Ordering::Relaxed);
+                    stats.last_switchover_ms.store(ms, Ordering::Relaxed);
+                    tracing::warn!(%service, from = %r.from, to = %r.to, paused_ms = ms,
+                        sentinel = %r.sentinel, "planned switchover done");
+                    Ok(format!(
+                        "service {service}: switched over from {} to {} (new clients held {ms} \
+                         ms; failover by Sentinel {})",
+                        r.from, r.to, r.sentinel
+                    ))
+                }
+                Err(e) => {
+                    use health::switchover::SwitchoverError as E;
+                    stats.switchovers_failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(%service, error = %e, "planned switchover not done");
+                    let text = format!("service {service}: {e}");
+                    Err(match e {
+                        E::NoSentinel | E::NoMaster | E::Running | E::NotReady(..) => {
+                            ControlError::Conflict(text)
+                        }
+                        _ => ControlError::Failed(text),
+                    })
+                }
             }
-            Err(e) => {
-                use health::switchover::SwitchoverError as E;
-                stats.switchovers_failed.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(%service, error = %e, "planned switchover not done");
-                let text = format!("service {service}: {e}");
-                Err(match e {
-                    E::NoSentinel | E::NoMaster | E::Running | E::NotReady(..) => {
-                        ControlError::Conflict(text)
-                    }
-                    _ => ControlError::Failed(text),
-                })
-            }
-        }
+        });
+        task.await
+            .unwrap_or_else(|e| Err(ControlError::Failed(format!("switchover task: {e}"))))
     }
 }

@@ -355,9 +355,10 @@ fn host_port(a: &str) -> Result<(String, u16), String> {
             "{a}: no port (HAProxy's port-less servers are not translated)"
         ));
     };
-    let port = port
-        .parse::<u16>()
-        .ok()
+    // Digits only: `+1` (HAProxy's offset from the client's port) parses as a u16 too.
+    let port = Some(port)
+        .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|p| p.parse::<u16>().ok())
         .filter(|p| *p != 0)
         .ok_or_else(|| {
             format!("{a}: the port must be one number from 1 to 65535 (no ranges or offsets)")

@@ -246,9 +246,13 @@ fn times_and_addresses_read_as_haproxy_writes_them() {
         "*:0",
         "6379",
         "host.example:1",
+        "*:+1",
     ] {
         assert!(listen_addr(bad).is_err(), "{bad}");
     }
+    // HAProxy's `+1` is an offset from the port the client connected to, not port 1.
+    let e = server_addr("10.0.0.3:+1").expect_err("an offset translated as a port");
+    assert!(e.contains("no ranges or offsets"), "{e}");
     assert_eq!(server_addr("redis:6379").unwrap(), "redis:6379");
     assert_eq!(quote("a"), "\"a\"");
     assert_eq!(quote("send PING\\r\\n"), "'send PING\\r\\n'");
