@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use harness::{wait_until, Conn, Redis, Reply};
 
-use super::{lost, outage, Attempt, Lab, Proxy, Target, Writer};
+use super::{lost, outage, role, Attempt, Lab, Proxy, Target, Writer};
 
 /// One kill -9 drill.
 #[derive(Debug, Default, Clone, Copy)]
@@ -24,6 +24,10 @@ pub(super) struct Kill {
 #[derive(Debug, Default, Clone, Copy)]
 pub(super) struct Switch {
     pub outage: Duration,
+    /// When the Sentinels named the new master.
+    pub named: Duration,
+    /// When the old master said role:slave.
+    pub demoted: Duration,
     pub failed: u64,
     /// Failed attempts on connections opened after it began: could not connect, or the first
     /// write failed.
@@ -108,22 +112,31 @@ pub(super) fn switchover(target: Target) -> anyhow::Result<Switch> {
             None
         }
     };
-    // Done when the Sentinels name the replica and writes go on after that.
+    // Done when the Sentinels name the replica, writes go on, and the old master is demoted (a
+    // Sentinel leaves a server that still says role:master alone for 8 s after the switch:
+    // until then it takes any write sent to it).
     let named = wait_until(Duration::from_secs(30), || {
         lab.sentinels[0].master_addr("mymaster") == Some(lab.replica.addr())
     });
-    let named_at = Instant::now();
-    let resumed = named && writer.acked_after(named_at, Duration::from_secs(30));
+    let named_at = began.elapsed();
+    let resumed = named && writer.acked_after(began + named_at, Duration::from_secs(30));
+    let demoted = wait_until(Duration::from_secs(30), || {
+        role(lab.master.addr()).as_deref() == Some("slave")
+    });
+    let demoted_at = began.elapsed();
     // Long enough for HAProxy's checks to take the demoted master out (fall 3 x 1 s) and the new
     // one in (rise 2).
-    std::thread::sleep(Duration::from_secs(6));
+    std::thread::sleep(Duration::from_secs(5));
     let attempts = writer.finish()?;
     anyhow::ensure!(named, "the Sentinels never named the replica");
     anyhow::ensure!(resumed, "writes never resumed after the switchover");
+    anyhow::ensure!(demoted, "the old master was never demoted");
 
     let (before, after) = lost(&attempts, lab.final_master()?, began)?;
     let mut d = Switch {
         outage: outage(&attempts, began),
+        named: named_at,
+        demoted: demoted_at,
         paused,
         acked: attempts.iter().filter(|a| a.acked).count() as u64,
         lost: before + after,

@@ -11,7 +11,8 @@
 //! - **planned switchover** ([`drill::switchover`]): the forwarder is asked for one
 //!   (`POST /services/mymaster/switchover`); for HAProxy the operator's manual procedure,
 //!   `SENTINEL FAILOVER mymaster` to one Sentinel, HAProxy following through its checks. The old
-//!   master stays up and is demoted by Sentinel.
+//!   master stays up and is demoted by Sentinel (which leaves it alone for 8 s after the switch);
+//!   writing goes on until it says role:slave, and 5 s more.
 //!
 //! In both, every acknowledged key is then looked up on the final master. What is reported, and
 //! the chart: [`render`].
@@ -278,11 +279,30 @@ impl Lab {
         let named = self.sentinels[0]
             .master_addr("mymaster")
             .context("asking Sentinel for the master")?;
+        let role = |r: &Redis| role(r.addr()).unwrap_or_else(|| "no answer".into());
         anyhow::ensure!(
             named == self.replica.addr(),
-            "unexpected final master {named}"
+            "unexpected final master {named}: the master was {} (role {}), the replica {} \
+             (role {}); the Sentinels name {:?}",
+            self.master.addr(),
+            role(&self.master),
+            self.replica.addr(),
+            role(&self.replica),
+            self.sentinels
+                .iter()
+                .map(|s| s.master_addr("mymaster"))
+                .collect::<Vec<_>>()
         );
         Ok(named)
+    }
+}
+
+/// The `role:` field of a server's `INFO replication` (`master`, `slave`); `None` when it does
+/// not answer.
+fn role(addr: SocketAddr) -> Option<String> {
+    match Conn::open(addr).and_then(|mut c| c.cmd(&["INFO", "replication"])) {
+        Ok(Reply::Bulk(Some(text))) => harness::info_field(&String::from_utf8_lossy(&text), "role"),
+        _ => None,
     }
 }
 

@@ -239,17 +239,20 @@ fn switch_table(results: &Drills<Switch>, drills: u32) -> String {
          master stays up and is demoted by Sentinel. Counted from the moment the switchover \
          began; a new connection is one opened after that.\n\n\
          | target | write outage ms, median [min–max] | new clients held ms (forwarder's \
-         answer), median [min–max] | failed attempts (median) | errors on new connections \
-         (all drills) | errors on established connections (all drills) | acked writes | \
-         acked writes lost |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|\n"
+         answer), median [min–max] | Sentinels named the new master after, ms (median) | old \
+         master demoted after, ms (median) | failed attempts (median) | errors on new \
+         connections (all drills) | errors on established connections (all drills) | acked \
+         writes | acked writes lost |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     );
     for (t, ds) in results {
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             t.name(),
             spread_cell(ds, SWITCH_OUTAGE[0]),
             spread_cell(ds, SWITCH_OUTAGE[1]),
+            median_cell(ds, |d| Some(ms(d.named))),
+            median_cell(ds, |d| Some(ms(d.demoted))),
             median_cell(ds, |d| Some(d.failed as f64)),
             sum(ds, SWITCH_ERRORS[0]),
             sum(ds, SWITCH_ERRORS[1]),
@@ -350,6 +353,8 @@ mod tests {
     ) -> Switch {
         Switch {
             outage: Duration::from_millis(outage_ms),
+            named: Duration::from_millis(1200),
+            demoted: Duration::from_millis(9500),
             failed: new + established,
             new_conn_errors: new,
             established_errors: established,
@@ -394,10 +399,10 @@ mod tests {
         let table = switch_table(&switches(), 3);
         assert!(table.contains("Planned switchover"));
         assert!(table.contains(
-            "| forwarder (Sentinel) | 1850 [1790–2010] | 1834 [1776–1990] | 1 | 0 | 3 | 4500 | 0 |"
+            "| forwarder (Sentinel) | 1850 [1790–2010] | 1834 [1776–1990] | 1200 | 9500 | 1 | 0 | 3 | 4500 | 0 |"
         ));
         assert!(table.contains(
-            "| HAProxy (guide config) | 4100 [3900–4300] | – | 31 | 91 | 4 | 4500 | 19 |"
+            "| HAProxy (guide config) | 4100 [3900–4300] | – | 1200 | 9500 | 31 | 91 | 4 | 4500 | 19 |"
         ));
         let svg = svg(&switches(), switch_chart);
         assert!(svg.contains("<svg") && svg.contains("HAProxy (guide config)"));
