@@ -24,7 +24,7 @@ pub(super) struct Kill {
 #[derive(Debug, Default, Clone, Copy)]
 pub(super) struct Switch {
     pub outage: Duration,
-    /// When the Sentinels named the new master.
+    /// When the Sentinels named the new master (the first `+switch-master`).
     pub named: Duration,
     /// When the old master said role:slave.
     pub demoted: Duration,
@@ -45,20 +45,7 @@ pub(super) struct Switch {
 pub(super) fn kill(target: Target) -> anyhow::Result<Kill> {
     let mut lab = Lab::start(target)?;
     let writer = Writer::start(lab.listen());
-    // When the Sentinels decide: the first +switch-master on one of them.
-    let switched = Arc::new(Mutex::new(None::<Instant>));
-    {
-        let mut sub = Conn::open(lab.sentinels[0].addr())?;
-        sub.stream()
-            .set_read_timeout(Some(Duration::from_secs(60)))?;
-        sub.cmd(&["SUBSCRIBE", "+switch-master"])?;
-        let switched = Arc::clone(&switched);
-        std::thread::spawn(move || {
-            if sub.read_reply().is_ok() {
-                *switched.lock().unwrap() = Some(Instant::now());
-            }
-        });
-    }
+    let switched = switch_master(&lab)?;
     std::thread::sleep(Duration::from_secs(1));
     let old_port = lab.master.port;
     lab.master.proc().kill();
@@ -85,9 +72,26 @@ pub(super) fn kill(target: Target) -> anyhow::Result<Kill> {
     })
 }
 
+/// When the Sentinels decide: the first `+switch-master` on one of them, once it comes.
+fn switch_master(lab: &Lab) -> anyhow::Result<Arc<Mutex<Option<Instant>>>> {
+    let switched = Arc::new(Mutex::new(None::<Instant>));
+    let mut sub = Conn::open(lab.sentinels[0].addr())?;
+    sub.stream()
+        .set_read_timeout(Some(Duration::from_secs(60)))?;
+    sub.cmd(&["SUBSCRIBE", "+switch-master"])?;
+    let at = Arc::clone(&switched);
+    std::thread::spawn(move || {
+        if sub.read_reply().is_ok() {
+            *at.lock().unwrap() = Some(Instant::now());
+        }
+    });
+    Ok(switched)
+}
+
 pub(super) fn switchover(target: Target) -> anyhow::Result<Switch> {
     let lab = Lab::start(target)?;
     let writer = Writer::start(lab.listen());
+    let switched = switch_master(&lab)?;
     std::thread::sleep(Duration::from_secs(1));
     let began = Instant::now();
     let paused = match &lab.proxy {
@@ -118,8 +122,7 @@ pub(super) fn switchover(target: Target) -> anyhow::Result<Switch> {
     let named = wait_until(Duration::from_secs(30), || {
         lab.sentinels[0].master_addr("mymaster") == Some(lab.replica.addr())
     });
-    let named_at = began.elapsed();
-    let resumed = named && writer.acked_after(began + named_at, Duration::from_secs(30));
+    let resumed = named && writer.acked_after(Instant::now(), Duration::from_secs(30));
     let demoted = wait_until(Duration::from_secs(30), || {
         role(lab.master.addr()).as_deref() == Some("slave")
     });
@@ -135,7 +138,10 @@ pub(super) fn switchover(target: Target) -> anyhow::Result<Switch> {
     let (before, after) = lost(&attempts, lab.final_master()?, began)?;
     let mut d = Switch {
         outage: outage(&attempts, began),
-        named: named_at,
+        named: switched
+            .lock()
+            .unwrap()
+            .map_or(Duration::ZERO, |t| t.saturating_duration_since(began)),
         demoted: demoted_at,
         paused,
         acked: attempts.iter().filter(|a| a.acked).count() as u64,

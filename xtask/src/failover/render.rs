@@ -239,8 +239,8 @@ fn switch_table(results: &Drills<Switch>, drills: u32) -> String {
          master stays up and is demoted by Sentinel. Counted from the moment the switchover \
          began; a new connection is one opened after that.\n\n\
          | target | write outage ms, median [min–max] | new clients held ms (forwarder's \
-         answer), median [min–max] | Sentinels named the new master after, ms (median) | old \
-         master demoted after, ms (median) | failed attempts (median) | errors on new \
+         answer), median [min–max] | Sentinel decided after, ms (median) | old master \
+         demoted after, ms (median) | failed attempts (median) | errors on new \
          connections (all drills) | errors on established connections (all drills) | acked \
          writes | acked writes lost |\n\
          |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
