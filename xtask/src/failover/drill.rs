@@ -50,7 +50,17 @@ pub(super) fn kill(target: Target) -> anyhow::Result<Kill> {
     let old_port = lab.master.port;
     lab.master.proc().kill();
     let killed = Instant::now();
-    let resumed = writer.acked_after(killed, Duration::from_secs(30));
+    // Resumed: a write acknowledged after the Sentinels switched. (Not merely after the kill: a
+    // reply the dead master sent just before it can be read, and timed, after `killed`, and the
+    // old master would then come back before the Sentinels saw it down: no failover at all.)
+    let decided = wait_until(Duration::from_secs(30), || {
+        switched.lock().unwrap().is_some()
+    });
+    let resumed = decided
+        && writer.acked_after(
+            switched.lock().unwrap().unwrap_or(killed),
+            Duration::from_secs(30),
+        );
     // The old master returns, empty and saying role:master, until Sentinel demotes it.
     let _old = Redis::start_on(old_port, &[]);
     std::thread::sleep(Duration::from_secs(5));
