@@ -1,14 +1,13 @@
 //! The daemon: turns a validated [`Config`] into running services, applies new configurations
 //! (SIGHUP, `POST /reload`) without dropping sessions, and drains on SIGTERM/SIGINT. What the
 //! admin listener may ask of it (status, readiness, server states, switchovers) is in
-//! [`control`]; host names in the configuration are resolved again in [`names`].
-
-mod names;
+//! [`control`]; host names in the configuration are resolved again in [`names`]; the
+//! operator's server states, kept across reloads, are in [`states`].
 
 mod control;
+mod names;
+mod states;
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -82,62 +81,10 @@ pub struct Daemon {
     retiring: Mutex<Vec<Arc<ServiceHandle>>>,
     /// One reload at a time; a planned switchover holds it too (no reload while one runs).
     reloading: Arc<tokio::sync::Mutex<()>>,
-    /// The operator's server states (`POST /servers/...`), by service: they outlive the
-    /// monitors a reload replaces.
-    admin_states: Mutex<HashMap<String, HashMap<SocketAddr, health::AdminState>>>,
+    /// The operator's server states: they outlive the monitors a reload replaces.
+    admin_states: Mutex<states::AdminStates>,
     /// When the daemon started (the uptime in `/status`).
     started: std::time::Instant,
-}
-
-/// Moves the operator's state of a server written as a name to the address the name resolves
-/// to now: the operator set the state of that server (in `maint`, say), and a moved name must
-/// not make it routable behind their back.
-fn follow_names(
-    states: &mut HashMap<String, HashMap<SocketAddr, health::AdminState>>,
-    old: &Config,
-    new: &Config,
-) {
-    for svc in &new.service {
-        let (Some(before), Some(of)) = (
-            old.service.iter().find(|o| o.name == svc.name),
-            states.get_mut(&svc.name),
-        ) else {
-            continue;
-        };
-        for r in svc.resolved.iter().filter(|r| r.is_server()) {
-            let moved = before
-                .resolved
-                .iter()
-                .find(|b| b.key == r.key && b.name == r.name && b.address != r.address);
-            if let Some(state) = moved.and_then(|b| of.remove(&b.address)) {
-                tracing::warn!(service = %svc.name, name = %r.name, server = %r.address,
-                    state = state.as_str(), "the operator state follows the name to its new address");
-                of.insert(r.address, state);
-            }
-        }
-    }
-}
-
-/// Drops the operator's states of servers `new` no longer has (a removed service, or a server
-/// no longer in a service's `servers`), logged: a server added again later starts `ready`, not
-/// in a state nobody sees any more. Services that discover their servers keep theirs (a server
-/// the Sentinels do not report now may come back).
-fn forget_states(
-    states: &mut HashMap<String, HashMap<SocketAddr, health::AdminState>>,
-    new: &Config,
-) {
-    states.retain(|name, of| {
-        let svc = new.service.iter().find(|s| &s.name == name);
-        of.retain(|addr, state| {
-            let keep = svc.is_some_and(|s| s.servers.is_empty() || s.servers.contains(addr));
-            if !keep {
-                tracing::warn!(service = %name, server = %addr, state = state.as_str(),
-                    "server no longer configured: its operator state is forgotten");
-            }
-            keep
-        });
-        !of.is_empty()
-    });
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -170,10 +117,7 @@ impl Daemon {
         });
         let monitor = kept.map_or_else(
             || {
-                let admin = lock(&self.admin_states)
-                    .get(&svc.name)
-                    .cloned()
-                    .unwrap_or_default();
+                let admin = lock(&self.admin_states).of(&svc.name);
                 let m = health::Monitor::spawn(
                     svc.name.clone(),
                     svc.servers.clone(),
@@ -363,11 +307,7 @@ impl Daemon {
             names::log_changes(old.service.iter().find(|o| o.name == svc.name), svc);
         }
         *lock(&self.config) = new.clone();
-        {
-            let mut states = lock(&self.admin_states);
-            follow_names(&mut states, &old, &new);
-            forget_states(&mut states, &new);
-        }
+        lock(&self.admin_states).reload(&old, &new);
         let mut next = Vec::with_capacity(steps.len());
         let mut taken = vec![false; live.len()];
         let mut old_live: Vec<Option<Live>> = live.drain(..).map(Some).collect();
@@ -486,7 +426,7 @@ pub async fn run(cfg: Config, budget: Budget, path: PathBuf, bound: Bound) -> an
         live: Mutex::new(Vec::new()),
         retiring: Mutex::new(Vec::new()),
         reloading: Arc::new(tokio::sync::Mutex::new(())),
-        admin_states: Mutex::new(HashMap::new()),
+        admin_states: Mutex::new(states::AdminStates::default()),
         started: std::time::Instant::now(),
     });
     for svc in &cfg.service {
