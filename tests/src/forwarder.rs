@@ -79,6 +79,21 @@ impl Forwarder {
         listen
     }
 
+    /// Rewrites the configuration with `services`, its `{LISTEN}` the first listener's address
+    /// (unchanged), sends SIGHUP and waits until the daemon logs one more applied reload
+    /// (`reloaded: ...`), panicking with the log if none comes within 10 s.
+    pub fn reload(&mut self, services: &str) {
+        let applied = |f: &Forwarder| f.log_text().matches("reloaded: ").count();
+        let before = applied(self);
+        self.rewrite(&services.replace("{LISTEN}", &self.listen[0].to_string()));
+        self.proc().signal(libc::SIGHUP);
+        assert!(
+            wait_until(Duration::from_secs(10), || applied(self) > before),
+            "no reload applied: {}",
+            self.log_text()
+        );
+    }
+
     /// Replaces the configuration file with `text` as is.
     pub fn write_config(&self, text: &str) {
         std::fs::write(self.dir.path().join("forwarder.toml"), text).expect("write config");
