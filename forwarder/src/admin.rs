@@ -43,7 +43,7 @@ pub trait Control: Send + Sync + 'static {
         service: &str,
         server: &str,
         state: health::AdminState,
-    ) -> Result<String, ControlError>;
+    ) -> impl Future<Output = Result<String, ControlError>> + Send;
     /// Runs a planned switchover of a service's master; what was done (the pause included).
     fn switchover(
         &self,
@@ -215,10 +215,10 @@ async fn server_state<C: Control>(
     axum::extract::Path((service, server)): axum::extract::Path<(String, String)>,
     body: String,
 ) -> impl IntoResponse {
-    let done = body
-        .parse::<health::AdminState>()
-        .map_err(ControlError::Invalid)
-        .and_then(|state| control.set_server_state(&service, &server, state));
+    let done = match body.parse::<health::AdminState>() {
+        Ok(state) => control.set_server_state(&service, &server, state).await,
+        Err(e) => Err(ControlError::Invalid(e)),
+    };
     answer(done)
 }
 

@@ -37,6 +37,8 @@ pub struct Router {
     /// Set while the route's sessions were cut because the drain time of a drained master was
     /// up (so that they end as `drained`, not `master_changed`).
     drain_cut: Arc<AtomicBool>,
+    /// The last view the router has acted on (published its route, cut what it had to).
+    applied: watch::Receiver<Option<health::MasterView>>,
 }
 
 impl Router {
@@ -54,6 +56,7 @@ impl Router {
         on_change: Arc<dyn Fn() + Send + Sync>,
     ) -> Router {
         let (tx, rx) = watch::channel(None::<Route>);
+        let (applied_tx, applied) = watch::channel(None);
         let drain_flag = Arc::new(AtomicBool::new(false));
         let drain_cut_flag = Arc::clone(&drain_flag);
         tokio::spawn(async move {
@@ -112,6 +115,7 @@ impl Router {
                 } else if view.hold == Some(Hold::Switchover) {
                     on_change(); // a cut without a change of route
                 }
+                applied_tx.send_replace(Some(view));
                 let until = drain_cut.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
                 tokio::select! {
                     changed = views.changed() => if changed.is_err() { break },
@@ -132,7 +136,19 @@ impl Router {
         Router {
             routes: rx,
             drain_cut: drain_cut_flag,
+            applied,
         }
+    }
+
+    /// Waits (2 s at most) until the router has acted on `view` or a later one: new sessions
+    /// see its route or hold, and the sessions it cuts are told. An operator's request answers
+    /// after this, so that once it says "drain", no new session reaches the server.
+    pub async fn caught_up(&self, view: health::MasterView) {
+        let mut rx = self.applied.clone();
+        let done = |v: &Option<health::MasterView>| {
+            v.is_some_and(|v| v == view || v.generation > view.generation)
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), rx.wait_for(done)).await;
     }
 
     /// Whether a session cut just now was cut because its drained master's drain time was up.

@@ -20,9 +20,11 @@
 //! Other forwarders in front of the same Sentinels follow the failover as any other: their
 //! clients may see the old master refuse writes (`READONLY`) for the moment a failover takes.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::decider::MasterView;
 use crate::info::{self, Role};
 use crate::monitor::Monitor;
 use crate::resp::Reply;
@@ -106,10 +108,14 @@ pub enum SwitchoverError {
 }
 
 /// Runs a switchover of `monitor`'s service; `auth` is for the Redis servers (the check's).
-pub async fn run(
+/// `enacted` is awaited once the hold is set, with the view that holds, and returns when
+/// whoever routes by the view has acted on it (new clients held, the master's sessions cut):
+/// only then is the master's offset read.
+pub async fn run<F: Future<Output = ()>>(
     monitor: &Monitor,
     auth: Option<&Auth>,
     limits: Limits,
+    enacted: impl FnOnce(MasterView) -> F,
 ) -> Result<Report, SwitchoverError> {
     let cfg = monitor
         .sentinel_config()
@@ -135,6 +141,7 @@ pub async fn run(
         monitor,
         armed: true,
     };
+    enacted(monitor.view()).await;
     catch_up(from, auth, limits).await?;
     let sentinel = failover(&cfg, limits.request).await?;
     let mut views = monitor.subscribe();
@@ -331,7 +338,8 @@ mod tests {
         };
         // The admin connection's limit (or a client that goes away) drops the future while it
         // waits for the new master.
-        let cut = tokio::time::timeout(Duration::from_secs(2), run(&m, None, limits)).await;
+        let cut =
+            tokio::time::timeout(Duration::from_secs(2), run(&m, None, limits, |_| async {})).await;
         assert!(cut.is_err(), "the switchover ended: {cut:?}");
         assert_eq!(m.view().master, Some(master.addr()));
         assert_eq!(m.view().hold, None, "the master is held for good");
@@ -344,7 +352,8 @@ mod tests {
             m.set_admin(replica.addr(), crate::AdminState::Maint),
             Some(crate::AdminState::Ready)
         );
-        let done = tokio::time::timeout(Duration::from_secs(5), run(&m, None, limits)).await;
+        let done =
+            tokio::time::timeout(Duration::from_secs(5), run(&m, None, limits, |_| async {})).await;
         assert!(
             matches!(done, Ok(Err(SwitchoverError::NotReady(r, "maint"))) if r == replica.addr()),
             "{done:?}"

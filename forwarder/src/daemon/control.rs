@@ -98,7 +98,7 @@ impl admin::Control for Daemon {
         }
     }
 
-    fn set_server_state(
+    async fn set_server_state(
         &self,
         service: &str,
         server: &str,
@@ -107,36 +107,41 @@ impl admin::Control for Daemon {
         let addr: SocketAddr = server
             .parse()
             .map_err(|_| ControlError::Invalid(format!("server {server:?}: expected ip:port")))?;
-        // Under the lock of the running services: a reload cannot build the service's next
-        // monitor between the map and the monitor (it would miss the state), nor can two
-        // requests interleave and leave the map and the monitor disagreeing.
-        let live = lock(&self.live);
-        let monitor = live
-            .iter()
-            .find(|l| l.handle.config.name == service)
-            .map(|l| &l.handle.monitor)
-            .ok_or_else(|| ControlError::NotFound(format!("no service {service:?}")))?;
-        let mut states = lock(&self.admin_states);
-        let Some(was) = monitor.set_admin(addr, state) else {
-            return Err(ControlError::NotFound(format!(
-                "server {addr} is not one of service {service:?}'s (configured or discovered)"
-            )));
+        let (was, routers) = {
+            // Under the lock of the running services: a reload cannot build the service's next
+            // monitor between the map and the monitor (it would miss the state), nor can two
+            // requests interleave and leave the map and the monitor disagreeing.
+            let live = lock(&self.live);
+            let handle = live
+                .iter()
+                .find(|l| l.handle.config.name == service)
+                .map(|l| &l.handle)
+                .ok_or_else(|| ControlError::NotFound(format!("no service {service:?}")))?;
+            let mut states = lock(&self.admin_states);
+            let Some(was) = handle.monitor.set_admin(addr, state) else {
+                return Err(ControlError::NotFound(format!(
+                    "server {addr} is not one of service {service:?}'s (configured or discovered)"
+                )));
+            };
+            let mut routers = vec![(handle.runtime.router.clone(), handle.monitor.view())];
+            // The runtimes a reload replaced still hold their queued clients and established
+            // sessions, on their own monitors: they follow the operator too.
+            for old in lock(&self.retiring)
+                .iter()
+                .filter(|h| h.config.name == service)
+            {
+                if !std::sync::Arc::ptr_eq(&old.monitor, &handle.monitor) {
+                    old.monitor.set_admin(addr, state);
+                }
+                routers.push((old.runtime.router.clone(), old.monitor.view()));
+            }
+            states.set(service, addr, state);
+            (was, routers)
         };
-        // The runtimes a reload replaced still hold their queued clients and established
-        // sessions, on their own monitors: they follow the operator too.
-        for old in lock(&self.retiring)
-            .iter()
-            .filter(|h| h.config.name == service && !std::sync::Arc::ptr_eq(&h.monitor, monitor))
-        {
-            old.monitor.set_admin(addr, state);
+        // Answered once every router acts on the new state: after "drain", no new session.
+        for (router, view) in routers {
+            router.caught_up(view).await;
         }
-        let of = states.entry(service.to_string()).or_default();
-        match state {
-            health::AdminState::Ready => of.remove(&addr),
-            other => of.insert(addr, other),
-        };
-        drop(states);
-        drop(live);
         Ok(format!(
             "service {service}: server {addr} is {} (was {})",
             state.as_str(),
@@ -154,7 +159,7 @@ impl admin::Control for Daemon {
                 "service {service}: a reload or another switchover is running; try again"
             )));
         };
-        let (monitor, stats, auth, request) = {
+        let (monitor, router, stats, auth, request) = {
             let live = lock(&self.live);
             let l = live
                 .iter()
@@ -162,6 +167,7 @@ impl admin::Control for Daemon {
                 .ok_or_else(|| ControlError::NotFound(format!("no service {service:?}")))?;
             (
                 std::sync::Arc::clone(&l.handle.monitor),
+                l.handle.runtime.router.clone(),
                 std::sync::Arc::clone(&l.handle.runtime.stats),
                 l.handle.config.check.auth.clone(),
                 l.handle.config.check.timeout,
@@ -179,7 +185,9 @@ impl admin::Control for Daemon {
         let service = service.to_string();
         let task = tokio::spawn(async move {
             let _no_reload = no_reload;
-            match health::switchover::run(&monitor, auth.as_ref(), limits).await {
+            // The master's offset is read once the router has cut its sessions.
+            let enacted = |view| async move { router.caught_up(view).await };
+            match health::switchover::run(&monitor, auth.as_ref(), limits, enacted).await {
                 Ok(r) => {
                     let ms = u64::try_from(r.paused.as_millis()).unwrap_or(u64::MAX);
                     stats.switchovers.fetch_add(1, Ordering::Relaxed);
