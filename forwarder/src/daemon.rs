@@ -114,6 +114,7 @@ impl Daemon {
             interval: svc.check.interval,
             max_servers: s.max_servers,
             own: self.own_listeners(),
+            tls: s.tls.as_ref().map(|t| t.connector.clone()),
         });
         let monitor = kept.map_or_else(
             || {
@@ -198,9 +199,17 @@ impl Daemon {
         let handle = Arc::new(handle);
         let (tx, rx) = watch::channel(Arc::clone(&handle.runtime));
         let accepting = CancellationToken::new();
-        self.datapath.listen(listeners, rx, accepting.clone())?;
+        // TLS done here runs in tokio whatever the data path (see `datapath::tls`).
+        let tls = handle.config.tls_mode();
+        let path = if tls.in_userspace() {
+            &DataPath::Userspace
+        } else {
+            &self.datapath
+        };
+        path.listen(listeners, rx, accepting.clone())?;
         tracing::info!(service = %handle.config.name, listen = %handle.config.listen,
-            servers = %Joined(&handle.config.servers), datapath = self.datapath.name(), "listening");
+            servers = %Joined(&handle.config.servers), datapath = path.name(),
+            tls = tls.as_str(), "listening");
         Ok(Live {
             handle,
             runtime: tx,
@@ -246,6 +255,7 @@ impl Daemon {
     /// bound before anything changes, so a port in use refuses the whole reload. The data path
     /// and the admin listener need a restart. `what` starts the summary (`reloaded`).
     fn apply(&self, new: Config, what: &str) -> Result<String, ReloadError> {
+        warn_certificates(&new);
         let old = lock(&self.config).clone();
         let mut notes = Vec::new();
         if new.datapath != old.datapath {
@@ -267,6 +277,19 @@ impl Daemon {
             let cur = live.iter().position(|l| l.handle.config.name == svc.name);
             match cur {
                 Some(j) if live[j].handle.config.listen == svc.listen => {
+                    let was = live[j].handle.config.tls_mode();
+                    if matches!(self.datapath, DataPath::Uring(_))
+                        && was.in_userspace() != svc.tls_mode().in_userspace()
+                    {
+                        errors.push(format!(
+                            "service[{i}]: TLS {} -> {}: a service whose TLS is done here is \
+                             accepted in tokio, the others on the uring rings; this change \
+                             needs a new listen address or a restart",
+                            was.as_str(),
+                            svc.tls_mode().as_str()
+                        ));
+                        continue;
+                    }
                     if live[j].handle.config == *svc {
                         steps.push(Step::Keep(j));
                     } else {
@@ -408,9 +431,17 @@ pub fn bind(cfg: &Config) -> anyhow::Result<Bound> {
     Ok(Bound { services, admin })
 }
 
+/// Logs a warning for each certificate expired or expiring within 14 days.
+fn warn_certificates(cfg: &Config) {
+    for w in cfg.tls_report(std::time::SystemTime::now()).1 {
+        tracing::warn!("{w}");
+    }
+}
+
 /// Runs until SIGTERM or SIGINT; SIGHUP reloads `path`. Fails before serving anything if the
 /// requested data path cannot run here.
 pub async fn run(cfg: Config, budget: Budget, path: PathBuf, bound: Bound) -> anyhow::Result<()> {
+    warn_certificates(&cfg);
     let selected = DataPath::select(&cfg.datapath, cfg.sockmap_sessions(), &budget)?;
     let shutdown = CancellationToken::new();
     let admin_listener = bound.admin.map(TcpListener::from_std).transpose()?;

@@ -1,7 +1,7 @@
 //! The forwarder: listeners, admission, routing to the current Redis master, and the data paths.
 //!
-//! Rooms, each importing only from those before it: `config` (TOML as written -> validated ->
-//! runtime types), `budget` (open-file limit -> maxconn and pipes), `metrics` (counters),
+//! Rooms, each importing only from those before it: `tls` (certificates and keys -> rustls
+//! configurations), `config` (TOML as written -> validated -> runtime types), `budget` (open-file limit -> maxconn and pipes), `metrics` (counters),
 //! `session_log` (a client's times and bytes, its log line), `admission` (allow list, maxconn),
 //! `router` (the decider's master as a route with a cut token), `service` (a service's runtime:
 //! where a client goes, when it gives up, binding its listeners), `datapath` (accepting,
@@ -24,3 +24,4 @@ pub mod router;
 pub mod service;
 pub mod session_log;
 pub mod status;
+pub mod tls;

@@ -114,6 +114,13 @@ fn main() -> ExitCode {
                     "# descriptor budget: open-file limit {}, {} reserved, {} sessions in all",
                     budget.limit, budget.reserved, budget.sessions
                 );
+                let (tls, warnings) = cfg.tls_report(std::time::SystemTime::now());
+                for line in tls {
+                    println!("# {line}");
+                }
+                for w in warnings {
+                    eprintln!("warning: {w}");
+                }
                 print!("{}", cfg.to_toml());
                 ExitCode::SUCCESS
             }

@@ -88,6 +88,107 @@ impl End {
     }
 }
 
+/// Which TLS handshake failed: the client's with us, or ours with the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsSide {
+    /// A client's handshake with the forwarder (`[service.tls]`).
+    Client,
+    /// The forwarder's handshake with the master (`[service.server_tls]`).
+    Server,
+}
+
+impl TlsSide {
+    /// Both, in the order of the counters.
+    pub const ALL: [TlsSide; 2] = [TlsSide::Client, TlsSide::Server];
+
+    /// The name in metrics labels: `client`, `server`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsSide::Client => "client",
+            TlsSide::Server => "server",
+        }
+    }
+}
+
+/// Why a TLS handshake failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsFailure {
+    /// Not done within `timeout.handshake` (`timeout.connect` towards the server).
+    Timeout,
+    /// The peer closed or reset the connection during the handshake.
+    Closed,
+    /// A client certificate was required and none was presented.
+    NoCertificate,
+    /// The peer's certificate is signed by no CA we trust.
+    UnknownCa,
+    /// The peer's certificate has expired (or is not yet valid).
+    Expired,
+    /// The peer's certificate does not name the server.
+    WrongName,
+    /// The peer's certificate is unusable otherwise, or the peer refused ours (an alert).
+    BadCertificate,
+    /// Not TLS, no common version or cipher suite, or another protocol error.
+    Protocol,
+}
+
+impl TlsFailure {
+    /// Every reason, in the order of the counters.
+    pub const ALL: [TlsFailure; 8] = [
+        TlsFailure::Timeout,
+        TlsFailure::Closed,
+        TlsFailure::NoCertificate,
+        TlsFailure::UnknownCa,
+        TlsFailure::Expired,
+        TlsFailure::WrongName,
+        TlsFailure::BadCertificate,
+        TlsFailure::Protocol,
+    ];
+
+    /// The name in metrics labels and the status model, e.g. `unknown_ca`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsFailure::Timeout => "timeout",
+            TlsFailure::Closed => "closed",
+            TlsFailure::NoCertificate => "no_certificate",
+            TlsFailure::UnknownCa => "unknown_ca",
+            TlsFailure::Expired => "expired",
+            TlsFailure::WrongName => "wrong_name",
+            TlsFailure::BadCertificate => "bad_certificate",
+            TlsFailure::Protocol => "protocol",
+        }
+    }
+
+    /// The reason of a failed handshake's error (tokio-rustls wraps rustls's in `io::Error`).
+    pub fn of(e: &std::io::Error) -> TlsFailure {
+        use rustls::{AlertDescription as A, CertificateError as C, Error as R};
+        let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<R>()) else {
+            return TlsFailure::Closed;
+        };
+        match tls {
+            R::NoCertificatesPresented => TlsFailure::NoCertificate,
+            R::InvalidCertificate(C::UnknownIssuer) => TlsFailure::UnknownCa,
+            R::InvalidCertificate(C::Expired | C::NotValidYet)
+            | R::InvalidCertificate(C::ExpiredContext { .. })
+            | R::InvalidCertificate(C::NotValidYetContext { .. }) => TlsFailure::Expired,
+            R::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => {
+                TlsFailure::WrongName
+            }
+            R::InvalidCertificate(_) => TlsFailure::BadCertificate,
+            R::AlertReceived(A::UnknownCA) => TlsFailure::UnknownCa,
+            R::AlertReceived(A::CertificateExpired) => TlsFailure::Expired,
+            R::AlertReceived(A::CertificateRequired) => TlsFailure::NoCertificate,
+            R::AlertReceived(
+                A::BadCertificate
+                | A::UnsupportedCertificate
+                | A::CertificateRevoked
+                | A::CertificateUnknown
+                | A::AccessDenied,
+            ) => TlsFailure::BadCertificate,
+            _ => TlsFailure::Protocol,
+        }
+    }
+}
+
 /// Counters of one service.
 #[derive(Debug, Default)]
 pub struct ServiceStats {
@@ -106,6 +207,7 @@ pub struct ServiceStats {
     pub bytes_copied_in_userspace: AtomicU64,
     /// Sessions that did not fit the sockmap and ran on the next data path.
     pub sockmap_fallbacks: AtomicU64,
+    tls_failures: [[AtomicU64; TlsFailure::ALL.len()]; TlsSide::ALL.len()],
     /// Planned switchovers done.
     pub switchovers: AtomicU64,
     /// Planned switchovers asked for and not done (refused, given up or timed out).
@@ -143,6 +245,11 @@ impl ServiceStats {
         self.ended[how as usize].load(Ordering::Relaxed)
     }
 
+    /// Counts a failed TLS handshake.
+    pub fn tls_failed(&self, side: TlsSide, why: TlsFailure) {
+        self.tls_failures[side as usize][why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
     /// A plain copy for rendering.
     pub fn snapshot(&self) -> StatsSnapshot {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -161,6 +268,19 @@ impl ServiceStats {
             bytes_server_to_client: load(&self.bytes_server_to_client),
             bytes_copied_in_userspace: load(&self.bytes_copied_in_userspace),
             sockmap_fallbacks: load(&self.sockmap_fallbacks),
+            tls_handshake_failures: TlsSide::ALL
+                .iter()
+                .map(|side| {
+                    let by = TlsFailure::ALL
+                        .iter()
+                        .map(|f| {
+                            let n = load(&self.tls_failures[*side as usize][*f as usize]);
+                            (f.as_str().to_string(), n)
+                        })
+                        .collect();
+                    (side.as_str().to_string(), by)
+                })
+                .collect(),
             switchovers: load(&self.switchovers),
             switchovers_failed: load(&self.switchovers_failed),
             last_switchover_ms: load(&self.last_switchover_ms),
@@ -189,6 +309,10 @@ pub struct StatsSnapshot {
     pub bytes_copied_in_userspace: u64,
     /// [`ServiceStats::sockmap_fallbacks`].
     pub sockmap_fallbacks: u64,
+    /// Failed TLS handshakes by [`TlsSide::as_str`], then [`TlsFailure::as_str`].
+    #[serde(default)]
+    pub tls_handshake_failures:
+        std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>>,
     /// [`ServiceStats::switchovers`].
     pub switchovers: u64,
     /// [`ServiceStats::switchovers_failed`].

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::admission::Gate;
-use crate::config::{Service, Timeouts};
+use crate::config::{Service, Timeouts, TlsMode};
 use crate::metrics::{GlobalStats, Reject, ServiceStats};
 use crate::router::{Route, Router};
 use crate::session_log::{Admitted, Trace};
@@ -36,6 +36,12 @@ pub struct ServiceRuntime {
     pub shutdown: CancellationToken,
     /// `log_sessions`: one log line per client at its end (see `session_log`).
     pub log_sessions: bool,
+    /// How its sessions use TLS.
+    pub tls_mode: TlsMode,
+    /// `[service.tls]`: the clients' TLS is terminated with this.
+    pub tls_accept: Option<Arc<rustls::ServerConfig>>,
+    /// `[service.server_tls]` without `passthrough`: sessions speak TLS to the master with this.
+    pub tls_origin: Option<health::tls::Connector>,
     reject_log: RateLimit,
 }
 
@@ -63,6 +69,13 @@ impl ServiceRuntime {
             global,
             shutdown,
             log_sessions: cfg.log_sessions,
+            tls_mode: cfg.tls_mode(),
+            tls_accept: cfg.tls.as_ref().map(|t| Arc::clone(&t.acceptor.config)),
+            tls_origin: cfg
+                .server_tls
+                .as_ref()
+                .filter(|t| !t.passthrough)
+                .map(|t| t.connector.clone()),
             reject_log: RateLimit::default(),
         }
     }

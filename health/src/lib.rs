@@ -4,7 +4,7 @@
 //! Rooms: `tcpcheck` (check programs), `schedule` (rise/fall/interval), `resp` and `info` (Redis
 //! replies), `decider` (who the master is: one pure policy, generations, counters), `sentinel` (what a quorum of Sentinels says),
 //! `monitor` (the tokio tasks that tie them up), `switchover` (a planned handover of the master
-//! through the Sentinels), `histogram` (latency buckets), `plain` (log values).
+//! through the Sentinels), `histogram` (latency buckets), `plain` (log values), `tls` (TLS towards a server: checks, Sentinels, switchover requests).
 #![forbid(unsafe_code)]
 
 pub mod decider;
@@ -18,6 +18,7 @@ pub mod schedule;
 pub mod sentinel;
 pub mod switchover;
 pub mod tcpcheck;
+pub mod tls;
 
 pub use decider::{AdminState, Hold, MasterView};
 pub use histogram::{Histogram, Snapshot as HistogramSnapshot};

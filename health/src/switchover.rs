@@ -30,6 +30,7 @@ use crate::monitor::Monitor;
 use crate::resp::Reply;
 use crate::sentinel::{Conn, SentinelError};
 use crate::tcpcheck::Auth;
+use crate::tls::Connector;
 
 /// How long each step may take.
 #[derive(Debug, Clone, Copy)]
@@ -107,13 +108,15 @@ pub enum SwitchoverError {
     Timeout(Duration),
 }
 
-/// Runs a switchover of `monitor`'s service; `auth` is for the Redis servers (the check's).
+/// Runs a switchover of `monitor`'s service; `auth` and `tls` are for the Redis servers (the
+/// check's).
 /// `enacted` is awaited once the hold is set, with the view that holds, and returns when
 /// whoever routes by the view has acted on it (new clients held, the master's sessions cut):
 /// only then is the master's offset read.
 pub async fn run<F: Future<Output = ()>>(
     monitor: &Monitor,
     auth: Option<&Auth>,
+    tls: Option<&Connector>,
     limits: Limits,
     enacted: impl FnOnce(MasterView) -> F,
 ) -> Result<Report, SwitchoverError> {
@@ -142,7 +145,7 @@ pub async fn run<F: Future<Output = ()>>(
         armed: true,
     };
     enacted(monitor.view()).await;
-    catch_up(from, auth, limits).await?;
+    catch_up(from, auth, tls, limits).await?;
     let sentinel = failover(&cfg, limits.request).await?;
     let mut views = monitor.subscribe();
     // One deadline for the whole: time the requests took before is not waited again.
@@ -184,10 +187,11 @@ impl Drop for Held<'_> {
 async fn catch_up(
     master: SocketAddr,
     auth: Option<&Auth>,
+    tls: Option<&Connector>,
     limits: Limits,
 ) -> Result<(), SwitchoverError> {
     let bad = |e: String| SwitchoverError::Master(master, e);
-    let repl = replication(master, auth, limits.request)
+    let repl = replication(master, auth, tls, limits.request)
         .await
         .map_err(bad)?;
     if repl.role != Role::Master {
@@ -209,7 +213,7 @@ async fn catch_up(
     loop {
         let mut behind = Vec::new();
         for r in &replicas {
-            match replication(*r, auth, limits.request).await {
+            match replication(*r, auth, tls, limits.request).await {
                 Ok(info) => match info.master_repl_offset {
                     Some(o) if o >= offset => {}
                     Some(o) => behind.push(format!("{r} at {o}")),
@@ -237,9 +241,10 @@ async fn catch_up(
 async fn replication(
     addr: SocketAddr,
     auth: Option<&Auth>,
+    tls: Option<&Connector>,
     timeout: Duration,
 ) -> Result<info::Replication, String> {
-    let mut c = Conn::open(addr, timeout, auth)
+    let mut c = Conn::open(addr, timeout, auth, tls)
         .await
         .map_err(|e| e.to_string())?;
     match c
@@ -263,7 +268,7 @@ async fn failover(
     let mut why = Vec::new();
     for s in &cfg.addresses {
         let answer: Result<Reply, SentinelError> = async {
-            let mut c = Conn::open(*s, timeout, cfg.auth.as_ref()).await?;
+            let mut c = Conn::open(*s, timeout, cfg.auth.as_ref(), cfg.tls.as_ref()).await?;
             c.call(&[b"SENTINEL", b"FAILOVER", cfg.master_name.as_bytes()])
                 .await
         }
@@ -312,6 +317,7 @@ mod tests {
                 master_name: "mymaster".into(),
                 quorum: 1,
                 auth: None,
+                tls: None,
                 timeout: Duration::from_millis(500),
                 max_servers: 8,
                 interval: Duration::from_millis(100),
@@ -338,8 +344,11 @@ mod tests {
         };
         // The admin connection's limit (or a client that goes away) drops the future while it
         // waits for the new master.
-        let cut =
-            tokio::time::timeout(Duration::from_secs(2), run(&m, None, limits, |_| async {})).await;
+        let cut = tokio::time::timeout(
+            Duration::from_secs(2),
+            run(&m, None, None, limits, |_| async {}),
+        )
+        .await;
         assert!(cut.is_err(), "the switchover ended: {cut:?}");
         assert_eq!(m.view().master, Some(master.addr()));
         assert_eq!(m.view().hold, None, "the master is held for good");
@@ -352,8 +361,11 @@ mod tests {
             m.set_admin(replica.addr(), crate::AdminState::Maint),
             Some(crate::AdminState::Ready)
         );
-        let done =
-            tokio::time::timeout(Duration::from_secs(5), run(&m, None, limits, |_| async {})).await;
+        let done = tokio::time::timeout(
+            Duration::from_secs(5),
+            run(&m, None, None, limits, |_| async {}),
+        )
+        .await;
         assert!(
             matches!(done, Ok(Err(SwitchoverError::NotReady(r, "maint"))) if r == replica.addr()),
             "{done:?}"

@@ -12,6 +12,7 @@ use tokio::time::Instant;
 
 use crate::info::{self, Role};
 use crate::resp;
+use crate::tls::{Connector, Stream};
 
 /// Most bytes an `expect` step buffers before it gives up ("reply too large").
 pub const MAX_REPLY: usize = 64 * 1024;
@@ -220,6 +221,8 @@ pub struct Program {
     /// Replies are RESP: an `expect` fails as soon as one whole reply is in without a match,
     /// instead of waiting for the timeout (a replica answers INFO at once; no need to wait).
     resp_framed: bool,
+    /// `connect` also does a TLS handshake with this (HAProxy's `check-ssl`).
+    tls: Option<Connector>,
 }
 
 /// The outcome of one run of a program.
@@ -258,6 +261,7 @@ impl Program {
         Ok(Program {
             steps,
             resp_framed: false,
+            tls: None,
         })
     }
 
@@ -289,7 +293,18 @@ impl Program {
         Program {
             steps,
             resp_framed: true,
+            tls: None,
         }
+    }
+
+    /// The same program over TLS (`Some`) or plain TCP.
+    pub fn with_tls(self, tls: Option<Connector>) -> Program {
+        Program { tls, ..self }
+    }
+
+    /// The TLS its `connect` step speaks, if any.
+    pub fn tls(&self) -> Option<&Connector> {
+        self.tls.as_ref()
     }
 
     /// Runs the program against `addr`; the whole run, connect included, must end within
@@ -382,14 +397,20 @@ struct Run {
 impl Run {
     async fn exec(&mut self, program: &Program, addr: SocketAddr) -> Result<(), Fail> {
         let steps = &program.steps;
-        let mut conn: Option<TcpStream> = None;
+        let mut conn: Option<Stream> = None;
         for (i, step) in steps.iter().enumerate() {
             self.at = i;
             match step {
                 Step::Connect => {
                     let s = TcpStream::connect(addr).await?;
                     let _ = s.set_nodelay(true);
-                    conn = Some(s);
+                    conn = Some(match &program.tls {
+                        None => Stream::Plain(s),
+                        Some(t) => t
+                            .connect(s, addr)
+                            .await
+                            .map_err(|e| Fail::from(format!("TLS handshake: {e}")))?,
+                    });
                 }
                 Step::Send(data) => {
                     let s = conn.as_mut().ok_or("not connected")?;

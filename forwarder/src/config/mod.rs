@@ -15,10 +15,12 @@
 mod allow;
 mod names;
 mod raw;
+mod tls;
 mod validate;
 
 pub use allow::Allow;
 pub use names::Resolved;
+pub use tls::{ClientTls, ServerTls, TlsMode};
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -184,6 +186,11 @@ pub struct Service {
     /// names).
     #[serde(with = "humantime_serde")]
     pub resolve_interval: Duration,
+    /// `[service.tls]`: TLS from clients, terminated here.
+    pub tls: Option<ClientTls>,
+    /// `[service.server_tls]`: TLS towards the servers (checks always; sessions unless
+    /// `passthrough`).
+    pub server_tls: Option<ServerTls>,
 }
 
 /// The most sessions one service may be given, explicitly or by `"auto"`.
@@ -209,6 +216,9 @@ pub struct Timeouts {
     /// how long the sessions of a server an operator set to `drain` may go on.
     #[serde(with = "humantime_serde")]
     pub drain: Duration,
+    /// How long a client's TLS handshake may take ([`Service::tls`]); 5s by default.
+    #[serde(with = "humantime_serde")]
+    pub handshake: Duration,
 }
 
 /// `check.kind`: how a server's health is judged.
@@ -273,6 +283,8 @@ pub struct Sentinel {
     /// [`Config::to_toml`].
     #[serde(skip)]
     pub password: Option<String>,
+    /// `tls = { ca, cert, key, server_name }`: TLS to the Sentinels.
+    pub tls: Option<ServerTls>,
 }
 
 impl Check {

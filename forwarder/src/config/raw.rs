@@ -69,6 +69,28 @@ pub(super) struct RawService {
     pub(super) check: RawCheck,
     pub(super) sentinel: Option<RawSentinel>,
     pub(super) resolve_interval: Option<String>,
+    pub(super) tls: Option<RawTls>,
+    pub(super) server_tls: Option<RawServerTls>,
+}
+
+/// `[service.tls]`: TLS from clients, terminated here.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTls {
+    pub(super) cert: String,
+    pub(super) key: String,
+    pub(super) client_ca: Option<String>,
+}
+
+/// `[service.server_tls]`, and `tls = { ... }` of `[service.sentinel]` (without `passthrough`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawServerTls {
+    pub(super) ca: String,
+    pub(super) cert: Option<String>,
+    pub(super) key: Option<String>,
+    pub(super) server_name: Option<String>,
+    pub(super) passthrough: Option<bool>,
 }
 
 /// `maxconn = 4000` or `maxconn = "auto"`.
@@ -88,6 +110,7 @@ pub(super) struct RawTimeouts {
     pub(super) server: Option<String>,
     pub(super) queue: Option<String>,
     pub(super) drain: Option<String>,
+    pub(super) handshake: Option<String>,
 }
 
 /// `[service.check]`.
@@ -116,6 +139,7 @@ pub(super) struct RawSentinel {
     pub(super) max_servers: Option<usize>,
     pub(super) user: Option<String>,
     pub(super) password: Option<String>,
+    pub(super) tls: Option<RawServerTls>,
 }
 
 /// Reads `text` into the raw types: TOML syntax, types and unknown keys. An error names the

@@ -24,17 +24,18 @@ pub(super) fn config(raw: RawConfig, file: String, resolve: Resolver<'_>) -> Res
 }
 
 /// Makes the errors (it knows the file they are about) and resolves names.
-struct Validator<'a> {
-    file: String,
+pub(super) struct Validator<'a> {
+    pub(super) file: String,
     resolve: Resolver<'a>,
 }
 
-type Res<T> = Result<T, ConfigError>;
+pub(super) type Res<T> = Result<T, ConfigError>;
 
 const DEFAULT_CONNECT: Duration = Duration::from_secs(4);
 const DEFAULT_IDLE: Duration = Duration::from_secs(30);
 const DEFAULT_QUEUE: Duration = Duration::from_secs(5);
 const DEFAULT_DRAIN: Duration = Duration::from_secs(10);
+const DEFAULT_HANDSHAKE: Duration = Duration::from_secs(5);
 /// The longest duration any key accepts (HAProxy's limit too: 2^31 ms, about 24.8 days), so that
 /// no deadline computed from one can overflow.
 const MAX_DURATION: Duration = Duration::from_secs(24 * 24 * 3600);
@@ -46,7 +47,7 @@ const DEFAULT_MAX_DISCOVERED: usize = 32;
 const DEFAULT_RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
 
 impl Validator<'_> {
-    fn err(&self, key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    pub(super) fn err(&self, key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
         ConfigError {
             file: self.file.clone(),
             key: key.into(),
@@ -217,6 +218,11 @@ impl Validator<'_> {
             server: self.dur(&format!("{key}.timeout.server"), &t.server, DEFAULT_IDLE)?,
             queue: self.dur_or_zero(&format!("{key}.timeout.queue"), &t.queue, DEFAULT_QUEUE)?,
             drain: self.dur_or_zero(&format!("{key}.timeout.drain"), &t.drain, DEFAULT_DRAIN)?,
+            handshake: self.dur(
+                &format!("{key}.timeout.handshake"),
+                &t.handshake,
+                DEFAULT_HANDSHAKE,
+            )?,
         };
         let maxconn_per_source = match s.maxconn_per_source {
             Some(0) => {
@@ -230,7 +236,25 @@ impl Validator<'_> {
             }
             n => n,
         };
-        let check = self.check(&format!("{key}.check"), s.check)?;
+        let tls = s
+            .tls
+            .map(|t| self.client_tls(&format!("{key}.tls"), t))
+            .transpose()?;
+        let server_tls = s
+            .server_tls
+            .map(|t| self.server_tls(&format!("{key}.server_tls"), t, true))
+            .transpose()?;
+        if tls.is_some() && server_tls.as_ref().is_some_and(|t| t.passthrough) {
+            return Err(self.err(
+                format!("{key}.server_tls.passthrough"),
+                "passthrough forwards the clients' TLS untouched, [service.tls] terminates it: \
+                 choose one",
+            ));
+        }
+        let mut check = self.check(&format!("{key}.check"), s.check)?;
+        check.program = check
+            .program
+            .with_tls(server_tls.as_ref().map(|t| t.connector.clone()));
         let sentinel = match s.sentinel {
             Some(raw) => Some(self.sentinel(key, raw, &mut resolved)?),
             None => None,
@@ -261,6 +285,8 @@ impl Validator<'_> {
             sentinel,
             resolved,
             resolve_interval,
+            tls,
+            server_tls,
         })
     }
 
@@ -413,7 +439,12 @@ impl Validator<'_> {
         if s.user.is_some() && s.password.is_none() {
             return Err(self.err(format!("{key}.password"), "required when user is set"));
         }
+        let tls = s
+            .tls
+            .map(|t| self.server_tls(&format!("{key}.tls"), t, false))
+            .transpose()?;
         Ok(Sentinel {
+            tls,
             addresses,
             master_name: s.master_name,
             quorum,

@@ -159,7 +159,7 @@ impl admin::Control for Daemon {
                 "service {service}: a reload or another switchover is running; try again"
             )));
         };
-        let (monitor, router, stats, auth, request) = {
+        let (monitor, router, stats, auth, tls, request) = {
             let live = lock(&self.live);
             let l = live
                 .iter()
@@ -170,6 +170,7 @@ impl admin::Control for Daemon {
                 l.handle.runtime.router.clone(),
                 std::sync::Arc::clone(&l.handle.runtime.stats),
                 l.handle.config.check.auth.clone(),
+                l.handle.config.check.program.tls().cloned(),
                 l.handle.config.check.timeout,
             )
         };
@@ -187,7 +188,9 @@ impl admin::Control for Daemon {
             let _no_reload = no_reload;
             // The master's offset is read once the router has cut its sessions.
             let enacted = |view| async move { router.caught_up(view).await };
-            match health::switchover::run(&monitor, auth.as_ref(), limits, enacted).await {
+            match health::switchover::run(&monitor, auth.as_ref(), tls.as_ref(), limits, enacted)
+                .await
+            {
                 Ok(r) => {
                     let ms = u64::try_from(r.paused.as_millis()).unwrap_or(u64::MAX);
                     stats.switchovers.fetch_add(1, Ordering::Relaxed);

@@ -7,6 +7,7 @@
 
 mod front;
 pub mod sockmap;
+pub mod tls;
 pub mod uring;
 pub mod userspace;
 

@@ -7,6 +7,7 @@
 //! in flight, so an idle session holds none.
 
 use std::cell::RefCell;
+use std::future::Future;
 use std::io;
 use std::net::Shutdown;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,8 +16,11 @@ use std::time::Duration;
 use socket2::SockRef;
 use tokio::time::Instant;
 
+use tokio_util::sync::CancellationToken;
+
 use super::{cut_end, reset, Session};
 use crate::metrics::End;
+use crate::service::ServiceRuntime;
 
 const BUF_SIZE: usize = 64 * 1024;
 /// Free buffers kept per thread; more than this are returned to the allocator.
@@ -50,7 +54,7 @@ impl Drop for Buf {
 
 /// Last activity of each side, in milliseconds since the session started, and the bytes each
 /// direction forwarded (counted only for the session log, when `logged`).
-struct Activity {
+pub(super) struct Activity {
     start: Instant,
     client: AtomicU64,
     server: AtomicU64,
@@ -59,6 +63,17 @@ struct Activity {
 }
 
 impl Activity {
+    /// Starts now; `logged` when the session has a log line to fill.
+    pub(super) fn new(logged: bool) -> Activity {
+        Activity {
+            start: Instant::now(),
+            client: AtomicU64::new(0),
+            server: AtomicU64::new(0),
+            logged,
+            bytes: [AtomicU64::new(0), AtomicU64::new(0)],
+        }
+    }
+
     fn touch(&self, side: &AtomicU64) {
         let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
         side.store(ms, Ordering::Relaxed);
@@ -67,11 +82,51 @@ impl Activity {
     fn at(&self, side: &AtomicU64) -> Instant {
         self.start + Duration::from_millis(side.load(Ordering::Relaxed))
     }
+
+    /// `n` bytes went `dir`: the activity of the side written to, the service's byte counters
+    /// (and `userspace`'s, when they went through a buffer of ours) and the session's own.
+    pub(super) fn moved(&self, svc: &ServiceRuntime, dir: Dir, n: usize, userspace: bool) {
+        let (to, counter, mine) = match dir {
+            Dir::ClientToServer => (
+                &self.server,
+                &svc.stats.bytes_client_to_server,
+                &self.bytes[0],
+            ),
+            Dir::ServerToClient => (
+                &self.client,
+                &svc.stats.bytes_server_to_client,
+                &self.bytes[1],
+            ),
+        };
+        self.touch(to);
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+        if self.logged {
+            mine.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        if userspace {
+            svc.stats
+                .bytes_copied_in_userspace
+                .fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// A read from the source of `dir` returned (bytes or EOF): it was active.
+    pub(super) fn heard(&self, dir: Dir) {
+        self.touch(match dir {
+            Dir::ClientToServer => &self.client,
+            Dir::ServerToClient => &self.server,
+        });
+    }
+
+    /// The bytes each direction moved, for the log line.
+    pub(super) fn bytes(&self) -> [u64; 2] {
+        self.bytes.each_ref().map(|b| b.load(Ordering::Relaxed))
+    }
 }
 
 /// Which way bytes flow.
 #[derive(Clone, Copy)]
-enum Dir {
+pub(super) enum Dir {
     ClientToServer,
     ServerToClient,
 }
@@ -79,45 +134,10 @@ enum Dir {
 /// Moves bytes until both directions have ended; says how the session ended.
 pub async fn relay(mut s: Session) -> End {
     let mut trace = s.trace.take();
-    let act = Activity {
-        start: Instant::now(),
-        client: AtomicU64::new(0),
-        server: AtomicU64::new(0),
-        logged: trace.is_some(),
-        bytes: [AtomicU64::new(0), AtomicU64::new(0)],
-    };
+    let act = Activity::new(trace.is_some());
     let c2s = pump(&s, &act, Dir::ClientToServer);
     let s2c = pump(&s, &act, Dir::ServerToClient);
-    tokio::pin!(c2s, s2c);
-    let (mut c2s_done, mut s2c_done) = (false, false);
-    let end = loop {
-        let client_deadline = act.at(&act.client) + s.svc.timeouts.client;
-        let server_deadline = act.at(&act.server) + s.svc.timeouts.server;
-        tokio::select! {
-            r = &mut c2s, if !c2s_done => match r {
-                Ok(()) => c2s_done = true,
-                Err(_) => break End::Reset,
-            },
-            r = &mut s2c, if !s2c_done => match r {
-                Ok(()) => s2c_done = true,
-                Err(_) => break End::Reset,
-            },
-            _ = tokio::time::sleep_until(client_deadline.min(server_deadline)) => {
-                // Activity may have moved the deadlines since they were read.
-                let now = Instant::now();
-                if act.at(&act.client) + s.svc.timeouts.client <= now {
-                    break End::ClientTimeout;
-                }
-                if act.at(&act.server) + s.svc.timeouts.server <= now {
-                    break End::ServerTimeout;
-                }
-            }
-            _ = s.cut.cancelled() => break cut_end(&s.svc),
-        }
-        if c2s_done && s2c_done {
-            break End::Closed;
-        }
-    };
+    let end = drive(&s.svc, &s.cut, &act, c2s, s2c).await;
     if end != End::Closed {
         // Anything but a clean close ends with a reset on both sides, so neither peer mistakes a
         // cut session for a complete reply.
@@ -125,34 +145,60 @@ pub async fn relay(mut s: Session) -> End {
         reset(&s.server);
     }
     if let Some(t) = trace.as_mut() {
-        t.bytes = act.bytes.each_ref().map(|b| b.load(Ordering::Relaxed));
+        t.bytes = act.bytes();
     }
     s.svc.session_ended(trace.as_deref(), end.as_str());
     end
 }
 
+/// Runs both directions of a session (`c2s`, `s2c`: each ends at its EOF, or fails) under the
+/// idle timeouts of `act`'s sides and the `cut`; says how the session ended. The caller resets
+/// the sockets of a session that did not end [`End::Closed`].
+pub(super) async fn drive(
+    svc: &ServiceRuntime,
+    cut: &CancellationToken,
+    act: &Activity,
+    c2s: impl Future<Output = io::Result<()>>,
+    s2c: impl Future<Output = io::Result<()>>,
+) -> End {
+    tokio::pin!(c2s, s2c);
+    let (mut c2s_done, mut s2c_done) = (false, false);
+    loop {
+        let client_deadline = act.at(&act.client) + svc.timeouts.client;
+        let server_deadline = act.at(&act.server) + svc.timeouts.server;
+        tokio::select! {
+            r = &mut c2s, if !c2s_done => match r {
+                Ok(()) => c2s_done = true,
+                Err(_) => return End::Reset,
+            },
+            r = &mut s2c, if !s2c_done => match r {
+                Ok(()) => s2c_done = true,
+                Err(_) => return End::Reset,
+            },
+            _ = tokio::time::sleep_until(client_deadline.min(server_deadline)) => {
+                // Activity may have moved the deadlines since they were read.
+                let now = Instant::now();
+                if act.at(&act.client) + svc.timeouts.client <= now {
+                    return End::ClientTimeout;
+                }
+                if act.at(&act.server) + svc.timeouts.server <= now {
+                    return End::ServerTimeout;
+                }
+            }
+            _ = cut.cancelled() => return cut_end(svc),
+        }
+        if c2s_done && s2c_done {
+            return End::Closed;
+        }
+    }
+}
+
 /// Copies one direction until EOF (then half-closes the destination) or an error.
 async fn pump(s: &Session, act: &Activity, dir: Dir) -> io::Result<()> {
-    let (from, to, from_side, to_side, counter, mine) = match dir {
-        Dir::ClientToServer => (
-            &s.client,
-            &s.server,
-            &act.client,
-            &act.server,
-            &s.svc.stats.bytes_client_to_server,
-            &act.bytes[0],
-        ),
-        Dir::ServerToClient => (
-            &s.server,
-            &s.client,
-            &act.server,
-            &act.client,
-            &s.svc.stats.bytes_server_to_client,
-            &act.bytes[1],
-        ),
+    let (from, to) = match dir {
+        Dir::ClientToServer => (&s.client, &s.server),
+        Dir::ServerToClient => (&s.server, &s.client),
     };
-    // The session's own count, for its log line only.
-    let mine = act.logged.then_some(mine);
     loop {
         from.readable().await?;
         let mut buf = Buf::take();
@@ -161,7 +207,7 @@ async fn pump(s: &Session, act: &Activity, dir: Dir) -> io::Result<()> {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e),
         };
-        act.touch(from_side);
+        act.heard(dir);
         if n == 0 {
             // Half-close: the peer sees our FIN after every byte before it.
             return match SockRef::from(to).shutdown(Shutdown::Write) {
@@ -179,14 +225,6 @@ async fn pump(s: &Session, act: &Activity, dir: Dir) -> io::Result<()> {
                 Err(e) => return Err(e),
             }
         }
-        act.touch(to_side);
-        counter.fetch_add(n as u64, Ordering::Relaxed);
-        if let Some(mine) = mine {
-            mine.fetch_add(n as u64, Ordering::Relaxed);
-        }
-        s.svc
-            .stats
-            .bytes_copied_in_userspace
-            .fetch_add(n as u64, Ordering::Relaxed);
+        act.moved(&s.svc, dir, n, true);
     }
 }

@@ -101,6 +101,24 @@ pub struct ServiceStatus {
     pub check_duration: HistogramSnapshot,
     /// The checked servers, configured or discovered, in the order the checks run.
     pub servers: Vec<ServerStatus>,
+    /// How its sessions use TLS ([`crate::config::TlsMode::as_str`]): `plain`, `passthrough`,
+    /// `terminate`, `originate` or `terminate+originate`.
+    #[serde(default)]
+    pub tls: String,
+    /// The certificates its TLS presents (its own to clients, its client certificates).
+    #[serde(default)]
+    pub certificates: Vec<CertificateStatus>,
+}
+
+/// A certificate the forwarder presents.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificateStatus {
+    /// The file, as configured (resolved against the configuration's folder).
+    pub file: String,
+    /// Its DNS and IP names.
+    pub names: Vec<String>,
+    /// Its `notAfter`, in seconds since the Unix epoch.
+    pub not_after_unix: u64,
 }
 
 /// What the Sentinels of a service agree on.
@@ -246,6 +264,16 @@ impl ServiceStatus {
                     .collect(),
             }),
             stats: stats.snapshot(),
+            tls: config.tls_mode().as_str().to_string(),
+            certificates: config
+                .certificates()
+                .into_iter()
+                .map(|c| CertificateStatus {
+                    file: c.path.display().to_string(),
+                    names: c.names.clone(),
+                    not_after_unix: c.not_after_unix(),
+                })
+                .collect(),
             check_duration: monitor.check_durations(),
             servers: monitor
                 .servers()
@@ -369,6 +397,7 @@ mod tests {
                     bytes_server_to_client: 9,
                     bytes_copied_in_userspace: 16,
                     sockmap_fallbacks: 0,
+                    tls_handshake_failures: BTreeMap::new(),
                     switchovers: 1,
                     switchovers_failed: 0,
                     last_switchover_ms: 1500,
@@ -380,6 +409,8 @@ mod tests {
                     },
                 },
                 check_duration: HistogramSnapshot::default(),
+                tls: "plain".into(),
+                certificates: Vec::new(),
                 servers: vec![
                     server("127.0.0.1:6380", true, "master", None),
                     server(

@@ -143,6 +143,43 @@ pub fn render(st: &Status) -> String {
         "Sessions ended, by how.",
         ended,
     );
+    let mut handshakes = Vec::new();
+    let mut expiry = Vec::new();
+    for s in &st.services {
+        for (side, by) in &s.stats.tls_handshake_failures {
+            for (reason, n) in by {
+                handshakes.push((
+                    format!(
+                        "{{service=\"{}\",side=\"{side}\",reason=\"{reason}\"}}",
+                        s.name
+                    ),
+                    n.to_string(),
+                ));
+            }
+        }
+        for c in &s.certificates {
+            expiry.push((
+                format!(
+                    "{{service=\"{}\",file=\"{}\"}}",
+                    s.name,
+                    label_value(&c.file)
+                ),
+                c.not_after_unix.to_string(),
+            ));
+        }
+    }
+    family(
+        "forwarder_tls_handshake_failures_total",
+        "counter",
+        "TLS handshakes that failed, by side (client: theirs with us; server: ours with the master) and reason.",
+        handshakes,
+    );
+    family(
+        "forwarder_tls_certificate_expiry_seconds",
+        "gauge",
+        "When a certificate the forwarder presents expires (notAfter, Unix time).",
+        expiry,
+    );
     let mut bytes = Vec::new();
     for s in &st.services {
         bytes.push((

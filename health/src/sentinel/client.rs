@@ -21,6 +21,7 @@ use super::view::{Shared, Source};
 use super::{SentinelConfig, SentinelReport, SentinelView};
 use crate::resp::{self, Reply};
 use crate::tcpcheck::Auth;
+use crate::tls::{Connector, Stream};
 
 /// Most `+switch-master` pushes for our master one Sentinel may send in `PUSH_WINDOW`; more is a
 /// flood (a real failover sends one), and the subscription is dropped and retried with backoff.
@@ -39,6 +40,8 @@ pub(crate) enum SentinelError {
     ConnectTimeout(Duration),
     #[error("connect: {0}")]
     Connect(std::io::Error),
+    #[error("TLS handshake: {0}")]
+    Handshake(std::io::Error),
     #[error("AUTH refused: {0}")]
     AuthRefused(String),
     /// AUTH answered neither OK nor an error; holds what it answered (`kind`).
@@ -149,7 +152,13 @@ async fn query_loop(shared: Arc<Shared>, i: usize) {
 /// backoff.
 async fn query_session(shared: &Shared, i: usize, attempt: &mut u32) -> Result<(), SentinelError> {
     let cfg = &shared.cfg;
-    let mut conn = Conn::open(cfg.addresses[i], cfg.timeout, cfg.auth.as_ref()).await?;
+    let mut conn = Conn::open(
+        cfg.addresses[i],
+        cfg.timeout,
+        cfg.auth.as_ref(),
+        cfg.tls.as_ref(),
+    )
+    .await?;
     loop {
         let pushes = shared.pushes(i);
         let reply = conn
@@ -213,7 +222,7 @@ const EVENTS: [&str; 5] = [
 async fn subscription(shared: &Shared, i: usize) -> Result<(), SentinelError> {
     let cfg = &shared.cfg;
     let sentinel = cfg.addresses[i];
-    let mut conn = Conn::open(sentinel, cfg.timeout, cfg.auth.as_ref()).await?;
+    let mut conn = Conn::open(sentinel, cfg.timeout, cfg.auth.as_ref(), cfg.tls.as_ref()).await?;
     let mut cmd: Vec<&[u8]> = vec![b"SUBSCRIBE"];
     cmd.extend(EVENTS.iter().map(|e| e.as_bytes()));
     conn.send(&cmd).await?;
@@ -265,7 +274,7 @@ async fn subscription(shared: &Shared, i: usize) -> Result<(), SentinelError> {
 /// One RESP connection (to a Sentinel, or to a Redis server for a switchover) with its timeouts
 /// and reply size limit.
 pub(crate) struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     buf: Vec<u8>,
     /// Where the reply in `buf` ends, found without re-parsing it at every read.
     framer: resp::Framer,
@@ -280,12 +289,20 @@ impl Conn {
         addr: SocketAddr,
         timeout: Duration,
         auth: Option<&Auth>,
+        tls: Option<&Connector>,
     ) -> Result<Conn, SentinelError> {
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| SentinelError::ConnectTimeout(timeout))?
             .map_err(SentinelError::Connect)?;
-        let _ = stream.set_nodelay(true);
+        let _ = tcp.set_nodelay(true);
+        let stream = match tls {
+            None => Stream::Plain(tcp),
+            Some(t) => tokio::time::timeout(timeout, t.connect(tcp, addr))
+                .await
+                .map_err(|_| SentinelError::ConnectTimeout(timeout))?
+                .map_err(SentinelError::Handshake)?,
+        };
         let mut c = Conn {
             stream,
             buf: Vec::new(),

@@ -41,6 +41,8 @@ pub struct SentinelConfig {
     pub quorum: usize,
     /// Credentials for `AUTH` to the Sentinels (not the Redis servers'); `None` to send none.
     pub auth: Option<Auth>,
+    /// TLS to the Sentinels (their `tls-port`); `None` for plain TCP.
+    pub tls: Option<crate::tls::Connector>,
     /// Per request (connect, AUTH, query), for the whole reply: a Sentinel that trickles its
     /// answer is unreachable, not slow.
     pub timeout: Duration,

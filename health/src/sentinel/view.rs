@@ -372,6 +372,7 @@ mod tests {
                 master_name: "m".into(),
                 quorum: 0,
                 auth: None,
+                tls: None,
                 timeout: Duration::from_secs(1),
                 interval: Duration::from_secs(1),
                 max_servers: 8,
