@@ -5,6 +5,7 @@
 //! - `raw.rs`: serde types that mirror the file key for key (unknown keys rejected), values as
 //!   written;
 //! - `validate.rs`: raw -> runtime, with the defaults, the ranges and the checks that span keys;
+//!   `check.rs` (`[service.check]`) and `tls.rs` (the TLS keys, their files read) are its parts;
 //! - here: the runtime types ([`Config`], [`Service`], [`Check`], [`Sentinel`], [`Timeouts`],
 //!   ...), loading ([`Config::load`], [`Config::parse`]), rendering ([`Config::to_toml`]) and
 //!   [`ConfigError`].
@@ -13,6 +14,7 @@
 //! operator can fix the file without reading code.
 
 mod allow;
+mod check;
 mod names;
 mod raw;
 mod tls;

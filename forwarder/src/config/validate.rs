@@ -11,10 +11,10 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use super::names::{self, Resolved, Resolver};
-use super::raw::{RawCheck, RawConfig, RawMaxconn, RawProcess, RawSentinel, RawService};
+use super::raw::{RawConfig, RawMaxconn, RawProcess, RawSentinel, RawService};
 use super::{
-    local_ips, Admin, Allow, Check, CheckKind, Config, ConfigError, Datapath, Mode, OnMasterChange,
-    Process, Sentinel, Service, Timeouts, MAX_MAXCONN,
+    local_ips, Admin, Allow, Config, ConfigError, Datapath, Mode, OnMasterChange, Process,
+    Sentinel, Service, Timeouts, MAX_MAXCONN,
 };
 
 /// Validates `raw`, read from `file` (which only goes into error messages), resolving host names
@@ -40,7 +40,7 @@ const DEFAULT_HANDSHAKE: Duration = Duration::from_secs(5);
 /// no deadline computed from one can overflow.
 const MAX_DURATION: Duration = Duration::from_secs(24 * 24 * 3600);
 /// The longest check interval (and check timeout): a server checked less often is not checked.
-const MAX_CHECK_INTERVAL: Duration = Duration::from_secs(3600);
+pub(super) const MAX_CHECK_INTERVAL: Duration = Duration::from_secs(3600);
 /// The default cap on servers learnt from Sentinels.
 const DEFAULT_MAX_DISCOVERED: usize = 32;
 /// How often host names are resolved again by default.
@@ -290,101 +290,6 @@ impl Validator<'_> {
         })
     }
 
-    fn check(&self, key: &str, c: RawCheck) -> Res<Check> {
-        let kind = c.kind.unwrap_or(CheckKind::RedisMaster);
-        let interval = self.dur(
-            &format!("{key}.interval"),
-            &c.interval,
-            Duration::from_secs(1),
-        )?;
-        let fastinter = self.dur(&format!("{key}.fastinter"), &c.fastinter, interval)?;
-        let downinter = self.dur(&format!("{key}.downinter"), &c.downinter, interval)?;
-        // HAProxy: `timeout check` defaults to the interval.
-        let timeout = self.dur(&format!("{key}.timeout"), &c.timeout, interval)?;
-        for (k, v) in [
-            ("interval", interval),
-            ("fastinter", fastinter),
-            ("downinter", downinter),
-            ("timeout", timeout),
-        ] {
-            if v > MAX_CHECK_INTERVAL {
-                return Err(self.err(format!("{key}.{k}"), "at most 1h"));
-            }
-            if v < Duration::from_millis(1) {
-                return Err(self.err(format!("{key}.{k}"), "at least 1ms"));
-            }
-        }
-        // HAProxy's defaults: rise 2, fall 3.
-        let rise = c.rise.unwrap_or(2);
-        let fall = c.fall.unwrap_or(3);
-        for (k, v) in [("rise", rise), ("fall", fall)] {
-            if !(1..=1000).contains(&v) {
-                return Err(self.err(format!("{key}.{k}"), "must be between 1 and 1000"));
-            }
-        }
-        let mut redis_auth = None;
-        let (steps, program) = match kind {
-            CheckKind::RedisMaster => {
-                if c.steps.is_some() {
-                    return Err(self.err(
-                        format!("{key}.steps"),
-                        "steps are only for kind = \"tcp-check\"; redis-master has its own",
-                    ));
-                }
-                let auth = match (c.user, c.password) {
-                    (user, Some(password)) => Some(health::Auth { user, password }),
-                    (Some(_), None) => {
-                        return Err(self.err(format!("{key}.user"), "a user needs a password"))
-                    }
-                    (None, None) => None,
-                };
-                let program = health::Program::redis_master(auth.as_ref());
-                redis_auth = auth;
-                // As the program runs them, with the AUTH password masked.
-                let steps = program
-                    .steps()
-                    .iter()
-                    .map(|step| match step {
-                        health::Step::Send(d) if d.starts_with(b"*") => "send AUTH ***".into(),
-                        other => other.to_string(),
-                    })
-                    .collect();
-                (steps, program)
-            }
-            CheckKind::TcpCheck => {
-                if c.user.is_some() || c.password.is_some() {
-                    return Err(self.err(
-                        format!("{key}.password"),
-                        "user/password are for kind = \"redis-master\"; write AUTH as a send step",
-                    ));
-                }
-                let steps = c.steps.unwrap_or_else(|| vec!["connect".to_string()]);
-                let mut parsed = Vec::with_capacity(steps.len());
-                for (j, s) in steps.iter().enumerate() {
-                    let step = s
-                        .parse::<health::Step>()
-                        .map_err(|e| self.err(format!("{key}.steps[{j}]"), e.to_string()))?;
-                    parsed.push(step);
-                }
-                let program = health::Program::new(parsed)
-                    .map_err(|e| self.err(format!("{key}.steps"), e.to_string()))?;
-                (steps, program)
-            }
-        };
-        Ok(Check {
-            kind,
-            steps,
-            interval,
-            fastinter,
-            downinter,
-            rise,
-            fall,
-            timeout,
-            program,
-            auth: redis_auth,
-        })
-    }
-
     /// `[service.sentinel]` of the service at `service` (its key, `service[0]`).
     fn sentinel(
         &self,
@@ -610,7 +515,7 @@ impl Validator<'_> {
     }
 
     /// A duration that must be positive.
-    fn dur(&self, key: &str, v: &Option<String>, default: Duration) -> Res<Duration> {
+    pub(super) fn dur(&self, key: &str, v: &Option<String>, default: Duration) -> Res<Duration> {
         match v {
             None => Ok(default),
             Some(s) => {
