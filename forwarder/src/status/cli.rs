@@ -201,6 +201,22 @@ pub fn render(st: &Status) -> String {
         if let Some(note) = &svc.note {
             out.push_str(&format!("  note: {note}\n"));
         }
+        if !svc.tls.is_empty() && svc.tls != "plain" {
+            let failed: u64 = svc
+                .stats
+                .tls_handshake_failures
+                .values()
+                .flat_map(|by| by.values())
+                .sum();
+            out.push_str(&format!(
+                "  tls {}  handshakes failed {failed}{}\n",
+                svc.tls,
+                svc.certificates
+                    .iter()
+                    .map(|c| format!("  {} until {}", c.file, human_unix(c.not_after_unix)))
+                    .collect::<String>()
+            ));
+        }
         let mut rows = vec![[
             "server", "check", "for", "role", "admin", "ok", "failed", "last",
         ]
@@ -221,4 +237,10 @@ pub fn render(st: &Status) -> String {
         out.push_str(&table(&rows));
     }
     out
+}
+
+/// A Unix time in UTC, `2027-01-12T13:44:33Z`.
+fn human_unix(secs: u64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+    humantime::format_rfc3339_seconds(t).to_string()
 }

@@ -90,7 +90,10 @@ pub fn render(st: &Status, may_act: bool) -> String {
              <td class=\"{sc}\">{sentinel}</td><td>{active}</td><td>{accepted}</td><td>{rejected}</td>\
              <td>{bin}</td><td>{bout}</td><td>{changes}</td><td>{conflicts}</td></tr></table>",
             name = esc(&svc.name),
-            listen = esc(&svc.listen),
+            listen = esc(&match svc.tls.as_str() {
+                "" | "plain" => svc.listen.clone(),
+                tls => format!("{} (tls {tls})", svc.listen),
+            }),
             mc = if svc.master.is_some() { "up" } else { "down" },
             master = esc(svc.master.as_deref().unwrap_or("none")),
             gen = svc.generation,
