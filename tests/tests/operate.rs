@@ -449,3 +449,58 @@ fn a_state_set_after_a_reload_reaches_the_clients_held_before_it() {
         "a session to a server in maint outlived it"
     );
 }
+
+#[test]
+fn a_switchover_cuts_the_sessions_a_reload_left_on_the_master() {
+    use harness::hostile::{HostileSentinel, Lie};
+    let (master, replica) = Redis::pair();
+    // Accepts SENTINEL FAILOVER and never does it: the switchover holds, then gives up (20 s).
+    let sentinel = HostileSentinel::start(Lie::Names(master.addr()));
+    let text = |f: &str| {
+        Service::redis("mymaster", &[master.addr(), replica.addr()])
+            .set(
+                "timeout",
+                "{ connect = \"1s\", queue = \"30s\", drain = \"2s\" }",
+            )
+            .check("rise", "1")
+            .check("timeout", "\"1s\"")
+            .check("fall", f)
+            .sentinels(&[sentinel.addr])
+            .to_string()
+    };
+    let mut f = Forwarder::start(&text("1"));
+    routed(&f, master.addr());
+    assert!(
+        wait_until(Duration::from_secs(10), || master
+            .info_field("replication", "slave0")
+            .is_some_and(|s| s.contains("online"))),
+        "the replica never came online"
+    );
+    // A session, then a reload that replaces the checks: the session stays on the runtime
+    // (and monitor) the reload retired.
+    let mut old = Conn::open(f.listen[0]).expect("connect");
+    assert!(pong(&mut old));
+    f.reload(&text("2"));
+    assert!(pong(&mut old), "the reload cut an established session");
+    let admin = f.admin;
+    let switchover = std::thread::spawn(move || {
+        harness::endpoints::admin_call(admin, "POST", "/services/mymaster/switchover", "", None)
+    });
+    assert!(
+        wait_until(Duration::from_secs(10), || f
+            .service_status("mymaster")
+            .is_some_and(|s| s["hold"] == "switchover")),
+        "the switchover never held the master: {:?}",
+        f.status()
+    );
+    // The retired runtime's session reached the master being switched away from: cut.
+    old.stream()
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    assert!(
+        !pong(&mut old),
+        "a session left by the reload still reaches the held master"
+    );
+    let (code, body) = switchover.join().unwrap().expect("switchover answered");
+    assert_eq!(code, 502, "{body}");
+}

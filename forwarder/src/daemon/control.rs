@@ -174,6 +174,16 @@ impl admin::Control for Daemon {
                 l.handle.config.check.timeout,
             )
         };
+        // The runtimes a reload replaced keep sessions to the master on their own routers (and,
+        // when the reload changed the checks, their own monitors): they are held and cut too.
+        let retired: Vec<_> = lock(&self.retiring)
+            .iter()
+            .filter(|h| h.config.name == service)
+            .map(|h| {
+                let own = !std::sync::Arc::ptr_eq(&h.monitor, &monitor);
+                (std::sync::Arc::clone(&h.monitor), h.runtime.router.clone(), own)
+            })
+            .collect();
         let limits = health::switchover::Limits {
             catch_up: CATCH_UP,
             failover: FAILOVER,
@@ -186,11 +196,28 @@ impl admin::Control for Daemon {
         let service = service.to_string();
         let task = tokio::spawn(async move {
             let _no_reload = no_reload;
-            // The master's offset is read once the router has cut its sessions.
-            let enacted = |view| async move { router.caught_up(view).await };
-            match health::switchover::run(&monitor, auth.as_ref(), tls.as_ref(), limits, enacted)
-                .await
-            {
+            // The master's offset is read once every router has cut its sessions.
+            let (router, retired) = (&router, &retired);
+            let enacted = |view| async move {
+                for (m, _, own) in retired {
+                    if *own {
+                        m.switchover(true);
+                    }
+                }
+                router.caught_up(view).await;
+                for (m, r, _) in retired {
+                    r.caught_up(m.view()).await;
+                }
+            };
+            let done =
+                health::switchover::run(&monitor, auth.as_ref(), tls.as_ref(), limits, enacted)
+                    .await;
+            for (m, _, own) in retired {
+                if *own {
+                    m.switchover(false);
+                }
+            }
+            match done {
                 Ok(r) => {
                     let ms = u64::try_from(r.paused.as_millis()).unwrap_or(u64::MAX);
                     stats.switchovers.fetch_add(1, Ordering::Relaxed);
