@@ -4,21 +4,31 @@
 //! The steps, in order, each bounded in time:
 //! 1. **Hold** ([`Monitor::switchover`]): new clients wait as in a failover, and the sessions
 //!    to the master are cut, so that from now on no write reaches it through the forwarder.
-//! 2. **Catch up**: the master's replication offset is read once (`INFO replication`), then
+//! 2. **Pause the others**: `CLIENT PAUSE <ms> WRITE` on the master, so that its clients that
+//!    do not come through this forwarder (direct, another forwarder) have no write
+//!    acknowledged from now on either. Ended at once when the switchover is given up; when it
+//!    succeeds, the old master is first made a replica of the new one (`REPLICAOF`, as Redis's
+//!    own `FAILOVER` does), so its paused writes then fail with `READONLY`. Refused (an ACL
+//!    without `@admin`), the switchover goes on and its answer says so.
+//! 3. **Catch up**: the master's replication offset is read once (`INFO replication`), then
 //!    every online replica's own offset until each has reached it. The replica the Sentinels
 //!    promote then has every write the master acknowledged. Should they not catch up in
 //!    [`Limits::catch_up`], the switchover is given up and the master takes clients again:
-//!    nothing was lost, nothing changed. Nor is it done when an online replica is in `maint`
-//!    (the Sentinels might promote it, and it would never be routed to).
-//! 3. **Failover**: `SENTINEL FAILOVER <master_name>` to each Sentinel in turn until one accepts
+//!    nothing was lost, nothing changed.
+//! 4. **Failover**: `SENTINEL FAILOVER <master_name>` to each Sentinel in turn until one accepts
 //!    (`-INPROG`, a failover already running, counts as accepted).
-//! 4. **Wait** for the decider to route to another master (named by a quorum, passing its own
+//! 5. **Wait** for the decider to route to another master (named by a quorum, passing its own
 //!    check): the hold ends by itself then. Past [`Limits::failover`] the switchover is reported
 //!    failed and the hold given up: the decider routes wherever the quorum and the checks say
 //!    (never back to a demoted master).
 //!
+//! Before the hold, a switchover is refused while any other server is in `drain` or `maint`:
+//! the Sentinels might promote it, and it takes no sessions, leaving the service without a
+//! routed master.
+//!
 //! Other forwarders in front of the same Sentinels follow the failover as any other: their
-//! clients may see the old master refuse writes (`READONLY`) for the moment a failover takes.
+//! clients' writes wait (paused) and then fail with `READONLY` on the demoted master, never
+//! acknowledged, until they follow the Sentinels to the new one.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -55,6 +65,10 @@ pub struct Report {
     pub paused: Duration,
     /// The Sentinel that accepted the failover.
     pub sentinel: SocketAddr,
+    /// Why writes from the master's other clients (not through this forwarder) could not be
+    /// paused (`CLIENT PAUSE ... WRITE` refused: an ACL without `@admin`, Redis before 6.2);
+    /// `None` when they were.
+    pub others_not_paused: Option<String>,
 }
 
 /// Why a switchover was not done; the text is the admin API's answer.
@@ -145,28 +159,56 @@ pub async fn run<F: Future<Output = ()>>(
         armed: true,
     };
     enacted(monitor.view()).await;
-    catch_up(from, auth, tls, limits).await?;
-    let sentinel = failover(&cfg, limits.request).await?;
-    let mut views = monitor.subscribe();
     // One deadline for the whole: time the requests took before is not waited again.
     let deadline = started + limits.catch_up + limits.failover;
+    // The master's other clients (direct, or through another forwarder) are not held by us:
+    // their writes are paused on the master itself until it is demoted (or the deadline),
+    // so that none is acknowledged after its offset is read and lost with the failover.
+    let pause = deadline.saturating_duration_since(Instant::now());
+    let others_not_paused = pause_writes(from, auth, tls, limits.request, pause)
+        .await
+        .err();
+    if let Some(why) = &others_not_paused {
+        tracing::warn!(master = %from, error = %why,
+            "switchover: writes from the master's other clients are not paused");
+    }
+    let accepted = match catch_up(from, auth, tls, limits).await {
+        Ok(()) => failover(&cfg, limits.request).await,
+        Err(e) => Err(e),
+    };
+    let sentinel = match accepted {
+        Ok(s) => s,
+        Err(e) => {
+            // Given up, nothing changed: the master takes writes again.
+            if others_not_paused.is_none() {
+                let _ = command(from, auth, tls, limits.request, &[b"CLIENT", b"UNPAUSE"]).await;
+            }
+            return Err(e);
+        }
+    };
+    let mut views = monitor.subscribe();
     let moved = tokio::time::timeout_at(
         deadline.into(),
         views.wait_for(|v| v.master.is_some_and(|m| m != from) && v.hold.is_none()),
     )
-    .await;
-    match moved {
-        Ok(Ok(v)) => {
-            hold.armed = false; // ended by itself: the next master routes
-            Ok(Report {
-                from,
-                to: v.master.unwrap_or(from),
-                paused: started.elapsed(),
-                sentinel,
-            })
-        }
-        _ => Err(SwitchoverError::Timeout(limits.failover)),
+    .await
+    .ok()
+    .and_then(|v| v.ok().and_then(|v| v.master));
+    let Some(to) = moved else {
+        return Err(SwitchoverError::Timeout(limits.failover));
+    };
+    hold.armed = false; // ended by itself: the next master routes
+    let paused = started.elapsed();
+    if others_not_paused.is_none() {
+        demote(from, to, auth, tls, limits.request).await;
     }
+    Ok(Report {
+        from,
+        to,
+        paused,
+        sentinel,
+        others_not_paused,
+    })
 }
 
 /// The hold of a running switchover: given up when dropped armed.
@@ -244,19 +286,75 @@ async fn replication(
     tls: Option<&Connector>,
     timeout: Duration,
 ) -> Result<info::Replication, String> {
-    let mut c = Conn::open(addr, timeout, auth, tls)
-        .await
-        .map_err(|e| e.to_string())?;
-    match c
-        .call(&[b"INFO", b"replication"])
-        .await
-        .map_err(|e| e.to_string())?
-    {
+    match command(addr, auth, tls, timeout, &[b"INFO", b"replication"]).await? {
         Reply::Bulk(Some(text)) => {
             info::parse_replication(&String::from_utf8_lossy(&text)).map_err(|e| e.to_string())
         }
         Reply::Error(e) => Err(e),
         _ => Err("INFO replication: not a bulk string".into()),
+    }
+}
+
+/// One command to one server; its reply, or why there is none.
+async fn command(
+    addr: SocketAddr,
+    auth: Option<&Auth>,
+    tls: Option<&Connector>,
+    timeout: Duration,
+    args: &[&[u8]],
+) -> Result<Reply, String> {
+    let mut c = Conn::open(addr, timeout, auth, tls)
+        .await
+        .map_err(|e| e.to_string())?;
+    c.call(args).await.map_err(|e| e.to_string())
+}
+
+/// `CLIENT PAUSE <ms> WRITE` on `master`: its clients' writes wait (read-only commands go on)
+/// for `pause`, or until `CLIENT UNPAUSE`.
+async fn pause_writes(
+    master: SocketAddr,
+    auth: Option<&Auth>,
+    tls: Option<&Connector>,
+    timeout: Duration,
+    pause: Duration,
+) -> Result<(), String> {
+    let ms = pause.as_millis().max(1).to_string();
+    match command(
+        master,
+        auth,
+        tls,
+        timeout,
+        &[b"CLIENT", b"PAUSE", ms.as_bytes(), b"WRITE"],
+    )
+    .await?
+    {
+        Reply::Simple(ok) if ok == "OK" => Ok(()),
+        Reply::Error(e) => Err(format!("CLIENT PAUSE: -{e}")),
+        _ => Err("CLIENT PAUSE: unexpected reply".into()),
+    }
+}
+
+/// Makes the paused old master a replica of `to`, then ends its pause: the writes it held
+/// then fail with `READONLY`, never acknowledged. (Sentinel would demote it too, but its own
+/// connection to the old master waits behind its paused `PUBLISH` of hellos.) Should the
+/// demotion fail, the pause is left to end by itself.
+async fn demote(
+    old: SocketAddr,
+    to: SocketAddr,
+    auth: Option<&Auth>,
+    tls: Option<&Connector>,
+    timeout: Duration,
+) {
+    let (ip, port) = (to.ip().to_string(), to.port().to_string());
+    let args: [&[u8]; 3] = [b"REPLICAOF", ip.as_bytes(), port.as_bytes()];
+    match command(old, auth, tls, timeout, &args).await {
+        Ok(Reply::Simple(ok)) if ok == "OK" => {
+            let _ = command(old, auth, tls, timeout, &[b"CLIENT", b"UNPAUSE"]).await;
+            tracing::info!(master = %old, new = %to,
+                "switchover: the old master is a replica of the new one; its writes resume there");
+        }
+        other => tracing::warn!(master = %old, new = %to, answer = ?other,
+            "switchover: the old master could not be made a replica; its pause ends by itself"),
     }
 }
 

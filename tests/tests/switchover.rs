@@ -243,3 +243,58 @@ fn two_forwarders_agree_on_the_master_and_go_unready_and_ready_together() {
         assert_eq!(f.get("/live").0, 200);
     }
 }
+
+#[test]
+fn a_switchover_pauses_the_masters_other_clients_so_none_of_their_writes_is_lost() {
+    let (master, replica, sentinels) = lab(5000);
+    let f = forwarder(&[master.addr(), replica.addr()], &sentinels, master.addr());
+    // A client of the master that does not come through this forwarder.
+    let stop = Arc::new(AtomicBool::new(false));
+    let w = Arc::new(Writes::default());
+    let direct = {
+        let (to, stop, w) = (master.addr(), Arc::clone(&stop), Arc::clone(&w));
+        std::thread::spawn(move || writer(to, 9, stop, w))
+    };
+    let acks = || w.acked.lock().unwrap().len();
+    assert!(wait_until(Duration::from_secs(10), || acks() >= 50));
+    let (code, body) = f.post("/services/mymaster/switchover", "");
+    assert_eq!(code, 200, "{body}\n{}", f.log_text());
+    assert!(
+        body.contains("writes of its other clients paused"),
+        "{body}"
+    );
+    // Until the Sentinels demote the old master, its direct writes wait; demoted, it refuses
+    // them (READONLY) or closes the paused ones: none is acknowledged there and then wiped by
+    // the resync. (Redis closes connections while it is demoted: a failed look is no answer.)
+    let following = || {
+        Conn::open(master.addr())
+            .and_then(|mut c| c.cmd(&["INFO", "replication"]))
+            .is_ok_and(|r| {
+                matches!(r, Reply::Bulk(Some(b))
+                    if String::from_utf8_lossy(&b).contains("master_link_status:up"))
+            })
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), following),
+        "the old master never followed the new one"
+    );
+    let refused = || w.readonly.load(Ordering::Relaxed) + w.failed.load(Ordering::Relaxed);
+    assert!(
+        wait_until(Duration::from_secs(25), || refused() > 0),
+        "the demoted master never refused a direct write"
+    );
+    stop.store(true, Ordering::Relaxed);
+    direct.join().unwrap();
+    let acked = w.acked.lock().unwrap();
+    let lost: Vec<&String> = acked
+        .iter()
+        .filter(|k| replica.cmd(&["EXISTS", k]) != Reply::Integer(1))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged direct writes lost, e.g. {:?}",
+        lost.len(),
+        acked.len(),
+        &lost[..lost.len().min(5)]
+    );
+}

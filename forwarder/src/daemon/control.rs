@@ -181,7 +181,11 @@ impl admin::Control for Daemon {
             .filter(|h| h.config.name == service)
             .map(|h| {
                 let own = !std::sync::Arc::ptr_eq(&h.monitor, &monitor);
-                (std::sync::Arc::clone(&h.monitor), h.runtime.router.clone(), own)
+                (
+                    std::sync::Arc::clone(&h.monitor),
+                    h.runtime.router.clone(),
+                    own,
+                )
             })
             .collect();
         let limits = health::switchover::Limits {
@@ -224,9 +228,13 @@ impl admin::Control for Daemon {
                     stats.last_switchover_ms.store(ms, Ordering::Relaxed);
                     tracing::warn!(%service, from = %r.from, to = %r.to, paused_ms = ms,
                         sentinel = %r.sentinel, "planned switchover done");
+                    let others = match &r.others_not_paused {
+                        None => "writes of its other clients paused until it was a replica".into(),
+                        Some(why) => format!("writes of its other clients NOT paused: {why}"),
+                    };
                     Ok(format!(
                         "service {service}: switched over from {} to {} (new clients held {ms} \
-                         ms; failover by Sentinel {})",
+                         ms; failover by Sentinel {}; {others})",
                         r.from, r.to, r.sentinel
                     ))
                 }
