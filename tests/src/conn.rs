@@ -4,12 +4,44 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
+use crate::tls::ClientTls;
 use crate::{info_field, Reply};
 
-/// A blocking RESP connection (direct to Redis or through the forwarder).
+/// A blocking RESP connection (direct to Redis or through the forwarder), in the clear or TLS.
 pub struct Conn {
-    stream: TcpStream,
+    wire: Wire,
     buf: Vec<u8>,
+}
+
+/// What a [`Conn`] reads and writes.
+enum Wire {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Read for Wire {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Wire::Plain(s) => s.read(buf),
+            Wire::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Wire {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Wire::Plain(s) => s.write(buf),
+            Wire::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Wire::Plain(s) => s.flush(),
+            Wire::Tls(s) => s.flush(),
+        }
+    }
 }
 
 impl Conn {
@@ -19,22 +51,50 @@ impl Conn {
         Conn::from_stream(stream)
     }
 
-    /// Wraps a connected stream: 10 s read and write timeouts, `TCP_NODELAY`.
-    pub fn from_stream(stream: TcpStream) -> io::Result<Conn> {
-        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        stream.set_write_timeout(Some(Duration::from_secs(10)))?;
-        stream.set_nodelay(true)?;
+    /// Connects to `addr` and completes a TLS handshake with `tls`; a refused handshake is an
+    /// error with rustls's reason.
+    pub fn open_tls(addr: SocketAddr, tls: &ClientTls) -> io::Result<Conn> {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        set_up(&stream)?;
         Ok(Conn {
-            stream,
+            wire: Wire::Tls(Box::new(tls.connect(stream, addr)?)),
             buf: Vec::new(),
         })
+    }
+
+    /// [`Conn::open_tls`] with `tls`, else [`Conn::open`].
+    pub fn open_with(addr: SocketAddr, tls: Option<&ClientTls>) -> io::Result<Conn> {
+        match tls {
+            Some(t) => Conn::open_tls(addr, t),
+            None => Conn::open(addr),
+        }
+    }
+
+    /// Wraps a connected stream: 10 s read and write timeouts, `TCP_NODELAY`.
+    pub fn from_stream(stream: TcpStream) -> io::Result<Conn> {
+        set_up(&stream)?;
+        Ok(Conn {
+            wire: Wire::Plain(stream),
+            buf: Vec::new(),
+        })
+    }
+
+    /// The certificate the server presented (DER), on a TLS connection.
+    pub fn peer_certificate(&self) -> Option<Vec<u8>> {
+        match &self.wire {
+            Wire::Tls(s) => s
+                .conn
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| c.as_ref().to_vec()),
+            Wire::Plain(_) => None,
+        }
     }
 
     /// Sends one command (as a RESP array of `args`) and reads its reply.
     pub fn cmd(&mut self, args: &[&str]) -> io::Result<Reply> {
         let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
-        self.stream
-            .write_all(&health::resp::encode_command(&args))?;
+        self.wire.write_all(&health::resp::encode_command(&args))?;
         self.read_reply()
     }
 
@@ -51,7 +111,7 @@ impl Conn {
                 Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string())),
             }
             let mut chunk = [0u8; 16 * 1024];
-            let n = self.stream.read(&mut chunk)?;
+            let n = self.wire.read(&mut chunk)?;
             if n == 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
@@ -75,10 +135,12 @@ impl Conn {
     /// True when the peer closed or reset the connection (read returns 0 or an error other than
     /// a timeout) within `limit`.
     pub fn closed_within(&mut self, limit: Duration) -> bool {
-        let _ = self.stream.set_read_timeout(Some(limit));
+        let _ = self.stream().set_read_timeout(Some(limit));
         let mut b = [0u8; 1];
-        let r = self.stream.read(&mut b);
-        let _ = self.stream.set_read_timeout(Some(Duration::from_secs(10)));
+        let r = self.wire.read(&mut b);
+        let _ = self
+            .stream()
+            .set_read_timeout(Some(Duration::from_secs(10)));
         match r {
             Ok(0) => true,
             Ok(_) => false,
@@ -92,6 +154,16 @@ impl Conn {
     /// The underlying socket (to shut it down or read its addresses); reading from it bypasses
     /// the reply buffer.
     pub fn stream(&self) -> &TcpStream {
-        &self.stream
+        match &self.wire {
+            Wire::Plain(s) => s,
+            Wire::Tls(s) => &s.sock,
+        }
     }
+}
+
+/// 10 s read and write timeouts, `TCP_NODELAY`.
+fn set_up(stream: &TcpStream) -> io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(10)))?;
+    stream.set_nodelay(true)
 }

@@ -16,6 +16,7 @@ mod net;
 mod process;
 mod redis;
 mod service;
+pub mod tls;
 
 pub use conn::Conn;
 pub use forwarder::{

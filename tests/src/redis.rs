@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::tls::{ClientTls, Pair, Pki};
 use crate::{dies_with_parent, free_port, require, wait_until, Conn, Proc, Reply};
 
 /// A real redis-server on a free loopback port.
@@ -15,6 +16,8 @@ pub struct Redis {
     ip: Ipv4Addr,
     /// The shell command that started it (see [`Redis::command_line`]).
     command: String,
+    /// How [`Redis::cmd`] speaks to it: TLS for a server started with [`Redis::start_tls`].
+    tls: Option<ClientTls>,
     proc: Proc,
     _dir: tempfile::TempDir,
 }
@@ -41,11 +44,46 @@ impl Redis {
         let bin = require("redis-server", "redis-server");
         for _ in 0..20 {
             let port = free_port();
-            if let Some(r) = Redis::try_start(&bin, Ipv4Addr::LOCALHOST, port, extra) {
+            if let Some(r) = Redis::try_start(&bin, Ipv4Addr::LOCALHOST, port, extra, None) {
                 return r;
             }
         }
         panic!("redis-server did not start after 20 attempts");
+    }
+
+    /// A server that speaks TLS only (`--port 0 --tls-port`), with `pki`'s server certificate,
+    /// wanting client certificates signed by its CA (Redis's default); [`Redis::cmd`] and
+    /// [`Redis::addr`] are its TLS port's. `extra` as in [`Redis::start_with`].
+    pub fn start_tls(pki: &Pki, extra: &[&str]) -> Redis {
+        Redis::start_tls_as(pki, &pki.server, extra)
+    }
+
+    /// [`Redis::start_tls`] presenting `cert` (e.g. [`Pki::expired`], [`Pki::foreign`]).
+    pub fn start_tls_as(pki: &Pki, cert: &Pair, extra: &[&str]) -> Redis {
+        let bin = require("redis-server", "redis-server");
+        for _ in 0..20 {
+            let port = free_port();
+            let tls = Some((pki, cert));
+            if let Some(r) = Redis::try_start(&bin, Ipv4Addr::LOCALHOST, port, extra, tls) {
+                return r;
+            }
+        }
+        panic!("redis-server --tls-port did not start after 20 attempts");
+    }
+
+    /// A TLS master and its replica (`--tls-replication yes`), replication established.
+    pub fn pair_tls(pki: &Pki) -> (Redis, Redis) {
+        let master = Redis::start_tls(pki, &["--tls-replication", "yes"]);
+        let replica = Redis::start_tls(pki, &["--tls-replication", "yes"]);
+        replica.replicaof(Some(&master));
+        assert!(
+            wait_until(Duration::from_secs(10), || replica
+                .info_field("replication", "master_link_status")
+                .as_deref()
+                == Some("up")),
+            "TLS replication did not come up"
+        );
+        (master, replica)
     }
 
     /// A master and its replica, replication established.
@@ -73,7 +111,7 @@ impl Redis {
     pub fn start_at(ip: Ipv4Addr, port: u16, extra: &[&str]) -> Redis {
         let bin = require("redis-server", "redis-server");
         for _ in 0..50 {
-            if let Some(r) = Redis::try_start(&bin, ip, port, extra) {
+            if let Some(r) = Redis::try_start(&bin, ip, port, extra, None) {
                 return r;
             }
             // Pacing: the port of a killed server may still be in use for a moment; retry.
@@ -82,13 +120,23 @@ impl Redis {
         panic!("redis-server did not start on port {port}");
     }
 
-    fn try_start(bin: &PathBuf, ip: Ipv4Addr, port: u16, extra: &[&str]) -> Option<Redis> {
+    fn try_start(
+        bin: &PathBuf,
+        ip: Ipv4Addr,
+        port: u16,
+        extra: &[&str],
+        pki: Option<(&Pki, &Pair)>,
+    ) -> Option<Redis> {
         let dir = tempfile::tempdir().expect("tempdir");
         let port_s = port.to_string();
         let ip_s = ip.to_string();
-        let mut args = vec![
-            "--port",
-            &port_s,
+        let tls_args = pki.map(|(p, c)| p.redis_args(c)).unwrap_or_default();
+        let mut args: Vec<&str> = match pki {
+            Some(_) => vec!["--port", "0", "--tls-port", &port_s],
+            None => vec!["--port", &port_s],
+        };
+        args.extend(tls_args.iter().map(String::as_str));
+        args.extend([
             "--bind",
             &ip_s,
             "--save",
@@ -97,8 +145,9 @@ impl Redis {
             "no",
             "--daemonize",
             "no",
-        ];
+        ]);
         args.extend_from_slice(extra);
+        let tls = pki.map(|(p, _)| p.client_tls());
         let child = dies_with_parent(&mut Command::new(bin))
             .args(&args)
             .current_dir(dir.path())
@@ -112,14 +161,14 @@ impl Redis {
             if proc.wait_exit(Duration::ZERO).is_some() {
                 return true;
             }
-            // Up when it answers: PONG, or NOAUTH under `--requirepass`.
-            Conn::open(addr)
-                .and_then(|mut c| c.cmd(&["PING"]))
-                .is_ok_and(|r| match r {
-                    Reply::Simple(s) => s == "PONG",
-                    Reply::Error(e) => e.starts_with("NOAUTH"),
-                    _ => false,
-                })
+            // Up when it answers: PONG, or NOAUTH under `--requirepass`; over TLS, also a
+            // certificate we refuse (a test's expired or foreign one): it did answer.
+            match Conn::open_with(addr, tls.as_ref()).and_then(|mut c| c.cmd(&["PING"])) {
+                Ok(Reply::Simple(s)) => s == "PONG",
+                Ok(Reply::Error(e)) => e.starts_with("NOAUTH"),
+                Ok(_) => false,
+                Err(e) => crate::tls::refused_certificate(&e),
+            }
         });
         if !up || proc.child.is_none() {
             proc.kill();
@@ -138,6 +187,7 @@ impl Redis {
             port,
             ip,
             command,
+            tls,
             proc,
             _dir: dir,
         })
@@ -156,7 +206,7 @@ impl Redis {
 
     /// Runs one command on a fresh direct connection.
     pub fn cmd(&self, args: &[&str]) -> Reply {
-        Conn::open(self.addr())
+        Conn::open_with(self.addr(), self.tls.as_ref())
             .and_then(|mut c| c.cmd(args))
             .unwrap_or_else(|e| panic!("redis {}: {args:?}: {e}", self.port))
     }
@@ -199,6 +249,7 @@ pub fn info_field(text: &str, field: &str) -> Option<String> {
 pub struct Sentinel {
     /// Its port on 127.0.0.1.
     pub port: u16,
+    tls: Option<ClientTls>,
     _proc: Proc,
     _dir: tempfile::TempDir,
 }
@@ -211,13 +262,46 @@ impl Sentinel {
 
     /// Starts a Sentinel watching several masters, each under its name.
     pub fn start_many(masters: &[(&str, SocketAddr)], quorum: u32, down_after_ms: u32) -> Sentinel {
+        Sentinel::launch(masters, quorum, down_after_ms, None)
+    }
+
+    /// Like [`Sentinel::start`], speaking TLS only: to its clients and other Sentinels
+    /// (`port 0`, `tls-port`, client certificates of `pki`'s CA required) and to the Redis
+    /// servers (`tls-replication yes`), with `pki`'s server certificate.
+    pub fn start_tls(
+        pki: &Pki,
+        name: &str,
+        master: SocketAddr,
+        quorum: u32,
+        down_after_ms: u32,
+    ) -> Sentinel {
+        Sentinel::launch(&[(name, master)], quorum, down_after_ms, Some(pki))
+    }
+
+    fn launch(
+        masters: &[(&str, SocketAddr)],
+        quorum: u32,
+        down_after_ms: u32,
+        pki: Option<&Pki>,
+    ) -> Sentinel {
         let bin = require("redis-sentinel", "redis-sentinel");
+        let tls = pki.map(Pki::client_tls);
         for _ in 0..20 {
             let port = free_port();
             let dir = tempfile::tempdir().expect("tempdir");
             let conf = dir.path().join("sentinel.conf");
+            let listen = match pki {
+                Some(p) => format!(
+                    "port 0\ntls-port {port}\ntls-cert-file {}\ntls-key-file {}\n\
+                     tls-ca-cert-file {}\ntls-replication yes\n",
+                    p.server.cert.display(),
+                    p.server.key.display(),
+                    p.ca.display()
+                ),
+                None => format!("port {port}\n"),
+            };
             let mut text = format!(
-                "port {port}\nbind 127.0.0.1\ndaemonize no\ndir {dir}\n",
+                "{listen}bind 127.0.0.1\ndaemonize no\ndir {dir}\n",
                 dir = dir.path().display(),
             );
             for (name, master) in masters {
@@ -242,13 +326,14 @@ impl Sentinel {
             let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
             let up = wait_until(Duration::from_secs(5), || {
                 proc.wait_exit(Duration::ZERO).is_some()
-                    || Conn::open(addr)
+                    || Conn::open_with(addr, tls.as_ref())
                         .and_then(|mut c| c.cmd(&["PING"]))
                         .is_ok_and(|r| r == Reply::Simple("PONG".into()))
             });
             if up && proc.child.is_some() {
                 return Sentinel {
                     port,
+                    tls,
                     _proc: proc,
                     _dir: dir,
                 };
@@ -264,7 +349,9 @@ impl Sentinel {
 
     /// Runs one command on a fresh connection; `None` when the Sentinel does not answer.
     pub fn cmd(&self, args: &[&str]) -> Option<Reply> {
-        Conn::open(self.addr()).and_then(|mut c| c.cmd(args)).ok()
+        Conn::open_with(self.addr(), self.tls.as_ref())
+            .and_then(|mut c| c.cmd(args))
+            .ok()
     }
 
     /// The master this Sentinel names for `name` (`SENTINEL get-master-addr-by-name`); `None`
@@ -289,7 +376,7 @@ impl Sentinel {
     /// Whether this Sentinel knows `name`'s replica and two other Sentinels, i.e. could take
     /// part in a failover of it.
     pub fn ready(&self, name: &str) -> bool {
-        let Ok(mut c) = Conn::open(self.addr()) else {
+        let Ok(mut c) = Conn::open_with(self.addr(), self.tls.as_ref()) else {
             return false;
         };
         let Ok(Reply::Array(Some(info))) = c.cmd(&["SENTINEL", "master", name]) else {

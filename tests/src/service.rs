@@ -15,6 +15,7 @@ pub struct Service {
     lines: String,
     check: Vec<(String, String)>,
     sentinels: Vec<SocketAddr>,
+    sentinel: Vec<(String, String)>,
 }
 
 /// `["a", "b"]`.
@@ -38,6 +39,7 @@ impl Service {
             lines: String::new(),
             check: Vec::new(),
             sentinels: Vec::new(),
+            sentinel: Vec::new(),
         };
         set(&mut s.table, "name", &format!("\"{name}\""));
         set(&mut s.table, "listen", "\"{LISTEN}\"");
@@ -103,6 +105,13 @@ impl Service {
         self.sentinels = addrs.to_vec();
         self
     }
+
+    /// Sets `key = value` in `[service.sentinel]` (with [`Service::sentinels`]), e.g.
+    /// `("tls", pki.server_table(false))`.
+    pub fn sentinel(mut self, key: &str, value: &str) -> Service {
+        set(&mut self.sentinel, key, value);
+        self
+    }
 }
 
 impl fmt::Display for Service {
@@ -122,6 +131,9 @@ impl fmt::Display for Service {
                 quoted(&self.sentinels),
                 self.name
             )?;
+            for (k, v) in &self.sentinel {
+                writeln!(f, "{k} = {v}")?;
+            }
         }
         writeln!(f)
     }

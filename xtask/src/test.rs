@@ -74,6 +74,9 @@ const E2E_FILES: &[(&str, Runs)] = &[
     ("reload", Runs::PerMode),
     // timeout.server, a client's reset, on_master_change = keep: how each path ends a session.
     ("session_end", Runs::PerMode),
+    // TLS in its three modes: terminated and originated sessions run in tokio, passthrough ones
+    // on each path.
+    ("tls", Runs::PerMode),
     // log_sessions lines (bytes, end) and the latency histograms, written by each path.
     ("session_log", Runs::PerMode),
     // Failover drills: sessions cut and writes resumed through the data path.
