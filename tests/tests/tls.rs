@@ -373,3 +373,34 @@ fn a_failover_under_tls_loses_no_acknowledged_write() {
         &lost[..lost.len().min(5)]
     );
 }
+
+#[test]
+fn silent_tls_clients_stall_no_one_and_are_closed_after_timeout_handshake() {
+    let pki = Pki::new();
+    let (master, replica) = Redis::pair_tls(&pki);
+    let f = Forwarder::start(
+        &service(&[master.addr(), replica.addr()])
+            .set("tls", &pki.listen_table(&pki.server, false))
+            .set("server_tls", &pki.server_table(None))
+            .set("timeout", "{ handshake = \"1s\" }")
+            .to_string(),
+    );
+    routed(&f, master.addr());
+    // Fifty clients that connect and never say a word.
+    let silent: Vec<Conn> = (0..50)
+        .map(|_| Conn::open(f.listen[0]).expect("connect"))
+        .collect();
+    // Meanwhile others are served at once.
+    for i in 0..5 {
+        let mut c = Conn::open_tls(f.listen[0], &pki.client_tls()).expect("TLS");
+        set_get(&mut c, &format!("k{i}"), "v");
+    }
+    // Each silent one is closed once its handshake time is up, and counted.
+    for mut c in silent {
+        assert!(
+            c.closed_within(Duration::from_secs(5)),
+            "a silent client was kept"
+        );
+    }
+    assert_eq!(handshake_failures(&f, "client", "timeout"), 50);
+}
