@@ -11,6 +11,7 @@ mod machine;
 pub(crate) mod output;
 mod scenarios;
 mod targets;
+mod tls;
 mod tools;
 
 use std::collections::BTreeMap;
@@ -34,8 +35,9 @@ static STOP: AtomicBool = AtomicBool::new(false);
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// `failover`: the kill -9 drills (forwarder with Sentinel vs HAProxy) instead of the
-    /// throughput scenarios.
+    /// `failover`: the kill -9 and planned switchover drills (forwarder with Sentinel vs
+    /// HAProxy); `tls`: Redis over TLS, terminated and passed through (forwarder vs HAProxy and
+    /// socat); instead of the throughput scenarios.
     suite: Option<Suite>,
     /// Drills per target for `failover`.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
@@ -58,6 +60,7 @@ pub struct BenchArgs {
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Suite {
     Failover,
+    Tls,
 }
 
 struct Settings {
@@ -96,8 +99,10 @@ pub struct Report {
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
-    if args.suite == Some(Suite::Failover) {
-        return crate::failover::run(args.drills);
+    match args.suite {
+        Some(Suite::Failover) => return crate::failover::run(args.drills),
+        Some(Suite::Tls) => return tls::run(args.rounds),
+        None => {}
     }
     ctrlc::set_handler(|| STOP.store(true, Ordering::SeqCst))
         .context("installing the Ctrl-C handler")?;
