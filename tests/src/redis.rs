@@ -73,30 +73,25 @@ impl Redis {
 
     /// A TLS master and its replica (`--tls-replication yes`), replication established.
     pub fn pair_tls(pki: &Pki) -> (Redis, Redis) {
-        let master = Redis::start_tls(pki, &["--tls-replication", "yes"]);
-        let replica = Redis::start_tls(pki, &["--tls-replication", "yes"]);
-        replica.replicaof(Some(&master));
-        assert!(
-            wait_until(Duration::from_secs(10), || replica
-                .info_field("replication", "master_link_status")
-                .as_deref()
-                == Some("up")),
-            "TLS replication did not come up"
-        );
-        (master, replica)
+        let start = || Redis::start_tls(pki, &["--tls-replication", "yes"]);
+        Redis::pair_of(start(), start())
     }
 
     /// A master and its replica, replication established.
     pub fn pair() -> (Redis, Redis) {
-        let master = Redis::start();
-        let replica = Redis::start();
+        Redis::pair_of(Redis::start(), Redis::start())
+    }
+
+    fn pair_of(master: Redis, replica: Redis) -> (Redis, Redis) {
         replica.replicaof(Some(&master));
         assert!(
             wait_until(Duration::from_secs(10), || replica
                 .info_field("replication", "master_link_status")
                 .as_deref()
                 == Some("up")),
-            "replication did not come up"
+            "replication did not come up (port {} -> {})",
+            replica.port,
+            master.port
         );
         (master, replica)
     }
@@ -209,6 +204,24 @@ impl Redis {
         Conn::open_with(self.addr(), self.tls.as_ref())
             .and_then(|mut c| c.cmd(args))
             .unwrap_or_else(|e| panic!("redis {}: {args:?}: {e}", self.port))
+    }
+
+    /// Asserts that every key in `acked` (writes a client saw acknowledged) exists here.
+    pub fn assert_holds(&self, acked: &[String]) {
+        let mut c = Conn::open_with(self.addr(), self.tls.as_ref())
+            .unwrap_or_else(|e| panic!("redis {}: {e}", self.port));
+        let lost: Vec<&String> = acked
+            .iter()
+            .filter(|k| c.cmd(&["EXISTS", k]).ok() != Some(Reply::Integer(1)))
+            .collect();
+        assert!(
+            lost.is_empty(),
+            "{} of {} acknowledged writes lost on {}, e.g. {:?}",
+            lost.len(),
+            acked.len(),
+            self.port,
+            &lost[..lost.len().min(5)]
+        );
     }
 
     /// The value of `field` in `INFO section`.

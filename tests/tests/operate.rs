@@ -220,37 +220,57 @@ fn a_reload_that_replaces_the_checks_keeps_every_counter() {
     }
 }
 
-#[test]
-fn a_reload_during_a_switchover_does_not_route_new_clients_to_the_held_master() {
-    use harness::hostile::{HostileSentinel, Lie};
-    let (master, replica) = Redis::pair();
-    // Names the master and accepts SENTINEL FAILOVER, but never fails over: the switchover
-    // holds new clients until it gives up (20 s).
-    let sentinel = HostileSentinel::start(Lie::Names(master.addr()));
-    let text = |f: &str| {
-        Service::redis("mymaster", &[master.addr(), replica.addr()])
+/// A master, its replica and a Sentinel that names the master and accepts `SENTINEL FAILOVER`
+/// but never does it: a switchover holds new clients until it gives up (20 s).
+struct StuckSwitchover {
+    master: Redis,
+    replica: Redis,
+    sentinel: harness::hostile::HostileSentinel,
+}
+
+impl StuckSwitchover {
+    fn new() -> StuckSwitchover {
+        let (master, replica) = Redis::pair();
+        let sentinel =
+            harness::hostile::HostileSentinel::start(harness::hostile::Lie::Names(master.addr()));
+        StuckSwitchover {
+            master,
+            replica,
+            sentinel,
+        }
+    }
+
+    /// The service: clients held up to 30 s, `fall` as given (a reload changes it).
+    fn config(&self, fall: &str) -> String {
+        Service::redis("mymaster", &[self.master.addr(), self.replica.addr()])
             .set(
                 "timeout",
                 "{ connect = \"1s\", queue = \"30s\", drain = \"2s\" }",
             )
             .check("rise", "1")
             .check("timeout", "\"1s\"")
-            .check("fall", f)
-            .sentinels(&[sentinel.addr])
+            .check("fall", fall)
+            .sentinels(&[self.sentinel.addr])
             .to_string()
-    };
-    let mut f = Forwarder::start(&text("1"));
-    routed(&f, master.addr());
-    assert!(
-        wait_until(Duration::from_secs(10), || master
-            .info_field("replication", "slave0")
-            .is_some_and(|s| s.contains("online"))),
-        "the replica never came online"
-    );
-    let admin = f.admin;
-    let switchover = std::thread::spawn(move || {
-        harness::endpoints::admin_call(admin, "POST", "/services/mymaster/switchover", "", None)
-    });
+    }
+
+    /// A forwarder routed to the master, its replica online (a switchover needs one).
+    fn forwarder(&self) -> Forwarder {
+        let f = Forwarder::start(&self.config("1"));
+        routed(&f, self.master.addr());
+        assert!(
+            wait_until(Duration::from_secs(10), || self
+                .master
+                .info_field("replication", "slave0")
+                .is_some_and(|s| s.contains("online"))),
+            "the replica never came online"
+        );
+        f
+    }
+}
+
+/// Waits until `f` holds the master for a switchover.
+fn switchover_holds(f: &Forwarder) {
     assert!(
         wait_until(Duration::from_secs(10), || f
             .service_status("mymaster")
@@ -258,8 +278,28 @@ fn a_reload_during_a_switchover_does_not_route_new_clients_to_the_held_master() 
         "the switchover never held the master: {:?}",
         f.status()
     );
+}
+
+/// Asks `f` for a switchover from another thread; the answer comes when it ends.
+fn request_switchover(f: &Forwarder) -> std::thread::JoinHandle<std::io::Result<(u16, String)>> {
+    let admin = f.admin;
+    let switchover = std::thread::spawn(move || {
+        harness::endpoints::admin_call(admin, "POST", "/services/mymaster/switchover", "", None)
+    });
+    switchover_holds(f);
+    switchover
+}
+
+#[test]
+fn a_reload_during_a_switchover_does_not_route_new_clients_to_the_held_master() {
+    let lab = StuckSwitchover::new();
+    let mut f = lab.forwarder();
+    let switchover = request_switchover(&f);
     // A reload that replaces the checks (a new monitor) while the switchover runs.
-    f.rewrite(&text("2").replace("{LISTEN}", &f.listen[0].to_string()));
+    f.rewrite(
+        &lab.config("2")
+            .replace("{LISTEN}", &f.listen[0].to_string()),
+    );
     f.proc().signal(libc::SIGHUP);
     std::thread::sleep(Duration::from_secs(1));
     // The master is still being switched away from: a new client must not reach it.
@@ -277,42 +317,16 @@ fn a_reload_during_a_switchover_does_not_route_new_clients_to_the_held_master() 
 
 #[test]
 fn a_switchover_runs_to_its_end_when_its_client_goes_away() {
-    use harness::hostile::{HostileSentinel, Lie};
     use std::io::Write;
-    let (master, replica) = Redis::pair();
-    // Accepts SENTINEL FAILOVER and never does it: the switchover waits 20 s, then gives up.
-    let sentinel = HostileSentinel::start(Lie::Names(master.addr()));
-    let f = Forwarder::start(
-        &Service::redis("mymaster", &[master.addr(), replica.addr()])
-            .set(
-                "timeout",
-                "{ connect = \"1s\", queue = \"30s\", drain = \"2s\" }",
-            )
-            .check("rise", "1")
-            .check("timeout", "\"1s\"")
-            .sentinels(&[sentinel.addr])
-            .to_string(),
-    );
-    routed(&f, master.addr());
-    assert!(
-        wait_until(Duration::from_secs(10), || master
-            .info_field("replication", "slave0")
-            .is_some_and(|s| s.contains("online"))),
-        "the replica never came online"
-    );
+    let lab = StuckSwitchover::new();
+    let f = lab.forwarder();
     let mut c = std::net::TcpStream::connect(f.admin).unwrap();
     write!(
         c,
         "POST /services/mymaster/switchover HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
     )
     .unwrap();
-    assert!(
-        wait_until(Duration::from_secs(10), || f
-            .service_status("mymaster")
-            .is_some_and(|s| s["hold"] == "switchover")),
-        "the switchover never held the master: {:?}",
-        f.status()
-    );
+    switchover_holds(&f);
     // The operator's curl is interrupted: the Sentinels were asked to fail over, so the
     // master must stay held (writes to it now would be lost) until the switchover ends.
     drop(c);
@@ -452,47 +466,15 @@ fn a_state_set_after_a_reload_reaches_the_clients_held_before_it() {
 
 #[test]
 fn a_switchover_cuts_the_sessions_a_reload_left_on_the_master() {
-    use harness::hostile::{HostileSentinel, Lie};
-    let (master, replica) = Redis::pair();
-    // Accepts SENTINEL FAILOVER and never does it: the switchover holds, then gives up (20 s).
-    let sentinel = HostileSentinel::start(Lie::Names(master.addr()));
-    let text = |f: &str| {
-        Service::redis("mymaster", &[master.addr(), replica.addr()])
-            .set(
-                "timeout",
-                "{ connect = \"1s\", queue = \"30s\", drain = \"2s\" }",
-            )
-            .check("rise", "1")
-            .check("timeout", "\"1s\"")
-            .check("fall", f)
-            .sentinels(&[sentinel.addr])
-            .to_string()
-    };
-    let mut f = Forwarder::start(&text("1"));
-    routed(&f, master.addr());
-    assert!(
-        wait_until(Duration::from_secs(10), || master
-            .info_field("replication", "slave0")
-            .is_some_and(|s| s.contains("online"))),
-        "the replica never came online"
-    );
+    let lab = StuckSwitchover::new();
+    let mut f = lab.forwarder();
     // A session, then a reload that replaces the checks: the session stays on the runtime
     // (and monitor) the reload retired.
     let mut old = Conn::open(f.listen[0]).expect("connect");
     assert!(pong(&mut old));
-    f.reload(&text("2"));
+    f.reload(&lab.config("2"));
     assert!(pong(&mut old), "the reload cut an established session");
-    let admin = f.admin;
-    let switchover = std::thread::spawn(move || {
-        harness::endpoints::admin_call(admin, "POST", "/services/mymaster/switchover", "", None)
-    });
-    assert!(
-        wait_until(Duration::from_secs(10), || f
-            .service_status("mymaster")
-            .is_some_and(|s| s["hold"] == "switchover")),
-        "the switchover never held the master: {:?}",
-        f.status()
-    );
+    let switchover = request_switchover(&f);
     // The retired runtime's session reached the master being switched away from: cut.
     old.stream()
         .set_read_timeout(Some(Duration::from_secs(5)))
