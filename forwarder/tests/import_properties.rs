@@ -25,7 +25,7 @@ fn config(cases: u32) -> ProptestConfig {
 }
 
 /// Lines an haproxy.cfg may hold, good and bad. Servers use IP addresses only (no lookups) on
-/// ports that no `bind` uses (no loops).
+/// ports that no `bind` uses (no loops). `{PEM}` is a certificate and its key in one file.
 const LINES: &[&str] = &[
     "global",
     "  maxconn 4000",
@@ -50,7 +50,10 @@ const LINES: &[&str] = &[
     "  bind *:6379 name redis",
     "  bind :7000,:7001",
     "  bind [::1]:7002",
-    "  bind :::7003 ssl crt /x.pem",
+    "  bind :::7003 ssl crt {PEM}",
+    "  bind :7004 ssl crt {PEM} ca-file {PEM} verify required",
+    "  bind :7005 ssl crt {PEM} verify optional",
+    "  bind :7006 ssl",
     "  bind /run/sock",
     "  bind :6379-6380",
     "  default_backend bk",
@@ -98,6 +101,9 @@ const LINES: &[&str] = &[
     "  server f 10.0.0.6:0",
     "  server g *:6380",
     "  server h 10.0.0.7:6381 weight 10 maxconn 5",
+    "  server t 10.0.0.8:6380 check ssl ca-file {PEM} crt {PEM} sni str(redis.internal)",
+    "  server u 10.0.0.9:6380 check check-ssl ca-file {PEM}",
+    "  tcp-check connect ssl",
     "userlist u",
     "  user admin password x",
     "# a comment",
@@ -105,6 +111,25 @@ const LINES: &[&str] = &[
     "\\",
     "\"",
 ];
+
+/// A self-signed certificate for `redis.internal` and its key in one PEM file, made once.
+fn pem() -> String {
+    static PEM: std::sync::OnceLock<(tempfile::TempDir, String)> = std::sync::OnceLock::new();
+    PEM.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["redis.internal".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let path = dir.path().join("redis.pem");
+        std::fs::write(&path, cert.pem() + &key.serialize_pem()).unwrap();
+        let path = path.display().to_string();
+        (dir, path)
+    })
+    .1
+    .clone()
+}
 
 proptest! {
     #![proptest_config(config(256))]
@@ -118,7 +143,11 @@ proptest! {
     fn plausible_files_translate_to_valid_configs(
         picks in prop::collection::vec(0..LINES.len(), 0..40)
     ) {
-        let text: String = picks.iter().map(|&i| format!("{}\n", LINES[i])).collect();
+        let pem = pem();
+        let text: String = picks
+            .iter()
+            .map(|&i| format!("{}\n", LINES[i].replace("{PEM}", &pem)))
+            .collect();
         match forwarder::import::translate(&text) {
             Ok(t) => {
                 prop_assert!(t.services > 0);

@@ -19,6 +19,9 @@ pub(super) struct Check {
     /// `interval`, `fastinter`, `downinter`, `rise`, `fall`, `timeout`, as the forwarder writes
     /// them.
     pub(super) keys: Vec<(&'static str, String)>,
+    /// A `tcp-check connect ssl` rule: the checks speak TLS (the forwarder's do whenever
+    /// `[service.server_tls]` is there).
+    pub(super) ssl: bool,
 }
 
 /// HAProxy's `inter` when a server does not say.
@@ -61,6 +64,11 @@ pub(super) fn translate(b: &Proxy, notes: &mut Vec<Note>) -> Check {
 fn rules(b: &Proxy, c: &mut Check, notes: &mut Vec<Note>) {
     let mut steps: Vec<(String, &Line)> = Vec::new();
     for l in &b.tcp_check {
+        if l.word(1) == "connect" && l.words.len() == 3 && l.word(2) == "ssl" {
+            c.ssl = true;
+            steps.push(("connect".into(), l));
+            continue;
+        }
         match step(l) {
             Ok(Some(s)) => match s.parse::<health::Step>() {
                 Ok(_) => steps.push((s, l)),
@@ -127,7 +135,7 @@ fn step(l: &Line) -> Result<Option<String>, String> {
     let n = l.words.len();
     match l.word(1).as_str() {
         "connect" if n == 2 => Ok(Some("connect".into())),
-        "connect" => Err("connect options (port, ssl, ...) are not translated".into()),
+        "connect" => Err("connect options (port, send-proxy, ...) are not translated".into()),
         "send" if n == 3 => Ok(Some(format!("send {}", escape(&l.words[2])))),
         "send-binary" if n == 3 => {
             let hex = l.word(2);

@@ -9,13 +9,15 @@
 //! `timeout connect|client|server|queue|check` and `maxconn` carry over, and the check
 //! ([`check`]) is the backend's `tcp-check` rules (the seed guide's six Redis lines become
 //! `kind = "redis-master"`) with the first checked server's `inter`, `fastinter`, `downinter`,
-//! `rise` and `fall` (HAProxy's `inter` default, 2s, written out). What HAProxy does that the
-//! forwarder does not (balancing, ACLs, HTTP, TLS, stats, ...) is reported, never guessed.
+//! `rise` and `fall` (HAProxy's `inter` default, 2s, written out), and TLS ([`tls`]: `bind ...
+//! ssl crt`, the servers' `ssl` / `check-ssl`). What HAProxy does that the forwarder does not
+//! (balancing, ACLs, HTTP, stats, ...) is reported, never guessed.
 //! Any input gives a result or an error, never a panic (`forwarder/tests/import_properties.rs`).
 
 mod cfg;
 mod check;
 mod proxy;
+mod tls;
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
@@ -170,17 +172,13 @@ fn service(
     }
     let check = check::translate(b, notes);
     let mut count = 0;
+    let server_tls = tls::server(b, check.ssl, notes);
     for bind in &f.binds {
-        if bind.words.len() > 2 {
-            let extra = &bind.words[2..];
-            let named = extra.len() == 2 && bind.word(2) == "name";
-            if !named {
-                notes.push(Note::new(
-                    bind,
-                    "bind options (ssl, crt, interface, ...) are not translated",
-                ));
-            }
-        }
+        let client_tls = match tls::bind(bind, notes) {
+            tls::Bind::Plain => None,
+            tls::Bind::Tls(t) => Some(t),
+            tls::Bind::Unusable => continue,
+        };
         for a in bind.word(1).split(',') {
             let listen = match listen_addr(a) {
                 Ok(l) => l,
@@ -218,6 +216,12 @@ fn service(
             let list: Vec<String> = servers.iter().map(|s| quote(s)).collect();
             let _ = writeln!(out, "servers = [{}]", list.join(", "));
             write_service_keys(f, b, &check, out, notes);
+            if let Some(t) = &client_tls {
+                out.push_str(&t.toml());
+            }
+            if let Some(t) = &server_tls {
+                out.push_str(t.for_service(client_tls.as_ref(), notes));
+            }
             count += 1;
         }
     }

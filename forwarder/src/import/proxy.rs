@@ -15,6 +15,8 @@ pub(super) struct Server {
     pub(super) check: bool,
     /// `inter`, `fastinter`, `downinter`, `rise`, `fall`, as written (after `default-server`).
     pub(super) params: Vec<(String, String)>,
+    /// The TLS parameters ([`TLS_PARAMS`]; a flag's value is empty), after `default-server`.
+    pub(super) tls: Vec<(String, String)>,
 }
 
 /// What a proxy (or a `defaults` section) says.
@@ -33,13 +35,20 @@ pub(super) struct Proxy {
     /// `option tcp-check`, `option redis-check` or another check option, with its line.
     pub(super) check_option: Option<(usize, String)>,
     pub(super) tcp_check: Vec<Line>,
-    /// `default-server` parameters that servers inherit.
+    /// `default-server` parameters that servers inherit: check, then TLS ones.
     pub(super) default_server: Vec<(String, String)>,
+    pub(super) default_tls: Vec<(String, String)>,
+    /// `default-server check`.
+    pub(super) default_check: bool,
     pub(super) servers: Vec<Server>,
 }
 
 /// Server parameters that the forwarder's `[service.check]` takes; each has a value.
 pub(super) const CHECK_PARAMS: &[&str] = &["inter", "fastinter", "downinter", "rise", "fall"];
+
+/// Server parameters that `[service.server_tls]` takes: flags, then those with a value.
+pub(super) const TLS_FLAGS: &[&str] = &["ssl", "check-ssl"];
+pub(super) const TLS_PARAMS: &[&str] = &["ca-file", "crt", "sni", "verify", "verifyhost"];
 
 /// Reads the proxies of `sections`, in order; notes go to `notes`.
 pub(super) fn proxies(sections: &[Section], notes: &mut Vec<Note>) -> Vec<Proxy> {
@@ -150,18 +159,19 @@ fn read(p: &mut Proxy, l: &Line, notes: &mut Vec<Note>) {
         }
         "tcp-check" if has_backend => p.tcp_check.push(l.clone()),
         "default-server" if has_backend => {
-            let (params, rest) = server_params(&l.words[1..]);
-            for (k, v) in params {
-                p.default_server.retain(|(k2, _)| *k2 != k);
-                p.default_server.push((k, v));
-            }
+            let (params, tls, rest) = server_params(&l.words[1..]);
+            merge(&mut p.default_server, params);
+            merge(&mut p.default_tls, tls);
+            let (check, rest): (Vec<String>, Vec<String>) =
+                rest.into_iter().partition(|r| r == "check");
+            p.default_check |= !check.is_empty();
             if !rest.is_empty() {
                 notes.push(Note::new(l, format!("not translated: {}", rest.join(" "))));
             }
         }
         "server" if has_backend && n >= 3 => {
-            let (params, rest) = server_params(&l.words[3..]);
-            let check = rest.iter().any(|r| r == "check");
+            let (params, tls, rest) = server_params(&l.words[3..]);
+            let check = p.default_check || rest.iter().any(|r| r == "check");
             let rest: Vec<&String> = rest.iter().filter(|r| *r != "check").collect();
             if !rest.is_empty() {
                 let why = match rest.iter().any(|r| *r == "backup") {
@@ -178,16 +188,16 @@ fn read(p: &mut Proxy, l: &Line, notes: &mut Vec<Note>) {
                 notes.push(Note::new(l, why));
             }
             let mut merged = p.default_server.clone();
-            for (k, v) in params {
-                merged.retain(|(k2, _)| *k2 != k);
-                merged.push((k, v));
-            }
+            merge(&mut merged, params);
+            let mut merged_tls = p.default_tls.clone();
+            merge(&mut merged_tls, tls);
             p.servers.push(Server {
                 line: l.clone(),
                 name: l.word(1),
                 addr: l.word(2),
                 check,
                 params: merged,
+                tls: merged_tls,
             });
         }
         "balance" => notes.push(Note::new(
@@ -198,22 +208,41 @@ fn read(p: &mut Proxy, l: &Line, notes: &mut Vec<Note>) {
     }
 }
 
-/// Splits server parameters into the check ones (with their values) and the rest, as written.
-fn server_params(words: &[Vec<u8>]) -> (Vec<(String, String)>, Vec<String>) {
+/// `over` laid over `base`: a parameter given again replaces the earlier one.
+fn merge(base: &mut Vec<(String, String)>, over: Vec<(String, String)>) {
+    for (k, v) in over {
+        base.retain(|(k2, _)| *k2 != k);
+        base.push((k, v));
+    }
+}
+
+/// Server parameters split into the check ones and the TLS ones (with their values; a flag's
+/// is empty) and the rest, as written.
+type Split = (Vec<(String, String)>, Vec<(String, String)>, Vec<String>);
+
+fn server_params(words: &[Vec<u8>]) -> Split {
     let words: Vec<String> = words
         .iter()
         .map(|w| String::from_utf8_lossy(w).into_owned())
         .collect();
-    let (mut params, mut rest) = (Vec::new(), Vec::new());
+    let (mut params, mut tls, mut rest) = (Vec::new(), Vec::new(), Vec::new());
     let mut i = 0;
     while i < words.len() {
-        if CHECK_PARAMS.contains(&words[i].as_str()) && i + 1 < words.len() {
+        let w = words[i].as_str();
+        let valued = i + 1 < words.len();
+        if CHECK_PARAMS.contains(&w) && valued {
             params.push((words[i].clone(), words[i + 1].clone()));
             i += 2;
+        } else if TLS_PARAMS.contains(&w) && valued {
+            tls.push((words[i].clone(), words[i + 1].clone()));
+            i += 2;
+        } else if TLS_FLAGS.contains(&w) {
+            tls.push((words[i].clone(), String::new()));
+            i += 1;
         } else {
             rest.push(words[i].clone());
             i += 1;
         }
     }
-    (params, rest)
+    (params, tls, rest)
 }

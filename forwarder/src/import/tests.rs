@@ -63,7 +63,7 @@ defaults
   retries 3
   timeout check 500
 frontend ft
-  bind *:6379,10.0.0.1:6390 ssl crt /etc/x.pem
+  bind *:6379,10.0.0.1:6390 interface eth0
   acl local src 10.0.0.0/8
   use_backend other if local
   default_backend bk
@@ -98,7 +98,7 @@ listen stats
     assert!(at(2).why.contains("budgets descriptors"));
     assert_eq!(at(3).directive, "stats socket /run/haproxy.sock");
     assert!(at(6).directive.contains("redispatch"));
-    assert!(at(10).why.contains("ssl"));
+    assert!(at(10).why.contains("interface eth0"), "{:?}", at(10));
     assert!(at(11).directive.starts_with("acl"));
     assert!(at(12).why.contains("no ACLs"));
     assert!(at(15).why.contains("\"nowhere\" not found"));
@@ -258,4 +258,115 @@ fn times_and_addresses_read_as_haproxy_writes_them() {
     assert_eq!(quote("send PING\\r\\n"), "'send PING\\r\\n'");
     assert_eq!(quote("it's \\ \"\n"), "\"it's \\\\ \\\"\\u000a\"");
     assert!(server_addr(":6379").is_err());
+}
+
+#[test]
+fn tls_binds_and_servers_become_the_tls_tables() {
+    let text = CLASSIC
+        .replace(
+            "bind *:6379 name redis",
+            "bind *:6379 name redis ssl crt /etc/haproxy/redis.pem ca-file /etc/haproxy/ca.pem \
+             verify required",
+        )
+        .replace("tcp-check connect\n", "tcp-check connect ssl\n")
+        .replace(
+            "check inter 1s",
+            "check inter 1s ssl verify required ca-file /etc/haproxy/ca.pem crt /etc/haproxy/client.pem verifyhost redis.internal",
+        );
+    let t = translate(&text).unwrap();
+    assert!(t.notes.is_empty(), "{:?}", t.notes);
+    assert!(t.toml.contains("kind = \"redis-master\""), "{}", t.toml);
+    let tables = "\n[service.tls]\ncert = \"/etc/haproxy/redis.pem\"\n\
+                  key = \"/etc/haproxy/redis.pem\"\nclient_ca = \"/etc/haproxy/ca.pem\"\n\
+                  \n[service.server_tls]\nca = \"/etc/haproxy/ca.pem\"\n\
+                  cert = \"/etc/haproxy/client.pem\"\nkey = \"/etc/haproxy/client.pem\"\n\
+                  server_name = \"redis.internal\"\npassthrough = false\n";
+    assert!(t.toml.contains(tables), "{}", t.toml);
+}
+
+#[test]
+fn tls_that_would_weaken_is_noted_and_check_ssl_alone_is_passthrough() {
+    let text = "\
+frontend f
+  bind :6379 ssl crt /c.pem ca-file /ca.pem verify optional alpn h2
+  bind :6380 ssl
+  bind :6381 crt /c.pem
+  default_backend b
+backend b
+  default-server check inter 1s check-ssl verify none
+  server R1 10.0.0.3:6380 sni str(redis.internal)
+  server R2 10.0.0.4:6380 sni req.hdr(host) ca-file ca.pem
+";
+    let t = translate(text).unwrap();
+    let why = |line: usize, part: &str| {
+        assert!(
+            t.notes
+                .iter()
+                .any(|n| n.line == line && n.why.contains(part)),
+            "no note {part:?} at line {line}: {:#?}",
+            t.notes
+        );
+    };
+    why(2, "alpn h2");
+    why(2, "written as required");
+    why(3, "listen in plaintext");
+    why(4, "without `ssl`");
+    why(8, "always verifies servers");
+    why(8, "reach Redis in plaintext"); // :6379 terminates, its servers get check-ssl only
+    why(9, "differ from server R1's");
+    assert!(
+        !t.notes.iter().any(|n| n.why.contains("relative path")),
+        "only the first TLS server's files are used: {:#?}",
+        t.notes
+    );
+    assert_eq!(
+        t.services, 2,
+        "the bind without a crt is skipped:\n{}",
+        t.toml
+    );
+    assert!(!t.toml.contains("0.0.0.0:6380"), "{}", t.toml);
+    assert!(t.toml.contains("client_ca = \"/ca.pem\""), "{}", t.toml);
+    assert!(
+        t.toml.contains(
+            "[service.server_tls]\nca = \"/etc/ssl/certs/ca-certificates.crt\"\n\
+             server_name = \"redis.internal\"\npassthrough = true\n"
+        ),
+        "{}",
+        t.toml
+    );
+    assert!(
+        !t.notes.iter().any(|n| n.why.contains("without `check`")),
+        "default-server check is inherited: {:#?}",
+        t.notes
+    );
+}
+
+#[test]
+fn a_crt_without_its_key_uses_the_key_file_beside_it_as_haproxy_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let crt = dir.path().join("redis.pem");
+    std::fs::write(
+        &crt,
+        "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let text =
+        |crt: &str| format!("listen r\n bind :6379 ssl crt {crt}\n server a 10.0.0.3:1 check\n");
+    let crt = crt.display().to_string();
+    let t = translate(&text(&crt)).unwrap();
+    assert!(
+        t.toml.contains(&format!("key = \"{crt}\"")),
+        "no key file yet:\n{}",
+        t.toml
+    );
+    std::fs::write(format!("{crt}.key"), "-----BEGIN PRIVATE KEY-----\n").unwrap();
+    let t = translate(&text(&crt)).unwrap();
+    assert!(
+        t.toml.contains(&format!("key = \"{crt}.key\"")),
+        "{}",
+        t.toml
+    );
+    // Not a file to read (a device, a folder): the crt is written as the key, nothing read.
+    let t = translate(&text("/dev/zero")).unwrap();
+    assert!(t.toml.contains("key = \"/dev/zero\""), "{}", t.toml);
 }
