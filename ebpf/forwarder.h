@@ -16,7 +16,9 @@ struct activity {
 enum total {
 	TOTAL_REDIRECTED_BYTES = 0,
 	TOTAL_PASSED_BYTES = 1, /* no peer in the map yet: left to the socket (should stay 0) */
-	TOTAL_MAX = 2,
+	TOTAL_TRIMMED_BYTES = 2, /* bytes a retransmitted skb repeated, cut before the redirect */
+	TOTAL_FAULTS = 3, /* skbs that could not be repaired: their session is marked broken */
+	TOTAL_MAX = 4,
 };
 
 #endif

@@ -37,12 +37,16 @@ pub enum PrivilegeError {
 }
 
 /// The capabilities still needed after the switch: binding ports below 1024 (reloads add
-/// listeners), and for the sockmap data path loading BPF and updating its maps.
+/// listeners), and for the sockmap data path loading BPF (CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON)
+/// and updating its maps.
 pub fn needed(mode: Mode) -> CapsHashSet {
     let mut keep = CapsHashSet::from([Capability::CAP_NET_BIND_SERVICE]);
     if mode == Mode::Sockmap {
         keep.insert(Capability::CAP_BPF);
         keep.insert(Capability::CAP_NET_ADMIN);
+        // The program reads the socket's TCP state (bpf_skc_to_tcp_sock), a helper the
+        // verifier grants only with CAP_PERFMON.
+        keep.insert(Capability::CAP_PERFMON);
     }
     keep
 }

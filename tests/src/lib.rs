@@ -13,7 +13,9 @@ pub mod endpoints;
 mod forwarder;
 pub mod hostile;
 mod net;
+mod netns;
 mod process;
+pub mod rawtcp;
 mod redis;
 mod service;
 pub mod tls;
@@ -24,6 +26,7 @@ pub use forwarder::{
 };
 pub use health::resp::Reply;
 pub use net::{connect_from, echo, tcp_server};
+pub use netns::{run, Netns};
 pub use process::{dies_with_parent, free_port, free_ports, require, run_within, wait_until, Proc};
 pub use redis::{info_field, Redis, Sentinel};
 pub use service::{plain_service, sentinel_service, Service};

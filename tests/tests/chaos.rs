@@ -11,54 +11,11 @@
 //! a replica.
 
 use std::collections::HashSet;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use harness::{wait_until, Conn, Forwarder, Redis, Reply, Sentinel};
-
-/// A network namespace the calling thread lives in until drop, then deleted.
-struct Netns {
-    name: String,
-}
-
-fn run(cmd: &str, args: &[&str]) {
-    let tool = harness::require(cmd, if cmd == "ip" { "iproute2" } else { cmd });
-    let out = harness::run_within(Command::new(tool).args(args), Duration::from_secs(30));
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-impl Netns {
-    /// Creates the namespace and moves the calling thread into it (its children follow).
-    fn enter(tag: &str) -> Netns {
-        let name = format!("fwd-{tag}-{}", std::process::id());
-        run("ip", &["netns", "add", &name]);
-        let ns = Netns { name };
-        ns.join();
-        run("ip", &["link", "set", "lo", "up"]);
-        ns
-    }
-
-    /// Moves the calling thread into the namespace.
-    fn join(&self) {
-        let f = std::fs::File::open(format!("/run/netns/{}", self.name)).expect("netns file");
-        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        harness::run_within(
-            Command::new("ip").args(["netns", "del", &self.name]),
-            Duration::from_secs(30),
-        );
-    }
-}
+use harness::{run, wait_until, Conn, Forwarder, Netns, Redis, Reply, Sentinel};
 
 /// `iptables -A|-D OUTPUT` for the forwarder's (uid nobody) packets to `ports`.
 fn cut(add: bool, ports: &[u16]) {

@@ -59,10 +59,14 @@ rise = 1
         c.cmd(&["GET", "big"]).unwrap(),
         Reply::Bulk(Some(value.into_bytes()))
     );
-    let st = f.service_status("v6").unwrap();
+    // The sockmap path adds its kernel-side byte counts on a timer: wait for them.
     assert!(
-        st["stats"]["bytes_client_to_server"].as_u64().unwrap() > 1024 * 1024,
-        "{st}"
+        wait_until(Duration::from_secs(5), || f
+            .service_status("v6")
+            .and_then(|st| st["stats"]["bytes_client_to_server"].as_u64())
+            .is_some_and(|b| b > 1024 * 1024)),
+        "{:?}",
+        f.service_status("v6")
     );
 }
 

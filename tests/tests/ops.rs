@@ -165,9 +165,10 @@ fn drops_privileges_to_the_configured_user() {
             .unwrap_or_default()
     };
     assert_eq!(field("Uid:"), vec!["65534"; 4], "{status}");
-    // CAP_NET_BIND_SERVICE (10); with the sockmap path also CAP_NET_ADMIN (12) and CAP_BPF (39).
+    // CAP_NET_BIND_SERVICE (10); with the sockmap path also CAP_NET_ADMIN (12), CAP_PERFMON (38)
+    // and CAP_BPF (39).
     let want = if harness::mode() == "sockmap" {
-        "0000008000001400"
+        "000000c000001400"
     } else {
         "0000000000000400"
     };

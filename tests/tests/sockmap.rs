@@ -1,12 +1,15 @@
 //! The sockmap data path, whatever FORWARDER_MODE says: payload never passes through userspace,
 //! no byte is lost or reordered around a half-close (the FIN races with skbs still queued for
-//! redirect), and a full map sends the session to the next data path, counted.
+//! redirect), a retransmission that overlaps delivered bytes is forwarded once, and a full map
+//! sends the session to the next data path, counted.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::Mutex;
 use std::time::Duration;
 
-use harness::{echo, plain_service, tcp_server, wait_until, Forwarder};
+use harness::rawtcp::RawTcp;
+use harness::{echo, plain_service, tcp_server, wait_until, Forwarder, Netns, Service};
 
 fn service(backend: SocketAddr) -> String {
     plain_service("plain", "{LISTEN}", backend, "")
@@ -159,4 +162,212 @@ fn a_full_map_sends_sessions_to_the_next_path_counted() {
     first.write_all(b"uno").unwrap();
     first.read_exact(&mut got).unwrap();
     assert_eq!(&got, b"uno");
+}
+
+/// What the one data-carrying connection to [`record`] delivered, and whether it ended.
+static RECORDED: Mutex<(Vec<u8>, bool)> = Mutex::new((Vec::new(), false));
+
+/// A backend that appends what it reads to [`RECORDED`] as it comes, and marks the end of a
+/// connection that carried bytes (the checks' connections carry none).
+fn record(mut s: TcpStream) {
+    let mut buf = [0u8; 4096];
+    let mut any = false;
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        any = true;
+        RECORDED.lock().unwrap().0.extend_from_slice(&buf[..n]);
+    }
+    if any {
+        RECORDED.lock().unwrap().1 = true;
+    }
+}
+
+/// The kernel queues a retransmitted segment that partly overlaps bytes already received
+/// untrimmed, and hands the whole skb to the verdict program (shared/notes/sockmap-kernel.md):
+/// redirected as is, the overlap reaches the server twice and the end of the stream stalls.
+/// Segments written by hand on a raw socket, in a private network namespace: bytes [0,1000),
+/// then a retransmission of [500,1500), then [1500,1800) and FIN. Exactly the 1,800 bytes must
+/// arrive, in order, and the end with them.
+#[test]
+fn a_retransmission_overlapping_delivered_bytes_is_forwarded_once_and_does_not_stall() {
+    let _ns = Netns::enter("overlap");
+    let f = started(tcp_server(record), "mode = \"sockmap\"");
+    let SocketAddr::V4(to) = f.listen[0] else {
+        panic!("an IPv4 listener was asked for")
+    };
+    let c = RawTcp::connect(harness::free_port(), to).expect("handshake");
+    let mut data = vec![0u8; 1800];
+    pattern(3, &mut data);
+    let got = || RECORDED.lock().unwrap().clone();
+    c.send_at(0, &data[..1000]).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || got().0.len() >= 1000),
+        "the first 1000 bytes never reached the server ({} did): {}",
+        got().0.len(),
+        f.log_text()
+    );
+    c.send_at(500, &data[500..1500]).unwrap();
+    c.send_at(1500, &data[1500..]).unwrap();
+    c.fin_at(1800).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || got().1),
+        "the stream stalled: {} of 1800 bytes reached the server",
+        got().0.len()
+    );
+    let (bytes, _) = got();
+    assert_eq!(bytes.len(), 1800, "bytes duplicated or lost");
+    let first_diff = bytes.iter().zip(&data).position(|(a, b)| a != b);
+    assert_eq!(first_diff, None, "the stream differs from what was sent");
+    let bpf = &f.status().expect("status")["bpf"];
+    assert_eq!(bpf["trimmed_bytes"], 500, "{bpf}");
+    assert_eq!(bpf["faults"], 0, "{bpf}");
+}
+
+/// A backend that greets and closes at once: its reply and FIN reach the forwarder's server
+/// socket while the session is being handed to the kernel.
+fn greet(mut s: TcpStream) {
+    let _ = s.write_all(b"hello\n");
+}
+
+/// The reply of a server that speaks first and closes right away must reach the client, whatever
+/// the moment it arrives during the hand-over (before: the server socket ran the program while
+/// its peer's entry was missing, and the reply stayed on a socket nobody reads).
+#[test]
+fn a_reply_and_fin_that_race_the_hand_over_reach_the_client() {
+    let f = started(tcp_server(greet), "mode = \"sockmap\"");
+    for i in 0..300 {
+        let mut c = TcpStream::connect(f.listen[0]).expect("connect");
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut got = Vec::new();
+        let r = c.read_to_end(&mut got);
+        assert!(
+            r.is_ok() && got == b"hello\n",
+            "connection {i}: {r:?}, got {:?}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+    let st = f.status().expect("status");
+    assert_eq!(st["bpf"]["passed_bytes"], 0, "{st}");
+}
+
+/// The loss drill: 200 bulk sessions (256 KiB to 460 KiB each way, written 300 bytes at a time,
+/// 8 sessions at once) through the sockmap while packets on a private namespace's loopback are
+/// dropped at random (a fifth of the pure ACKs, 2% of the rest), so TCP retransmits, some
+/// segments over bytes the receiver already has. No session may deliver other bytes than were
+/// sent (the server checks length and hash, the client the reply), and the program must repair
+/// every overlap. A session may still fail by a reset: a few (2 to 5 in 100 here) stall under
+/// this loss until `timeout.client` ends them, cause not found yet (issue #17, still open);
+/// they are counted and printed, never taken for corrupt. Before the repair, 1 to 1.5 in 100
+/// sessions here got their 23-byte reply twice (a retransmission of reply and FIN) and none
+/// stalled.
+#[test]
+fn bulk_sessions_through_random_packet_drops_arrive_intact() {
+    let _ns = Netns::enter("loss");
+    // Checks that ride out the drops (a lost SYN costs a second): the server stays the master,
+    // so no session is cut for a master change.
+    let service = Service::tcp("plain", tcp_server(digest))
+        .set("listen", "\"{LISTEN}\"")
+        .set(
+            "timeout",
+            "{ connect = \"10s\", client = \"10s\", server = \"10s\" }",
+        )
+        .check("timeout", "\"5s\"")
+        .check("fall", "1000")
+        .to_string();
+    let f = Forwarder::start_with(&service, "mode = \"sockmap\"", &[]);
+    assert!(
+        wait_until(Duration::from_secs(10), || f.master("plain").is_some()),
+        "backend never became up: {}",
+        f.log_text()
+    );
+    for (rule, p) in [
+        (
+            &["-p", "tcp", "-m", "length", "--length", "0:120"][..],
+            "0.2",
+        ),
+        (&[][..], "0.02"),
+    ] {
+        let mut args = vec!["-A", "INPUT", "-i", "lo"];
+        args.extend_from_slice(rule);
+        args.extend_from_slice(&["-m", "statistic", "--mode", "random", "--probability", p]);
+        args.extend_from_slice(&["-j", "DROP"]);
+        harness::run("iptables", &args);
+    }
+    const SESSIONS: usize = 200;
+    const THREADS: usize = 8;
+    let corrupted = Mutex::new(Vec::new());
+    let failed = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for t in 0..THREADS {
+            let (corrupted, failed) = (&corrupted, &failed);
+            let to = f.listen[0];
+            s.spawn(move || {
+                for i in (t..SESSIONS).step_by(THREADS) {
+                    let size = 256 * 1024 + i * 1031;
+                    let mut out = vec![0u8; size];
+                    pattern(i, &mut out);
+                    let want = format!("{size} {:016x}", fnv(&out));
+                    match try_exchange(to, &out) {
+                        Ok(reply) if reply == want.as_bytes() => {}
+                        Ok(reply) => corrupted
+                            .lock()
+                            .unwrap()
+                            .push((i, String::from_utf8_lossy(&reply).into_owned())),
+                        Err(e) => failed.lock().unwrap().push((i, e.to_string())),
+                    }
+                }
+            });
+        }
+    });
+    // The drops end with the sessions: the status below must not wait out a retransmission.
+    harness::run("iptables", &["-F", "INPUT"]);
+    let (corrupted, failed) = (
+        corrupted.into_inner().unwrap(),
+        failed.into_inner().unwrap(),
+    );
+    let bpf = f.status().expect("status")["bpf"].clone();
+    let ended = f.service_status("plain").expect("status")["stats"]["ended"].clone();
+    eprintln!(
+        "loss drill: {SESSIONS} sessions, {} corrupted, {} failed {failed:?}; bpf {bpf}; ended \
+         {ended}",
+        corrupted.len(),
+        failed.len()
+    );
+    assert!(
+        corrupted.is_empty(),
+        "{} of {SESSIONS} sessions delivered other bytes than were sent: {:?}",
+        corrupted.len(),
+        &corrupted[..corrupted.len().min(3)]
+    );
+    assert_eq!(bpf["faults"], 0, "{bpf}");
+}
+
+/// Write size of [`try_exchange`].
+const CHUNK: usize = 300;
+
+/// [`exchange`] written in small pieces, with the errors returned (60 s for a reply:
+/// retransmissions take their time).
+fn try_exchange(to: SocketAddr, request: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut c = TcpStream::connect(to)?;
+    c.set_read_timeout(Some(Duration::from_secs(60)))?;
+    c.set_nodelay(true)?;
+    let mut w = c.try_clone()?;
+    let sent = request.to_vec();
+    // Small writes without Nagle: small skbs, which TCP collapses into one segment when it
+    // retransmits them, so a retransmission can cover bytes the receiver already has.
+    let writer = std::thread::spawn(move || {
+        for (k, chunk) in sent.chunks(CHUNK).enumerate() {
+            w.write_all(chunk)?;
+            if k % 64 == 63 {
+                std::thread::yield_now();
+            }
+        }
+        w.shutdown(Shutdown::Write)
+    });
+    let mut back = Vec::new();
+    c.read_to_end(&mut back)?;
+    writer.join().expect("writer")?;
+    Ok(back)
 }

@@ -227,7 +227,13 @@ fn sessions_keep_working_after_idle_pauses() {
     let f = started(tcp_server(echo), r#"client = "30s", server = "30s""#);
     let held = || f.status().and_then(|s| s["pipes_held"].as_u64());
     let uring = harness::mode() == "uring";
-    assert_eq!(held().is_some(), uring, "{:?}", f.status());
+    // Sockmap's next path (for sessions that do not fit its map) is uring, which has pipes.
+    assert_eq!(
+        held().is_some(),
+        harness::mode() != "userspace",
+        "{:?}",
+        f.status()
+    );
     let mut c = TcpStream::connect(f.listen[0]).expect("connect");
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     // Whether a round ends with a pipe held depends on where its last read fell, so rounds go

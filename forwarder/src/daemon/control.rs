@@ -42,6 +42,8 @@ impl admin::Control for Daemon {
             bpf: self.datapath.bpf_totals().map(|t| BpfTotals {
                 redirected_bytes: t.redirected_bytes,
                 passed_bytes: t.passed_bytes,
+                trimmed_bytes: t.trimmed_bytes,
+                faults: t.faults,
             }),
             pipes_held: self.datapath.pipes_held(),
             accept_errors: self.global.accept_errors.load(Ordering::Relaxed),

@@ -3,17 +3,24 @@
 //! payload never reaches userspace.
 //!
 //! Userspace still owns each session's life, in one tokio task:
-//! - Each socket is inserted under the cookie of the *other* one (the program looks up its own
-//!   cookie), with a zeroed `activity` entry. While the entries go in, a huge `SO_RCVLOWAT`
-//!   keeps TCP from running the program (it would find no peer yet); setting it back to 1 runs
-//!   the program over everything that arrived meanwhile, in order.
+//! - Each socket goes into `peers` under the cookie of the *other* one (the program looks up its
+//!   own cookie), with a zeroed `activity` entry; only then do both go into `hooks`, the map the
+//!   program is attached to, so no socket runs it before its peer can be found. Setting
+//!   `SO_RCVLOWAT` (to 1) then runs the program, under the socket lock, over everything that
+//!   arrived before the insertion, in order.
 //! - The task waits only for EOF (`EPOLLRDHUP`), errors, the cut token and a timer: redirected
 //!   bytes do not wake it.
-//! - EOF on one side becomes `shutdown(SHUT_WR)` on the other only once every byte the program
-//!   redirected from that side sits in the other socket's send queue (`tcpi_bytes_acked` +
-//!   `SIOCOUTQ` == bytes redirected): the redirect goes through a kernel work queue, and a FIN
-//!   sent earlier would cut those bytes off.
+//! - EOF on one side becomes `shutdown(SHUT_WR)` on the other only once the program has
+//!   redirected every byte that side received (TCP signals the FIN before the program runs on
+//!   the skb that carried it: bytes redirected == `tcpi_bytes_received` - 1, the FIN counting
+//!   one; more would mean a byte went twice: reset) and all of them sit in the other socket's
+//!   send queue (`tcpi_bytes_acked` + `SIOCOUTQ` == bytes redirected): the redirect goes through
+//!   a kernel work queue, and a FIN sent earlier would cut those bytes off.
 //! - Idle timeouts and byte counters come from the per-CPU `activity` map, read on the timer.
+//! - A retransmitted skb that repeats bytes the stream already has is cut by the program
+//!   before the redirect (counted in `trimmed_bytes`); one it cannot repair puts the socket in
+//!   the `broken` map, whose bytes are dropped from then on: the session is reset at the next
+//!   timer tick or before any EOF is passed on, counted as `faults`, never forwarded corrupt.
 //! - Map entries are always removed at the end (closing a socket would also unlink it).
 
 // unsafe: getsockopt(TCP_INFO), ioctl(SIOCOUTQ), setsockopt(SO_RCVLOWAT); aya::Pod for Activity.
@@ -27,7 +34,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use aya::maps::{MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, SockHash};
+use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, SockHash};
 use aya::programs::SkSkb;
 use aya::Ebpf;
 use socket2::SockRef;
@@ -56,11 +63,15 @@ unsafe impl aya::Pod for Activity {}
 /// Indexes of the `totals` per-CPU array (`enum total` in `ebpf/forwarder.h`).
 const TOTAL_REDIRECTED: u32 = 0;
 const TOTAL_PASSED: u32 = 1;
+const TOTAL_TRIMMED: u32 = 2;
+const TOTAL_FAULTS: u32 = 3;
 
 /// Loaded and attached program with its maps.
 pub struct Sockmap {
     peers: Mutex<SockHash<MapData, u64>>,
+    hooks: Mutex<SockHash<MapData, u64>>,
     activity: Mutex<PerCpuHashMap<MapData, u64, Activity>>,
+    broken: Mutex<HashMap<MapData, u64, u8>>,
     totals: PerCpuArray<MapData, u64>,
     ncpus: usize,
     /// Keeps the program loaded and attached.
@@ -74,6 +85,10 @@ pub struct Totals {
     pub redirected_bytes: u64,
     /// Bytes left to their own socket because it had no peer in the map (should stay 0).
     pub passed_bytes: u64,
+    /// Bytes retransmitted skbs repeated, cut before the redirect.
+    pub trimmed_bytes: u64,
+    /// Skbs the program could not repair; each reset its session.
+    pub faults: u64,
 }
 
 /// Why inserting a session failed.
@@ -136,7 +151,9 @@ impl Sockmap {
         let entries = sessions.saturating_mul(2).max(2);
         let mut ebpf = aya::EbpfLoader::new()
             .set_max_entries("peers", entries)
+            .set_max_entries("hooks", entries)
             .set_max_entries("activity", entries)
+            .set_max_entries("broken", entries)
             .load(OBJECT)
             .map_err(|e| LoadError::Object(chain(&e)))?;
         let peers: SockHash<MapData, u64> = ebpf
@@ -144,11 +161,21 @@ impl Sockmap {
             .ok_or(LoadError::NoMap("peers"))?
             .try_into()
             .map_err(|e| LoadError::Map("peers", e))?;
+        let hooks: SockHash<MapData, u64> = ebpf
+            .take_map("hooks")
+            .ok_or(LoadError::NoMap("hooks"))?
+            .try_into()
+            .map_err(|e| LoadError::Map("hooks", e))?;
         let activity: PerCpuHashMap<MapData, u64, Activity> = ebpf
             .take_map("activity")
             .ok_or(LoadError::NoMap("activity"))?
             .try_into()
             .map_err(|e| LoadError::Map("activity", e))?;
+        let broken: HashMap<MapData, u64, u8> = ebpf
+            .take_map("broken")
+            .ok_or(LoadError::NoMap("broken"))?
+            .try_into()
+            .map_err(|e| LoadError::Map("broken", e))?;
         let totals: PerCpuArray<MapData, u64> = ebpf
             .take_map("totals")
             .ok_or(LoadError::NoMap("totals"))?
@@ -160,13 +187,15 @@ impl Sockmap {
             .try_into()
             .map_err(LoadError::Program)?;
         prog.load().map_err(|e| LoadError::Verifier(chain(&e)))?;
-        let map_fd = peers.fd().try_clone().map_err(LoadError::Dup)?;
+        let map_fd = hooks.fd().try_clone().map_err(LoadError::Dup)?;
         prog.attach(&map_fd)
             .map_err(|e| LoadError::Attach(chain(&e)))?;
         let ncpus = aya::util::nr_cpus().map_err(|(_, e)| LoadError::Cpus(e))?;
         Ok(Sockmap {
             peers: Mutex::new(peers),
+            hooks: Mutex::new(hooks),
             activity: Mutex::new(activity),
+            broken: Mutex::new(broken),
             totals,
             ncpus,
             _ebpf: ebpf,
@@ -184,6 +213,8 @@ impl Sockmap {
         Totals {
             redirected_bytes: sum(TOTAL_REDIRECTED),
             passed_bytes: sum(TOTAL_PASSED),
+            trimmed_bytes: sum(TOTAL_TRIMMED),
+            faults: sum(TOTAL_FAULTS),
         }
     }
 
@@ -209,12 +240,6 @@ impl Sockmap {
         let (Ok(z1), Ok(z2)) = (zero(), zero()) else {
             return Err(AttachError::Other("cannot size per-CPU values".into()));
         };
-        // Until both sockets are in the map, a socket must not hand bytes to the program (it
-        // would find no peer): a huge SO_RCVLOWAT keeps TCP from calling `data_ready` while
-        // the entries go in; setting it back to 1 in `relay` then runs the program over
-        // everything queued, in order.
-        set_rcvlowat(&s.client, libc::c_int::MAX);
-        set_rcvlowat(&s.server, libc::c_int::MAX);
         let res = (|| {
             let mut act = self.activity.lock().unwrap_or_else(|p| p.into_inner());
             act.insert(client, z1, 0)?;
@@ -223,12 +248,13 @@ impl Sockmap {
             let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
             // Each socket goes in under the other's cookie: the program looks up its own.
             peers.insert(client, s.server.as_raw_fd(), 0)?;
-            peers.insert(server, s.client.as_raw_fd(), 0)
+            peers.insert(server, s.client.as_raw_fd(), 0)?;
+            drop(peers);
+            // Both peers can be found: now the program may run on either socket.
+            let mut hooks = self.hooks.lock().unwrap_or_else(|p| p.into_inner());
+            hooks.insert(client, s.client.as_raw_fd(), 0)?;
+            hooks.insert(server, s.server.as_raw_fd(), 0)
         })();
-        if res.is_err() {
-            set_rcvlowat(&s.client, 1);
-            set_rcvlowat(&s.server, 1);
-        }
         match res {
             Ok(()) => Ok(a),
             Err(e) => {
@@ -248,6 +274,10 @@ impl Sockmap {
 
     /// Removes a session's entries (missing ones are fine).
     fn detach(&self, a: &Attached) {
+        let mut hooks = self.hooks.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = hooks.remove(&a.client);
+        let _ = hooks.remove(&a.server);
+        drop(hooks);
         let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
         let _ = peers.remove(&a.client);
         let _ = peers.remove(&a.server);
@@ -255,6 +285,18 @@ impl Sockmap {
         let mut act = self.activity.lock().unwrap_or_else(|p| p.into_inner());
         let _ = act.remove(&a.client);
         let _ = act.remove(&a.server);
+        drop(act);
+        let mut broken = self.broken.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = broken.remove(&a.client);
+        let _ = broken.remove(&a.server);
+    }
+
+    /// Whether the program marked either socket of the session broken.
+    fn is_broken(&self, a: &Attached) -> bool {
+        let broken = self.broken.lock().unwrap_or_else(|p| p.into_inner());
+        [a.client, a.server]
+            .iter()
+            .any(|c| broken.get(c, 0).is_ok())
     }
 
     /// Bytes redirected from the socket with `cookie`, and its last activity (CLOCK_MONOTONIC ns).
@@ -270,7 +312,7 @@ impl Sockmap {
 
     /// Runs an attached session to its end.
     pub async fn relay(&self, s: Session, a: Attached) -> End {
-        // Runs the program over bytes that arrived before and during the insertion.
+        // Runs the program, under the socket lock, over bytes that arrived before the insertion.
         set_rcvlowat(&s.client, 1);
         set_rcvlowat(&s.server, 1);
         let mut run = Run {
@@ -346,7 +388,7 @@ impl Run<'_> {
                     }
                 },
                 _ = tokio::time::sleep(tick) => {
-                    if let Some(end) = self.idle() { return end; }
+                    if let Some(end) = self.broken().or_else(|| self.idle()) { return end; }
                 }
                 _ = s.cut.cancelled() => return cut_end(&s.svc),
             }
@@ -373,6 +415,19 @@ impl Run<'_> {
             self.last_ns[i] = self.last_ns[i].max(acts[i].last_ns);
         }
         acts
+    }
+
+    /// A reset when the program could not repair a stream of this session.
+    fn broken(&self) -> Option<End> {
+        if !self.map.is_broken(self.a) {
+            return None;
+        }
+        tracing::warn!(
+            service = %self.s.svc.name,
+            "sockmap: a retransmitted segment could not be repaired in the kernel; the session \
+             is reset rather than forward a corrupt stream"
+        );
+        Some(End::Reset)
     }
 
     /// Every byte flows through both sockets, so either side's activity counts for both
@@ -403,17 +458,47 @@ impl Run<'_> {
         let start = tokio::time::Instant::now();
         let mut pause = Duration::from_micros(50);
         loop {
+            if let Some(end) = self.broken() {
+                return Err(end);
+            }
             let redirected = self.count()[from].bytes;
+            let info = |sock| {
+                tcp_info(sock).map_err(|e| {
+                    tracing::debug!(error = %e, "TCP_INFO failed");
+                    End::Reset
+                })
+            };
+            // The FIN counts one in bytes_received.
+            let received = info(if from == 0 { &s.client } else { &s.server })?
+                .tcpi_bytes_received
+                .saturating_sub(1);
+            if redirected > received {
+                tracing::warn!(
+                    service = %s.svc.name,
+                    redirected,
+                    received,
+                    "sockmap: more bytes redirected than received; the session is reset"
+                );
+                return Err(End::Reset);
+            }
             let queued = queued_bytes(to)
                 .map_err(|e| {
                     tracing::debug!(error = %e, "TCP_INFO failed");
                     End::Reset
                 })?
                 .saturating_sub(self.a.base[1 - from]);
-            if queued >= redirected {
+            if redirected == received && queued >= redirected {
                 break;
             }
             if start.elapsed() >= limit {
+                tracing::warn!(
+                    service = %s.svc.name,
+                    from = if from == 0 { "client" } else { "server" },
+                    redirected,
+                    received,
+                    queued,
+                    "sockmap: the end of a stream was not handed on in time; the session is reset"
+                );
                 return Err(if from == 0 {
                     End::ServerTimeout
                 } else {
@@ -455,8 +540,8 @@ async fn closed(sock: &TcpStream) -> io::Result<()> {
     }
 }
 
-/// Bytes ever written into `sock`'s send queue: acknowledged plus still queued.
-fn queued_bytes(sock: &TcpStream) -> io::Result<u64> {
+/// `TCP_INFO` of `sock`.
+fn tcp_info(sock: &TcpStream) -> io::Result<libc::tcp_info> {
     let fd = sock.as_raw_fd();
     // SAFETY: all-zero bytes are a valid `tcp_info` (integers only).
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
@@ -475,6 +560,13 @@ fn queued_bytes(sock: &TcpStream) -> io::Result<u64> {
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
+    Ok(info)
+}
+
+/// Bytes ever written into `sock`'s send queue: acknowledged plus still queued.
+fn queued_bytes(sock: &TcpStream) -> io::Result<u64> {
+    let info = tcp_info(sock)?;
+    let fd = sock.as_raw_fd();
     let mut outq: libc::c_int = 0;
     // SAFETY: SIOCOUTQ (== TIOCOUTQ) writes one int to the pointer, which is valid.
     let rc = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &raw mut outq) };
@@ -536,6 +628,9 @@ mod tests {
         let act = &obj.maps["activity"];
         assert_eq!(act.key_size() as usize, size_of::<u64>());
         assert_eq!(act.value_size() as usize, size_of::<Activity>());
+        let hooks = &obj.maps["hooks"];
+        assert_eq!(hooks.key_size() as usize, size_of::<u64>());
+        assert_eq!(hooks.value_size() as usize, size_of::<u32>());
         let peers = &obj.maps["peers"];
         assert_eq!(peers.key_size() as usize, size_of::<u64>());
         assert_eq!(
@@ -543,8 +638,11 @@ mod tests {
             size_of::<u32>(),
             "aya inserts fds as u32"
         );
+        let broken = &obj.maps["broken"];
+        assert_eq!(broken.key_size() as usize, size_of::<u64>());
+        assert_eq!(broken.value_size() as usize, size_of::<u8>());
         let totals = &obj.maps["totals"];
         assert_eq!(totals.value_size() as usize, size_of::<u64>());
-        assert_eq!(totals.max_entries(), 2);
+        assert_eq!(totals.max_entries(), TOTAL_FAULTS + 1);
     }
 }

@@ -58,6 +58,10 @@ pub struct BpfTotals {
     pub redirected_bytes: u64,
     /// Bytes left to their own socket because it had no peer in the map (should stay 0).
     pub passed_bytes: u64,
+    /// Bytes retransmitted skbs repeated, cut by the program before the redirect.
+    pub trimmed_bytes: u64,
+    /// Skbs the program could not repair; each reset its session.
+    pub faults: u64,
 }
 
 /// One service.

@@ -81,6 +81,20 @@ pub fn render(st: &Status) -> String {
             "1".into(),
         )],
     );
+    if let Some(b) = &st.bpf {
+        family(
+            "forwarder_sockmap_trimmed_bytes_total",
+            "counter",
+            "Bytes retransmitted segments repeated, cut by the sockmap program before the redirect.",
+            vec![(String::new(), b.trimmed_bytes.to_string())],
+        );
+        family(
+            "forwarder_sockmap_faults_total",
+            "counter",
+            "Segments the sockmap program could not repair; each reset its session.",
+            vec![(String::new(), b.faults.to_string())],
+        );
+    }
     family(
         "forwarder_ready",
         "gauge",
