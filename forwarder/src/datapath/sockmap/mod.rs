@@ -23,11 +23,12 @@
 //!   timer tick or before any EOF is passed on, counted as `faults`, never forwarded corrupt.
 //! - Map entries are always removed at the end (closing a socket would also unlink it).
 
-// unsafe: getsockopt(TCP_INFO), ioctl(SIOCOUTQ), setsockopt(SO_RCVLOWAT); aya::Pod for Activity.
+// unsafe: aya::Pod for Activity (the socket syscalls are in `sockopt`).
 #![allow(unsafe_code)]
 
+mod sockopt;
+
 use std::io;
-use std::mem::size_of;
 use std::net::Shutdown;
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::Ordering;
@@ -38,11 +39,10 @@ use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, Sock
 use aya::programs::SkSkb;
 use aya::Ebpf;
 use socket2::SockRef;
-use tokio::io::Interest;
-use tokio::net::TcpStream;
 
 use super::{cut_end, reset, Session};
 use crate::metrics::End;
+use sockopt::{closed, now_ns, queued_bytes, set_rcvlowat, tcp_info};
 
 /// The program, compiled by `build.rs` (empty when clang-19 or the headers were missing).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/forwarder.bpf.o"));
@@ -462,14 +462,13 @@ impl Run<'_> {
                 return Err(end);
             }
             let redirected = self.count()[from].bytes;
-            let info = |sock| {
-                tcp_info(sock).map_err(|e| {
-                    tracing::debug!(error = %e, "TCP_INFO failed");
-                    End::Reset
-                })
+            let failed = |e: io::Error| {
+                tracing::debug!(error = %e, "TCP_INFO failed");
+                End::Reset
             };
             // The FIN counts one in bytes_received.
-            let received = info(if from == 0 { &s.client } else { &s.server })?
+            let received = tcp_info(if from == 0 { &s.client } else { &s.server })
+                .map_err(failed)?
                 .tcpi_bytes_received
                 .saturating_sub(1);
             if redirected > received {
@@ -482,10 +481,7 @@ impl Run<'_> {
                 return Err(End::Reset);
             }
             let queued = queued_bytes(to)
-                .map_err(|e| {
-                    tracing::debug!(error = %e, "TCP_INFO failed");
-                    End::Reset
-                })?
+                .map_err(failed)?
                 .saturating_sub(self.a.base[1 - from]);
             if redirected == received && queued >= redirected {
                 break;
@@ -522,84 +518,6 @@ impl Run<'_> {
     }
 }
 
-/// Resolves when the peer of `sock` has sent FIN (Ok) or the socket failed (Err). Redirected
-/// bytes never wake this: the program consumes them before the socket's waiters are told.
-async fn closed(sock: &TcpStream) -> io::Result<()> {
-    loop {
-        let ready = sock.ready(Interest::READABLE).await?;
-        if let Some(e) = sock.take_error()? {
-            return Err(e);
-        }
-        if ready.is_read_closed() {
-            return Ok(());
-        }
-        // A wake-up without EOF (bytes seen on their way to the program): wait for the next one.
-        let _ = sock.try_io(Interest::READABLE, || {
-            Err::<(), _>(io::Error::from(io::ErrorKind::WouldBlock))
-        });
-    }
-}
-
-/// `TCP_INFO` of `sock`.
-fn tcp_info(sock: &TcpStream) -> io::Result<libc::tcp_info> {
-    let fd = sock.as_raw_fd();
-    // SAFETY: all-zero bytes are a valid `tcp_info` (integers only).
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: `fd` is an open socket borrowed from `sock`; `info` and `len` are valid for writes
-    // of `len` bytes, and the kernel writes at most that many.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&raw mut info).cast(),
-            &raw mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(info)
-}
-
-/// Bytes ever written into `sock`'s send queue: acknowledged plus still queued.
-fn queued_bytes(sock: &TcpStream) -> io::Result<u64> {
-    let info = tcp_info(sock)?;
-    let fd = sock.as_raw_fd();
-    let mut outq: libc::c_int = 0;
-    // SAFETY: SIOCOUTQ (== TIOCOUTQ) writes one int to the pointer, which is valid.
-    let rc = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &raw mut outq) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(info.tcpi_bytes_acked + u64::try_from(outq).unwrap_or(0))
-}
-
-/// Sets `SO_RCVLOWAT`. TCP calls `data_ready` (with a sockmap: the program) only once that many
-/// bytes are queued, and setting it calls `data_ready` at once if they already are.
-fn set_rcvlowat(sock: &TcpStream, bytes: libc::c_int) {
-    // SAFETY: `sock` is an open socket; the option value is a valid c_int of the given size.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVLOWAT,
-            (&raw const bytes).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        tracing::debug!(error = %io::Error::last_os_error(), "SO_RCVLOWAT failed");
-    }
-}
-
-/// CLOCK_MONOTONIC in ns, the clock of `bpf_ktime_get_ns`.
-fn now_ns() -> u64 {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-    u64::try_from(t.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(t.tv_nsec).unwrap_or(0)
-}
-
 /// An error with its sources, on one line (aya's errors nest the errno).
 fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
@@ -614,6 +532,8 @@ fn chain(e: &dyn std::error::Error) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::mem::size_of;
+
     use super::*;
 
     /// The `#[repr(C)]` twins agree with the object's map definitions (when it was built).
