@@ -12,6 +12,16 @@ struct activity {
 	__u64 last_ns; /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
 };
 
+/* Value of the `flows` hash, keyed by the cookie of the socket that receives the bytes. */
+struct flow {
+	__u64 base; /* what the peer's send queue had taken before the session was inserted */
+	__u32 held; /* 1 once the program told userspace the peer fell behind; userspace clears it */
+	__u32 pad;
+};
+
+/* Bytes one direction may have handed on beyond what the peer's send queue took. */
+#define BACKLOG_LIMIT (4u << 20)
+
 /* Index of the `totals` per-CPU array. */
 enum total {
 	TOTAL_REDIRECTED_BYTES = 0,

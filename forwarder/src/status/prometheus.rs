@@ -94,6 +94,12 @@ pub fn render(st: &Status) -> String {
             "Segments the sockmap program could not repair; each reset its session.",
             vec![(String::new(), b.faults.to_string())],
         );
+        family(
+            "forwarder_sockmap_holds_total",
+            "counter",
+            "Times a sockmap socket was held out of the program until its slow peer caught up.",
+            vec![(String::new(), b.holds.to_string())],
+        );
     }
     family(
         "forwarder_ready",

@@ -21,27 +21,35 @@
 //!   before the redirect (counted in `trimmed_bytes`); one it cannot repair puts the socket in
 //!   the `broken` map, whose bytes are dropped from then on: the session is reset at the next
 //!   timer tick or before any EOF is passed on, counted as `faults`, never forwarded corrupt.
+//! - A peer that falls [`backlog::LIMIT`] behind gets its partner held out of `hooks` until it
+//!   caught up, so kernel memory stays bounded (see [`backlog`]).
 //! - Map entries are always removed at the end (closing a socket would also unlink it).
 
 // unsafe: aya::Pod for Activity (the socket syscalls are in `sockopt`).
 #![allow(unsafe_code)]
 
+mod backlog;
+mod load;
 mod sockopt;
+
+use load::chain;
+pub use load::LoadError;
 
 use std::io;
 use std::net::Shutdown;
 use std::os::fd::{AsFd, AsRawFd};
-use std::sync::atomic::Ordering;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, SockHash};
-use aya::programs::SkSkb;
 use aya::Ebpf;
 use socket2::SockRef;
+use tokio::sync::Notify;
 
 use super::{cut_end, reset, Session};
 use crate::metrics::End;
+use backlog::{Flow, Waiters};
 use sockopt::{closed, now_ns, queued_bytes, set_rcvlowat, tcp_info};
 
 /// The program, compiled by `build.rs` (empty when clang-19 or the headers were missing).
@@ -72,7 +80,12 @@ pub struct Sockmap {
     hooks: Mutex<SockHash<MapData, u64>>,
     activity: Mutex<PerCpuHashMap<MapData, u64, Activity>>,
     broken: Mutex<HashMap<MapData, u64, u8>>,
+    flows: Mutex<HashMap<MapData, u64, Flow>>,
     totals: PerCpuArray<MapData, u64>,
+    /// Sessions to wake when the program holds one of their sockets.
+    waiters: Waiters,
+    /// Times a socket was held because its peer fell behind.
+    holds: AtomicU64,
     ncpus: usize,
     /// Keeps the program loaded and attached.
     _ebpf: Ebpf,
@@ -89,6 +102,8 @@ pub struct Totals {
     pub trimmed_bytes: u64,
     /// Skbs the program could not repair; each reset its session.
     pub faults: u64,
+    /// Times a socket was held out of the program because its peer fell behind.
+    pub holds: u64,
 }
 
 /// Why inserting a session failed.
@@ -103,105 +118,7 @@ pub enum AttachError {
     Other(String),
 }
 
-/// Why the program cannot be loaded and attached here.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    /// `build.rs` could not compile the program, so the binary embeds none.
-    #[error(
-        "this binary was built without the BPF object: install clang-19, libbpf-dev \
-         and linux-libc-dev (`cargo xtask build-ebpf` does, as root), then rebuild the \
-         forwarder"
-    )]
-    NoObject,
-    /// Loading the object failed (the error with its sources, on one line).
-    #[error("loading the BPF object failed: {0}")]
-    Object(String),
-    /// A map the loader expects is not in the object: its name.
-    #[error("the BPF object has no `{0}` map")]
-    NoMap(&'static str),
-    /// A map is not of the type the loader expects: its name and aya's error.
-    #[error("map `{0}`: {1}")]
-    Map(&'static str, aya::maps::MapError),
-    /// The object has no program named `redirect`.
-    #[error("the BPF object has no `redirect` program")]
-    NoProgram,
-    /// `redirect` is not an `sk_skb` program.
-    #[error("program `redirect`: {0}")]
-    Program(aya::programs::ProgramError),
-    /// The verifier's refusal, with its sources on one line.
-    #[error("the verifier rejected `redirect`: {0}")]
-    Verifier(String),
-    /// Duplicating the `peers` map's descriptor to attach to failed.
-    #[error("dup of the map fd: {0}")]
-    Dup(io::Error),
-    /// The attach error, with its sources on one line.
-    #[error("attaching `redirect` as stream_verdict: {0}")]
-    Attach(String),
-    /// The number of possible CPUs, which sizes the per-CPU values, could not be read.
-    #[error("counting CPUs: {0}")]
-    Cpus(io::Error),
-}
-
 impl Sockmap {
-    /// Loads the embedded program with room for `sessions` sessions and attaches it.
-    pub fn load(sessions: u32) -> Result<Sockmap, LoadError> {
-        if OBJECT.is_empty() {
-            return Err(LoadError::NoObject);
-        }
-        let entries = sessions.saturating_mul(2).max(2);
-        let mut ebpf = aya::EbpfLoader::new()
-            .set_max_entries("peers", entries)
-            .set_max_entries("hooks", entries)
-            .set_max_entries("activity", entries)
-            .set_max_entries("broken", entries)
-            .load(OBJECT)
-            .map_err(|e| LoadError::Object(chain(&e)))?;
-        let peers: SockHash<MapData, u64> = ebpf
-            .take_map("peers")
-            .ok_or(LoadError::NoMap("peers"))?
-            .try_into()
-            .map_err(|e| LoadError::Map("peers", e))?;
-        let hooks: SockHash<MapData, u64> = ebpf
-            .take_map("hooks")
-            .ok_or(LoadError::NoMap("hooks"))?
-            .try_into()
-            .map_err(|e| LoadError::Map("hooks", e))?;
-        let activity: PerCpuHashMap<MapData, u64, Activity> = ebpf
-            .take_map("activity")
-            .ok_or(LoadError::NoMap("activity"))?
-            .try_into()
-            .map_err(|e| LoadError::Map("activity", e))?;
-        let broken: HashMap<MapData, u64, u8> = ebpf
-            .take_map("broken")
-            .ok_or(LoadError::NoMap("broken"))?
-            .try_into()
-            .map_err(|e| LoadError::Map("broken", e))?;
-        let totals: PerCpuArray<MapData, u64> = ebpf
-            .take_map("totals")
-            .ok_or(LoadError::NoMap("totals"))?
-            .try_into()
-            .map_err(|e| LoadError::Map("totals", e))?;
-        let prog: &mut SkSkb = ebpf
-            .program_mut("redirect")
-            .ok_or(LoadError::NoProgram)?
-            .try_into()
-            .map_err(LoadError::Program)?;
-        prog.load().map_err(|e| LoadError::Verifier(chain(&e)))?;
-        let map_fd = hooks.fd().try_clone().map_err(LoadError::Dup)?;
-        prog.attach(&map_fd)
-            .map_err(|e| LoadError::Attach(chain(&e)))?;
-        let ncpus = aya::util::nr_cpus().map_err(|(_, e)| LoadError::Cpus(e))?;
-        Ok(Sockmap {
-            peers: Mutex::new(peers),
-            hooks: Mutex::new(hooks),
-            activity: Mutex::new(activity),
-            broken: Mutex::new(broken),
-            totals,
-            ncpus,
-            _ebpf: ebpf,
-        })
-    }
-
     /// Sums the per-CPU totals.
     pub fn totals(&self) -> Totals {
         let sum = |i| {
@@ -215,6 +132,7 @@ impl Sockmap {
             passed_bytes: sum(TOTAL_PASSED),
             trimmed_bytes: sum(TOTAL_TRIMMED),
             faults: sum(TOTAL_FAULTS),
+            holds: self.holds.load(Ordering::Relaxed),
         }
     }
 
@@ -245,6 +163,15 @@ impl Sockmap {
             act.insert(client, z1, 0)?;
             act.insert(server, z2, 0)?;
             drop(act);
+            // Keyed by the receiving socket; the base is what its peer's queue already took.
+            let mut flows = self.flows.lock().unwrap_or_else(|p| p.into_inner());
+            let flow = |base| Flow {
+                base,
+                ..Flow::default()
+            };
+            flows.insert(client, flow(base[1]), 0)?;
+            flows.insert(server, flow(base[0]), 0)?;
+            drop(flows);
             let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
             // Each socket goes in under the other's cookie: the program looks up its own.
             peers.insert(client, s.server.as_raw_fd(), 0)?;
@@ -289,6 +216,41 @@ impl Sockmap {
         let mut broken = self.broken.lock().unwrap_or_else(|p| p.into_inner());
         let _ = broken.remove(&a.client);
         let _ = broken.remove(&a.server);
+        drop(broken);
+        let mut flows = self.flows.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = flows.remove(&a.client);
+        let _ = flows.remove(&a.server);
+        drop(flows);
+        let mut w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        w.remove(&a.client);
+        w.remove(&a.server);
+    }
+
+    /// Whether the program pushed the socket with `cookie` into `held`.
+    fn is_held(&self, cookie: u64) -> bool {
+        let flows = self.flows.lock().unwrap_or_else(|p| p.into_inner());
+        flows.get(&cookie, 0).is_ok_and(|f| f.held != 0)
+    }
+
+    /// Stops running the program on the socket with `cookie` (it stays in `peers`).
+    fn unhook(&self, cookie: u64) -> Result<(), aya::maps::MapError> {
+        let mut hooks = self.hooks.lock().unwrap_or_else(|p| p.into_inner());
+        hooks.remove(&cookie)
+    }
+
+    /// Clears `held` for the socket `sock` with `cookie` and puts it back into `hooks`.
+    fn release(
+        &self,
+        cookie: u64,
+        sock: &tokio::net::TcpStream,
+    ) -> Result<(), aya::maps::MapError> {
+        let mut flows = self.flows.lock().unwrap_or_else(|p| p.into_inner());
+        let mut f = flows.get(&cookie, 0)?;
+        f.held = 0;
+        flows.insert(cookie, f, 0)?;
+        drop(flows);
+        let mut hooks = self.hooks.lock().unwrap_or_else(|p| p.into_inner());
+        hooks.insert(cookie, sock.as_raw_fd(), 0)
     }
 
     /// Whether the program marked either socket of the session broken.
@@ -312,6 +274,12 @@ impl Sockmap {
 
     /// Runs an attached session to its end.
     pub async fn relay(&self, s: Session, a: Attached) -> End {
+        let held = Arc::new(Notify::new());
+        {
+            let mut w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+            w.insert(a.client, Arc::clone(&held));
+            w.insert(a.server, Arc::clone(&held));
+        }
         // Runs the program, under the socket lock, over bytes that arrived before the insertion.
         set_rcvlowat(&s.client, 1);
         set_rcvlowat(&s.server, 1);
@@ -319,6 +287,7 @@ impl Sockmap {
             map: self,
             a: &a,
             s: &s,
+            held: &held,
             counted: [0, 0],
             last_ns: [now_ns(), now_ns()],
         };
@@ -351,6 +320,8 @@ struct Run<'a> {
     map: &'a Sockmap,
     a: &'a Attached,
     s: &'a Session,
+    /// Woken when the program holds a socket of this session.
+    held: &'a Notify,
     /// Bytes already added to the service counters, per source (0: client, 1: server).
     counted: [u64; 2],
     /// Last activity seen per source.
@@ -386,6 +357,14 @@ impl Run<'_> {
                         tracing::debug!(error = %e, "server socket failed");
                         return End::Reset;
                     }
+                },
+                _ = self.held.notified() => match self.hold().await {
+                    Ok(ended) => {
+                        for i in 0..2 {
+                            done[i] |= ended[i];
+                        }
+                    }
+                    Err(end) => return end,
                 },
                 _ = tokio::time::sleep(tick) => {
                     if let Some(end) = self.broken().or_else(|| self.idle()) { return end; }
@@ -455,7 +434,7 @@ impl Run<'_> {
         } else {
             s.svc.timeouts.client
         };
-        let start = tokio::time::Instant::now();
+        let (mut progress, mut start) = (0, tokio::time::Instant::now());
         let mut pause = Duration::from_micros(50);
         loop {
             if let Some(end) = self.broken() {
@@ -486,7 +465,10 @@ impl Run<'_> {
             if redirected == received && queued >= redirected {
                 break;
             }
-            if start.elapsed() >= limit {
+            // The limit is on the peer taking nothing: a slow one may take longer in all.
+            if queued > progress {
+                (progress, start) = (queued, tokio::time::Instant::now());
+            } else if start.elapsed() >= limit {
                 tracing::warn!(
                     service = %s.svc.name,
                     from = if from == 0 { "client" } else { "server" },
@@ -516,18 +498,6 @@ impl Run<'_> {
             }
         }
     }
-}
-
-/// An error with its sources, on one line (aya's errors nest the errno).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
 }
 
 #[cfg(test)]
@@ -561,6 +531,9 @@ mod tests {
         let broken = &obj.maps["broken"];
         assert_eq!(broken.key_size() as usize, size_of::<u64>());
         assert_eq!(broken.value_size() as usize, size_of::<u8>());
+        let flows = &obj.maps["flows"];
+        assert_eq!(flows.key_size() as usize, size_of::<u64>());
+        assert_eq!(flows.value_size() as usize, size_of::<Flow>());
         let totals = &obj.maps["totals"];
         assert_eq!(totals.value_size() as usize, size_of::<u64>());
         assert_eq!(totals.max_entries(), TOTAL_FAULTS + 1);
