@@ -6,6 +6,7 @@
 
 mod control;
 mod names;
+mod signals;
 mod states;
 
 use std::path::PathBuf;
@@ -441,6 +442,7 @@ fn warn_certificates(cfg: &Config) {
 /// Runs until SIGTERM or SIGINT; SIGHUP reloads `path`. Fails before serving anything if the
 /// requested data path cannot run here.
 pub async fn run(cfg: Config, budget: Budget, path: PathBuf, bound: Bound) -> anyhow::Result<()> {
+    let sig = signals::Signals::install()?;
     warn_certificates(&cfg);
     let selected = DataPath::select(&cfg.datapath, cfg.sockmap_sessions(), &budget)?;
     let shutdown = CancellationToken::new();
@@ -510,7 +512,7 @@ pub async fn run(cfg: Config, budget: Budget, path: PathBuf, bound: Bound) -> an
         });
     }
 
-    signals(&daemon).await?;
+    signals::wait(&daemon, sig).await?;
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     drain(&daemon).await;
     shutdown.cancel();
@@ -568,25 +570,5 @@ async fn drain(daemon: &Daemon) {
             took_ms = start.elapsed().as_millis(),
             "all sessions drained"
         );
-    }
-}
-
-/// Waits for SIGTERM or SIGINT, reloading on every SIGHUP meanwhile.
-async fn signals(daemon: &Daemon) -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
-    loop {
-        tokio::select! {
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
-            _ = hup.recv() => {
-                tracing::info!(path = %daemon.path.display(), "SIGHUP: reloading the configuration");
-                if let Err(e) = daemon.reload().await {
-                    tracing::error!("reload refused, the running configuration stays: {e}");
-                }
-            }
-        }
     }
 }
