@@ -15,11 +15,8 @@ use crate::prereq::{
     SYSTEMD_ANALYZE,
 };
 
-/// The data path modes this build has; the end-to-end suite runs in each.
+/// The data path modes this build has; the end-to-end suite runs in each (`--modes` picks some).
 pub const MODES: &[&str] = &["userspace", "uring", "sockmap"];
-/// The modes `cargo xtask test` runs without `--modes`: sockmap is experimental (a kernel 6.18
-/// skb duplication under concurrent bulk load, see README) and runs only when asked for.
-pub const DEFAULT_MODES: &[&str] = &["userspace", "uring"];
 
 /// How an end-to-end test file runs.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -104,7 +101,7 @@ pub struct TestArgs {
         long,
         value_delimiter = ',',
         value_parser = PossibleValuesParser::new(MODES),
-        default_values = DEFAULT_MODES,
+        default_values = MODES,
     )]
     modes: Vec<String>,
     /// Only run tests whose name contains this.
