@@ -4,8 +4,9 @@
 //! sends the session to the next data path, counted.
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::sync::Mutex;
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use harness::rawtcp::RawTcp;
@@ -401,85 +402,123 @@ fn meminfo(key: &str) -> i64 {
         .unwrap_or_else(|| panic!("no {key} in /proc/meminfo"))
 }
 
-/// A server that takes nothing until told, then reads slowly: the kernel queues a redirected skb
-/// on the peer without charging it to either socket, so before the hold a client here had
-/// written 5.7 GiB in 20 s (all of it in kernel memory, MemAvailable down as much) and was still
-/// going. Now its writes must block after a bounded amount (the program's 4 MiB limit plus the
-/// socket buffers), and every byte must arrive in order once the server reads, through many
-/// holds and releases.
+/// A server that takes nothing: the kernel queues a redirected skb on the peer without charging
+/// it to either socket, so before the limit a client here had parked 5.7 GiB in kernel memory
+/// in 20 s (MemAvailable down as much) and was still going. Now the program stops the session
+/// once the server is 64 MiB behind: the client is reset, the overflow counted, and kernel
+/// memory stays within the limit and the socket buffers.
 #[test]
-fn a_server_that_stops_reading_holds_the_client_back_with_bounded_memory() {
-    // Every connection waits (the health checks' too, which close at once).
-    let go = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let wait = std::sync::Arc::clone(&go);
-    let backend =
-        harness::endpoints::tcp_server_at(std::net::Ipv4Addr::LOCALHOST.into(), move |mut s| {
-            while !wait.load(std::sync::atomic::Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            // About 60 MB/s: far slower than the client, so the program holds it again and again.
-            let mut h: u64 = 0xcbf29ce484222325;
-            let mut n: u64 = 0;
-            let mut buf = vec![0u8; 64 * 1024];
-            while let Ok(k @ 1..) = s.read(&mut buf) {
-                n += k as u64;
-                for b in &buf[..k] {
-                    h ^= u64::from(*b);
-                    h = h.wrapping_mul(0x100000001b3);
-                }
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            let _ = s.write_all(format!("{n} {h:016x}").as_bytes());
-            let _ = s.shutdown(Shutdown::Write);
-        });
-    let f = started(backend, "mode = \"sockmap\"");
-    const TOTAL: usize = 96 << 20;
-    const BOUND: usize = 64 << 20;
-    let mut data = vec![0u8; TOTAL];
-    pattern(3, &mut data);
+fn a_server_that_stops_reading_gets_the_session_reset_before_kernel_memory_grows() {
+    let go = Arc::new(AtomicBool::new(false));
+    let f = started(paused_digest(Arc::clone(&go)), "mode = \"sockmap\"");
     let before = meminfo("MemAvailable:");
     let mut c = TcpStream::connect(f.listen[0]).expect("connect");
-    c.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
-    let mut sent = 0;
-    let blocked = loop {
+    c.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+    let chunk = vec![7u8; 1 << 20];
+    let (mut sent, mut most) = (0u64, 0);
+    let t0 = std::time::Instant::now();
+    let error = loop {
+        // The bytes after the limit are dropped, and the reset comes within a timer tick.
         assert!(
-            sent < BOUND,
-            "{sent} bytes taken while the server reads nothing (MemAvailable down {} MiB): the \
-             kernel keeps queueing",
-            (before - meminfo("MemAvailable:")) / 1024
+            sent < 32 << 30 && t0.elapsed() < Duration::from_secs(10),
+            "{} MiB taken in {:?} while the server reads nothing, and no reset",
+            sent >> 20,
+            t0.elapsed()
         );
-        match c.write(&data[sent..(sent + (1 << 20)).min(TOTAL)]) {
-            Ok(n) => sent += n,
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                break sent
-            }
-            Err(e) => panic!("write after {sent} bytes: {e}"),
+        match c.write(&chunk) {
+            Ok(n) => sent += n as u64,
+            Err(e) => break e,
         }
+        most = most.max(before - meminfo("MemAvailable:"));
     };
-    let held = (before - meminfo("MemAvailable:")) / 1024;
+    go.store(true, Ordering::Relaxed);
     eprintln!(
-        "server not reading: the client blocked after {} KiB, MemAvailable down {held} MiB",
-        blocked >> 10
+        "server not reading: {} after {} MiB; MemAvailable down {} MiB at most",
+        error,
+        sent >> 20,
+        most / 1024
     );
-    go.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        matches!(
+            error.kind(),
+            ErrorKind::ConnectionReset | ErrorKind::BrokenPipe
+        ),
+        "the client's writes failed otherwise: {error}"
+    );
+    assert!(
+        sent >= 64 << 20,
+        "reset before the limit: {} MiB",
+        sent >> 20
+    );
+    assert!(
+        most < 512 * 1024,
+        "MemAvailable went down {} MiB: the kernel kept queueing",
+        most / 1024
+    );
+    let bpf = &f.status().expect("status")["bpf"];
+    assert_eq!(bpf["overflows"], 1, "{bpf}");
+    assert!(
+        f.log_text().contains("fell 64 MiB behind"),
+        "{}",
+        f.log_text()
+    );
+}
+
+/// A server that takes nothing for a while, then reads slowly, with the client 48 MiB ahead
+/// (under the limit): nothing is reset and every byte arrives in order.
+#[test]
+fn a_slow_server_under_the_limit_gets_every_byte() {
+    let go = Arc::new(AtomicBool::new(false));
+    let f = started(paused_digest(Arc::clone(&go)), "mode = \"sockmap\"");
+    const TOTAL: usize = 48 << 20;
+    let mut data = vec![0u8; TOTAL];
+    pattern(3, &mut data);
+    let mut c = TcpStream::connect(f.listen[0]).expect("connect");
     c.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    if let Err(e) = c.write_all(&data[sent..]) {
-        panic!("the rest, once the server reads: {e}\n{}", f.log_text());
-    }
+    let started_reading = {
+        let go = Arc::clone(&go);
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(1));
+            go.store(true, Ordering::Relaxed);
+        })
+    };
+    c.write_all(&data).expect("write");
     c.shutdown(Shutdown::Write).unwrap();
+    started_reading.join().unwrap();
     let mut reply = String::new();
     if let Err(e) = c.read_to_string(&mut reply) {
         panic!("reply: {e}\n{}", f.log_text());
     }
+    let bpf = &f.status().expect("status")["bpf"];
     assert_eq!(
         reply,
         format!("{TOTAL} {:016x}", fnv(&data)),
-        "bytes lost, doubled or reordered"
+        "bytes lost, doubled or reordered: {bpf}"
     );
-    let bpf = &f.status().expect("status")["bpf"];
-    assert!(
-        bpf["holds"].as_u64().unwrap_or(0) >= 2,
-        "never held more than once: {bpf}"
-    );
+    assert_eq!(bpf["overflows"], 0, "{bpf}");
+}
+
+/// A backend that reads nothing until `go`, then reads slowly (about 60 MB/s: far slower than a
+/// client on loopback, so the program holds it again and again), and answers like [`digest`].
+/// Every connection waits, the health checks' too (they close at once).
+fn paused_digest(go: Arc<AtomicBool>) -> SocketAddr {
+    harness::endpoints::tcp_server_at(Ipv4Addr::LOCALHOST.into(), move |mut s| {
+        while !go.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let mut h: u64 = 0xcbf29ce484222325;
+        let mut n: u64 = 0;
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(k @ 1..) = s.read(&mut buf) {
+            n += k as u64;
+            for b in &buf[..k] {
+                h ^= u64::from(*b);
+                h = h.wrapping_mul(0x100000001b3);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let _ = s.write_all(format!("{n} {h:016x}").as_bytes());
+        let _ = s.shutdown(Shutdown::Write);
+    })
 }

@@ -62,9 +62,9 @@ pub struct BpfTotals {
     pub trimmed_bytes: u64,
     /// Skbs the program could not repair; each reset its session.
     pub faults: u64,
-    /// Times a socket was held out of the program because its peer fell behind.
+    /// Sockets whose peer fell 64 MiB behind; each reset its session.
     #[serde(default)]
-    pub holds: u64,
+    pub overflows: u64,
 }
 
 /// One service.

@@ -95,10 +95,10 @@ pub fn render(st: &Status) -> String {
             vec![(String::new(), b.faults.to_string())],
         );
         family(
-            "forwarder_sockmap_holds_total",
+            "forwarder_sockmap_overflows_total",
             "counter",
-            "Times a sockmap socket was held out of the program until its slow peer caught up.",
-            vec![(String::new(), b.holds.to_string())],
+            "Sockmap sessions reset because a peer fell 64 MiB behind its partner.",
+            vec![(String::new(), b.overflows.to_string())],
         );
     }
     family(

@@ -1,14 +1,12 @@
 //! Loading the embedded program and its maps, and attaching it to `hooks`.
 
 use std::io;
-use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
-use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf, SockHash};
+use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, SockHash};
 use aya::programs::SkSkb;
 
-use super::backlog::{self, Flow, Waiters};
-use super::{Activity, Sockmap, OBJECT};
+use super::{Activity, Flow, Sockmap, OBJECT};
 
 /// Why the program cannot be loaded and attached here.
 #[derive(Debug, thiserror::Error)]
@@ -47,19 +45,14 @@ pub enum LoadError {
     /// The number of possible CPUs, which sizes the per-CPU values, could not be read.
     #[error("counting CPUs: {0}")]
     Cpus(io::Error),
-    /// Loaded outside a tokio runtime, which reads the `held` ring buffer.
-    #[error("the sockmap needs a tokio runtime to read its `held` ring buffer")]
-    NoRuntime,
 }
 
 impl Sockmap {
-    /// Loads the embedded program with room for `sessions` sessions, attaches it, and spawns
-    /// the task that reads its `held` ring buffer on the current tokio runtime.
+    /// Loads the embedded program with room for `sessions` sessions and attaches it.
     pub fn load(sessions: u32) -> Result<Sockmap, LoadError> {
         if OBJECT.is_empty() {
             return Err(LoadError::NoObject);
         }
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| LoadError::NoRuntime)?;
         let entries = sessions.saturating_mul(2).max(2);
         let mut ebpf = aya::EbpfLoader::new()
             .set_max_entries("peers", entries)
@@ -94,11 +87,6 @@ impl Sockmap {
             .ok_or(LoadError::NoMap("flows"))?
             .try_into()
             .map_err(|e| LoadError::Map("flows", e))?;
-        let held: RingBuf<MapData> = ebpf
-            .take_map("held")
-            .ok_or(LoadError::NoMap("held"))?
-            .try_into()
-            .map_err(|e| LoadError::Map("held", e))?;
         let totals: PerCpuArray<MapData, u64> = ebpf
             .take_map("totals")
             .ok_or(LoadError::NoMap("totals"))?
@@ -114,8 +102,6 @@ impl Sockmap {
         prog.attach(&map_fd)
             .map_err(|e| LoadError::Attach(chain(&e)))?;
         let ncpus = aya::util::nr_cpus().map_err(|(_, e)| LoadError::Cpus(e))?;
-        let waiters = Waiters::default();
-        runtime.spawn(backlog::listen(held, Arc::clone(&waiters)));
         Ok(Sockmap {
             peers: Mutex::new(peers),
             hooks: Mutex::new(hooks),
@@ -123,8 +109,6 @@ impl Sockmap {
             broken: Mutex::new(broken),
             flows: Mutex::new(flows),
             totals,
-            waiters,
-            holds: AtomicU64::new(0),
             ncpus,
             _ebpf: ebpf,
         })

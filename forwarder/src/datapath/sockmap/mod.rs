@@ -21,14 +21,19 @@
 //!   before the redirect (counted in `trimmed_bytes`); one it cannot repair puts the socket in
 //!   the `broken` map, whose bytes are dropped from then on: the session is reset at the next
 //!   timer tick or before any EOF is passed on, counted as `faults`, never forwarded corrupt.
-//! - A peer that falls [`backlog::LIMIT`] behind gets its partner held out of `hooks` until it
-//!   caught up, so kernel memory stays bounded (see [`backlog`]).
+//! - Kernel memory is bounded: the kernel queues a redirected skb on the peer without charging
+//!   it to either socket, so the program marks a socket whose peer fell 64 MiB behind (bytes
+//!   handed on that the peer's send queue has not taken, the `flows` base subtracted) broken
+//!   for overflow, drops its bytes from then on, and the session is reset, counted as
+//!   `overflows`, as Redis's `client-output-buffer-limit` does. Holding the socket out of
+//!   `hooks` until the peer catches up was tried: on this kernel an skb arriving while the
+//!   verdict is taken off a socket is dropped (the verdict is cleared before `data_ready` is
+//!   restored), so a live socket never leaves the program.
 //! - Map entries are always removed at the end (closing a socket would also unlink it).
 
-// unsafe: aya::Pod for Activity (the socket syscalls are in `sockopt`).
+// unsafe: aya::Pod for Activity and Flow (the socket syscalls are in `sockopt`).
 #![allow(unsafe_code)]
 
-mod backlog;
 mod load;
 mod sockopt;
 
@@ -38,18 +43,16 @@ pub use load::LoadError;
 use std::io;
 use std::net::Shutdown;
 use std::os::fd::{AsFd, AsRawFd};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, SockHash};
 use aya::Ebpf;
 use socket2::SockRef;
-use tokio::sync::Notify;
 
 use super::{cut_end, reset, Session};
 use crate::metrics::End;
-use backlog::{Flow, Waiters};
 use sockopt::{closed, now_ns, queued_bytes, set_rcvlowat, tcp_info};
 
 /// The program, compiled by `build.rs` (empty when clang-19 or the headers were missing).
@@ -73,6 +76,21 @@ const TOTAL_REDIRECTED: u32 = 0;
 const TOTAL_PASSED: u32 = 1;
 const TOTAL_TRIMMED: u32 = 2;
 const TOTAL_FAULTS: u32 = 3;
+const TOTAL_OVERFLOWS: u32 = 4;
+
+/// Values of the `broken` hash (`enum broken` in `ebpf/forwarder.h`).
+const BROKEN_OVERFLOW: u8 = 2;
+
+/// Twin of `struct flow` in `ebpf/forwarder.h`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Flow {
+    /// What the peer's send queue had taken (`queued_bytes`) before the insertion.
+    pub base: u64,
+}
+
+// SAFETY: `Flow` is `repr(C)`, one u64; any bit pattern is valid.
+unsafe impl aya::Pod for Flow {}
 
 /// Loaded and attached program with its maps.
 pub struct Sockmap {
@@ -82,10 +100,6 @@ pub struct Sockmap {
     broken: Mutex<HashMap<MapData, u64, u8>>,
     flows: Mutex<HashMap<MapData, u64, Flow>>,
     totals: PerCpuArray<MapData, u64>,
-    /// Sessions to wake when the program holds one of their sockets.
-    waiters: Waiters,
-    /// Times a socket was held because its peer fell behind.
-    holds: AtomicU64,
     ncpus: usize,
     /// Keeps the program loaded and attached.
     _ebpf: Ebpf,
@@ -102,8 +116,8 @@ pub struct Totals {
     pub trimmed_bytes: u64,
     /// Skbs the program could not repair; each reset its session.
     pub faults: u64,
-    /// Times a socket was held out of the program because its peer fell behind.
-    pub holds: u64,
+    /// Sockets whose peer fell 64 MiB behind; each reset its session.
+    pub overflows: u64,
 }
 
 /// Why inserting a session failed.
@@ -132,7 +146,7 @@ impl Sockmap {
             passed_bytes: sum(TOTAL_PASSED),
             trimmed_bytes: sum(TOTAL_TRIMMED),
             faults: sum(TOTAL_FAULTS),
-            holds: self.holds.load(Ordering::Relaxed),
+            overflows: sum(TOTAL_OVERFLOWS),
         }
     }
 
@@ -165,10 +179,7 @@ impl Sockmap {
             drop(act);
             // Keyed by the receiving socket; the base is what its peer's queue already took.
             let mut flows = self.flows.lock().unwrap_or_else(|p| p.into_inner());
-            let flow = |base| Flow {
-                base,
-                ..Flow::default()
-            };
+            let flow = |base| Flow { base };
             flows.insert(client, flow(base[1]), 0)?;
             flows.insert(server, flow(base[0]), 0)?;
             drop(flows);
@@ -221,44 +232,14 @@ impl Sockmap {
         let _ = flows.remove(&a.client);
         let _ = flows.remove(&a.server);
         drop(flows);
-        let mut w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
-        w.remove(&a.client);
-        w.remove(&a.server);
     }
 
-    /// Whether the program pushed the socket with `cookie` into `held`.
-    fn is_held(&self, cookie: u64) -> bool {
-        let flows = self.flows.lock().unwrap_or_else(|p| p.into_inner());
-        flows.get(&cookie, 0).is_ok_and(|f| f.held != 0)
-    }
-
-    /// Stops running the program on the socket with `cookie` (it stays in `peers`).
-    fn unhook(&self, cookie: u64) -> Result<(), aya::maps::MapError> {
-        let mut hooks = self.hooks.lock().unwrap_or_else(|p| p.into_inner());
-        hooks.remove(&cookie)
-    }
-
-    /// Clears `held` for the socket `sock` with `cookie` and puts it back into `hooks`.
-    fn release(
-        &self,
-        cookie: u64,
-        sock: &tokio::net::TcpStream,
-    ) -> Result<(), aya::maps::MapError> {
-        let mut flows = self.flows.lock().unwrap_or_else(|p| p.into_inner());
-        let mut f = flows.get(&cookie, 0)?;
-        f.held = 0;
-        flows.insert(cookie, f, 0)?;
-        drop(flows);
-        let mut hooks = self.hooks.lock().unwrap_or_else(|p| p.into_inner());
-        hooks.insert(cookie, sock.as_raw_fd(), 0)
-    }
-
-    /// Whether the program marked either socket of the session broken.
-    fn is_broken(&self, a: &Attached) -> bool {
+    /// Why the program marked a socket of the session broken (`enum broken`), if it did.
+    fn broken_reason(&self, a: &Attached) -> Option<u8> {
         let broken = self.broken.lock().unwrap_or_else(|p| p.into_inner());
         [a.client, a.server]
             .iter()
-            .any(|c| broken.get(c, 0).is_ok())
+            .find_map(|c| broken.get(c, 0).ok())
     }
 
     /// Bytes redirected from the socket with `cookie`, and its last activity (CLOCK_MONOTONIC ns).
@@ -274,12 +255,6 @@ impl Sockmap {
 
     /// Runs an attached session to its end.
     pub async fn relay(&self, s: Session, a: Attached) -> End {
-        let held = Arc::new(Notify::new());
-        {
-            let mut w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
-            w.insert(a.client, Arc::clone(&held));
-            w.insert(a.server, Arc::clone(&held));
-        }
         // Runs the program, under the socket lock, over bytes that arrived before the insertion.
         set_rcvlowat(&s.client, 1);
         set_rcvlowat(&s.server, 1);
@@ -287,7 +262,6 @@ impl Sockmap {
             map: self,
             a: &a,
             s: &s,
-            held: &held,
             counted: [0, 0],
             last_ns: [now_ns(), now_ns()],
         };
@@ -320,8 +294,6 @@ struct Run<'a> {
     map: &'a Sockmap,
     a: &'a Attached,
     s: &'a Session,
-    /// Woken when the program holds a socket of this session.
-    held: &'a Notify,
     /// Bytes already added to the service counters, per source (0: client, 1: server).
     counted: [u64; 2],
     /// Last activity seen per source.
@@ -358,14 +330,6 @@ impl Run<'_> {
                         return End::Reset;
                     }
                 },
-                _ = self.held.notified() => match self.hold().await {
-                    Ok(ended) => {
-                        for i in 0..2 {
-                            done[i] |= ended[i];
-                        }
-                    }
-                    Err(end) => return end,
-                },
                 _ = tokio::time::sleep(tick) => {
                     if let Some(end) = self.broken().or_else(|| self.idle()) { return end; }
                 }
@@ -396,16 +360,23 @@ impl Run<'_> {
         acts
     }
 
-    /// A reset when the program could not repair a stream of this session.
+    /// A reset when the program could not repair a stream of this session, or a peer fell too
+    /// far behind.
     fn broken(&self) -> Option<End> {
-        if !self.map.is_broken(self.a) {
-            return None;
+        let service = &self.s.svc.name;
+        if self.map.broken_reason(self.a)? == BROKEN_OVERFLOW {
+            tracing::warn!(
+                %service,
+                "sockmap: a peer fell 64 MiB behind its partner (it takes bytes slower than they \
+                 come); the session is reset rather than let the kernel queue grow"
+            );
+        } else {
+            tracing::warn!(
+                %service,
+                "sockmap: a retransmitted segment could not be repaired in the kernel; the \
+                 session is reset rather than forward a corrupt stream"
+            );
         }
-        tracing::warn!(
-            service = %self.s.svc.name,
-            "sockmap: a retransmitted segment could not be repaired in the kernel; the session \
-             is reset rather than forward a corrupt stream"
-        );
         Some(End::Reset)
     }
 
@@ -536,6 +507,6 @@ mod tests {
         assert_eq!(flows.value_size() as usize, size_of::<Flow>());
         let totals = &obj.maps["totals"];
         assert_eq!(totals.value_size() as usize, size_of::<u64>());
-        assert_eq!(totals.max_entries(), TOTAL_FAULTS + 1);
+        assert_eq!(totals.max_entries(), TOTAL_OVERFLOWS + 1);
     }
 }
