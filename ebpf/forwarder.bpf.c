@@ -15,16 +15,7 @@
  * redirect, the program compares the skb's first sequence number with the socket's copied_seq
  * (the next byte the stream expects) and cuts the repeated head off. What it cannot repair (a
  * gap, an overlap it cannot cut) is never forwarded: the socket is marked in `broken`, its
- * bytes are dropped from then on, and userspace resets the session.
- *
- * Memory: the kernel queues a redirected skb on the peer's psock without charging it to either
- * socket, so a peer that sends slower than this socket receives (a server that stops reading)
- * would let the queue grow without bound. The program computes how many bytes it handed on that
- * the peer's send queue has not taken yet; past BACKLOG_LIMIT it marks the socket in `broken`
- * (reason OVERFLOW), drops its bytes from then on, and userspace resets the session, as Redis's
- * client-output-buffer-limit does with a client that does not read. Pausing the socket instead
- * (taking it out of `hooks` until the peer caught up) loses data on this kernel: the verdict is
- * cleared before data_ready is restored, and an skb arriving in between is dropped. */
+ * bytes are dropped from then on, and userspace resets the session. */
 
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
@@ -60,8 +51,8 @@ struct {
 	__type(value, __u64);
 } totals SEC(".maps");
 
-/* Sockets whose stream could not be repaired or whose peer fell too far behind (key: cookie;
- * value: enum broken). Userspace resets their session and removes the entry. */
+/* Sockets whose stream could not be repaired (key: cookie; value unused). Userspace resets their
+ * session and removes the entry. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
@@ -69,24 +60,11 @@ struct {
 	__type(value, __u8);
 } broken SEC(".maps");
 
-/* Per receiving socket (key: its cookie), written by userspace at insertion. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__type(key, __u64);
-	__type(value, struct flow);
-} flows SEC(".maps");
-
-/* The fields of the kernel's struct tcp_sock the program reads, relocated by name and type
- * against the running kernel's BTF (CO-RE). copied_seq is the sequence number of the next byte
- * the stream consumes: while the program runs on an skb, that is where the skb should start. */
+/* The one field of the kernel's struct tcp_sock the program reads, relocated by name and type
+ * against the running kernel's BTF (CO-RE): the sequence number of the next byte the stream
+ * consumes. While the program runs on an skb, that is where the skb should start. */
 struct tcp_sock {
-	__u32 rcv_nxt;
 	__u32 copied_seq;
-	__u32 snd_una;
-	__u32 write_seq;
-	__u64 bytes_received;
-	__u64 bytes_acked;
 } __attribute__((preserve_access_index));
 
 /* bpf_skb_adjust_room() removes at most 4,095 bytes per call (0xfff); 17 calls cover 64 KiB,
@@ -102,11 +80,13 @@ static __always_inline void count(__u32 which, __u64 n)
 		*t += n;
 }
 
-/* Marks the socket broken for `reason`, counts it in `total`, and drops the skb. */
-static __always_inline int fault(__u64 *cookie, __u8 reason, __u32 total)
+/* Marks the socket broken and drops the skb. */
+static __always_inline int fault(__u64 *cookie)
 {
-	bpf_map_update_elem(&broken, cookie, &reason, BPF_ANY);
-	count(total, 1);
+	__u8 one = 1;
+
+	bpf_map_update_elem(&broken, cookie, &one, BPF_ANY);
+	count(TOTAL_FAULTS, 1);
 	return SK_DROP;
 }
 
@@ -153,36 +133,6 @@ static __always_inline enum repair repair(struct __sk_buff *skb)
 	return over ? BROKEN : REPAIRED;
 }
 
-/* Whether the bytes this socket handed on exceed what its peer's send queue took by more than
- * BACKLOG_LIMIT. */
-static __always_inline int overflows(struct __sk_buff *skb, __u64 *cookie)
-{
-	struct flow *f = bpf_map_lookup_elem(&flows, cookie);
-	struct bpf_sock *sk = skb->sk, *peer;
-	struct tcp_sock *tp, *pt;
-	__u64 consumed, written;
-	int over = 0;
-
-	if (!f || !sk)
-		return 0;
-	tp = bpf_skc_to_tcp_sock(sk);
-	if (!tp)
-		return 0;
-	peer = bpf_map_lookup_elem(&peers, cookie);
-	if (!peer)
-		return 0;
-	pt = bpf_skc_to_tcp_sock(peer);
-	if (pt) {
-		/* Received and consumed (everything consumed was handed on), against what the
-		 * peer's send queue ever took (acknowledged plus still queued). */
-		consumed = tp->bytes_received - (__u32)(tp->rcv_nxt - tp->copied_seq);
-		written = pt->bytes_acked + (__u32)(pt->write_seq - pt->snd_una);
-		over = consumed > written - f->base + BACKLOG_LIMIT;
-	}
-	bpf_sk_release(peer);
-	return over;
-}
-
 SEC("sk_skb/stream_verdict")
 int redirect(struct __sk_buff *skb)
 {
@@ -203,10 +153,8 @@ int redirect(struct __sk_buff *skb)
 	case ALL_SEEN:
 		return SK_DROP;
 	default:
-		return fault(&cookie, BROKEN_UNREPAIRABLE, TOTAL_FAULTS);
+		return fault(&cookie);
 	}
-	if (overflows(skb, &cookie))
-		return fault(&cookie, BROKEN_OVERFLOW, TOTAL_OVERFLOWS);
 
 	verdict = bpf_sk_redirect_hash(skb, &peers, &cookie, 0);
 	if (verdict != SK_PASS) {

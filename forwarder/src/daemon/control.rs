@@ -44,7 +44,6 @@ impl admin::Control for Daemon {
                 passed_bytes: t.passed_bytes,
                 trimmed_bytes: t.trimmed_bytes,
                 faults: t.faults,
-                overflows: t.overflows,
             }),
             pipes_held: self.datapath.pipes_held(),
             accept_errors: self.global.accept_errors.load(Ordering::Relaxed),

@@ -62,9 +62,6 @@ pub struct BpfTotals {
     pub trimmed_bytes: u64,
     /// Skbs the program could not repair; each reset its session.
     pub faults: u64,
-    /// Sockets whose peer fell 64 MiB behind; each reset its session.
-    #[serde(default)]
-    pub overflows: u64,
 }
 
 /// One service.

@@ -94,12 +94,6 @@ pub fn render(st: &Status) -> String {
             "Segments the sockmap program could not repair; each reset its session.",
             vec![(String::new(), b.faults.to_string())],
         );
-        family(
-            "forwarder_sockmap_overflows_total",
-            "counter",
-            "Sockmap sessions reset because a peer fell 64 MiB behind its partner.",
-            vec![(String::new(), b.overflows.to_string())],
-        );
     }
     family(
         "forwarder_ready",

@@ -21,24 +21,12 @@
 //!   before the redirect (counted in `trimmed_bytes`); one it cannot repair puts the socket in
 //!   the `broken` map, whose bytes are dropped from then on: the session is reset at the next
 //!   timer tick or before any EOF is passed on, counted as `faults`, never forwarded corrupt.
-//! - Kernel memory is bounded: the kernel queues a redirected skb on the peer without charging
-//!   it to either socket, so the program marks a socket whose peer fell 64 MiB behind (bytes
-//!   handed on that the peer's send queue has not taken, the `flows` base subtracted) broken
-//!   for overflow, drops its bytes from then on, and the session is reset, counted as
-//!   `overflows`, as Redis's `client-output-buffer-limit` does. Holding the socket out of
-//!   `hooks` until the peer catches up was tried: on this kernel an skb arriving while the
-//!   verdict is taken off a socket is dropped (the verdict is cleared before `data_ready` is
-//!   restored), so a live socket never leaves the program.
 //! - Map entries are always removed at the end (closing a socket would also unlink it).
 
-// unsafe: aya::Pod for Activity and Flow (the socket syscalls are in `sockopt`).
+// unsafe: aya::Pod for Activity (the socket syscalls are in `sockopt`).
 #![allow(unsafe_code)]
 
-mod load;
 mod sockopt;
-
-use load::chain;
-pub use load::LoadError;
 
 use std::io;
 use std::net::Shutdown;
@@ -48,6 +36,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, SockHash};
+use aya::programs::SkSkb;
 use aya::Ebpf;
 use socket2::SockRef;
 
@@ -76,21 +65,6 @@ const TOTAL_REDIRECTED: u32 = 0;
 const TOTAL_PASSED: u32 = 1;
 const TOTAL_TRIMMED: u32 = 2;
 const TOTAL_FAULTS: u32 = 3;
-const TOTAL_OVERFLOWS: u32 = 4;
-
-/// Values of the `broken` hash (`enum broken` in `ebpf/forwarder.h`).
-const BROKEN_OVERFLOW: u8 = 2;
-
-/// Twin of `struct flow` in `ebpf/forwarder.h`.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Flow {
-    /// What the peer's send queue had taken (`queued_bytes`) before the insertion.
-    pub base: u64,
-}
-
-// SAFETY: `Flow` is `repr(C)`, one u64; any bit pattern is valid.
-unsafe impl aya::Pod for Flow {}
 
 /// Loaded and attached program with its maps.
 pub struct Sockmap {
@@ -98,7 +72,6 @@ pub struct Sockmap {
     hooks: Mutex<SockHash<MapData, u64>>,
     activity: Mutex<PerCpuHashMap<MapData, u64, Activity>>,
     broken: Mutex<HashMap<MapData, u64, u8>>,
-    flows: Mutex<HashMap<MapData, u64, Flow>>,
     totals: PerCpuArray<MapData, u64>,
     ncpus: usize,
     /// Keeps the program loaded and attached.
@@ -116,8 +89,6 @@ pub struct Totals {
     pub trimmed_bytes: u64,
     /// Skbs the program could not repair; each reset its session.
     pub faults: u64,
-    /// Sockets whose peer fell 64 MiB behind; each reset its session.
-    pub overflows: u64,
 }
 
 /// Why inserting a session failed.
@@ -132,7 +103,105 @@ pub enum AttachError {
     Other(String),
 }
 
+/// Why the program cannot be loaded and attached here.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// `build.rs` could not compile the program, so the binary embeds none.
+    #[error(
+        "this binary was built without the BPF object: install clang-19, libbpf-dev \
+         and linux-libc-dev (`cargo xtask build-ebpf` does, as root), then rebuild the \
+         forwarder"
+    )]
+    NoObject,
+    /// Loading the object failed (the error with its sources, on one line).
+    #[error("loading the BPF object failed: {0}")]
+    Object(String),
+    /// A map the loader expects is not in the object: its name.
+    #[error("the BPF object has no `{0}` map")]
+    NoMap(&'static str),
+    /// A map is not of the type the loader expects: its name and aya's error.
+    #[error("map `{0}`: {1}")]
+    Map(&'static str, aya::maps::MapError),
+    /// The object has no program named `redirect`.
+    #[error("the BPF object has no `redirect` program")]
+    NoProgram,
+    /// `redirect` is not an `sk_skb` program.
+    #[error("program `redirect`: {0}")]
+    Program(aya::programs::ProgramError),
+    /// The verifier's refusal, with its sources on one line.
+    #[error("the verifier rejected `redirect`: {0}")]
+    Verifier(String),
+    /// Duplicating the `peers` map's descriptor to attach to failed.
+    #[error("dup of the map fd: {0}")]
+    Dup(io::Error),
+    /// The attach error, with its sources on one line.
+    #[error("attaching `redirect` as stream_verdict: {0}")]
+    Attach(String),
+    /// The number of possible CPUs, which sizes the per-CPU values, could not be read.
+    #[error("counting CPUs: {0}")]
+    Cpus(io::Error),
+}
+
 impl Sockmap {
+    /// Loads the embedded program with room for `sessions` sessions and attaches it.
+    pub fn load(sessions: u32) -> Result<Sockmap, LoadError> {
+        if OBJECT.is_empty() {
+            return Err(LoadError::NoObject);
+        }
+        let entries = sessions.saturating_mul(2).max(2);
+        let mut ebpf = aya::EbpfLoader::new()
+            .set_max_entries("peers", entries)
+            .set_max_entries("hooks", entries)
+            .set_max_entries("activity", entries)
+            .set_max_entries("broken", entries)
+            .load(OBJECT)
+            .map_err(|e| LoadError::Object(chain(&e)))?;
+        let peers: SockHash<MapData, u64> = ebpf
+            .take_map("peers")
+            .ok_or(LoadError::NoMap("peers"))?
+            .try_into()
+            .map_err(|e| LoadError::Map("peers", e))?;
+        let hooks: SockHash<MapData, u64> = ebpf
+            .take_map("hooks")
+            .ok_or(LoadError::NoMap("hooks"))?
+            .try_into()
+            .map_err(|e| LoadError::Map("hooks", e))?;
+        let activity: PerCpuHashMap<MapData, u64, Activity> = ebpf
+            .take_map("activity")
+            .ok_or(LoadError::NoMap("activity"))?
+            .try_into()
+            .map_err(|e| LoadError::Map("activity", e))?;
+        let broken: HashMap<MapData, u64, u8> = ebpf
+            .take_map("broken")
+            .ok_or(LoadError::NoMap("broken"))?
+            .try_into()
+            .map_err(|e| LoadError::Map("broken", e))?;
+        let totals: PerCpuArray<MapData, u64> = ebpf
+            .take_map("totals")
+            .ok_or(LoadError::NoMap("totals"))?
+            .try_into()
+            .map_err(|e| LoadError::Map("totals", e))?;
+        let prog: &mut SkSkb = ebpf
+            .program_mut("redirect")
+            .ok_or(LoadError::NoProgram)?
+            .try_into()
+            .map_err(LoadError::Program)?;
+        prog.load().map_err(|e| LoadError::Verifier(chain(&e)))?;
+        let map_fd = hooks.fd().try_clone().map_err(LoadError::Dup)?;
+        prog.attach(&map_fd)
+            .map_err(|e| LoadError::Attach(chain(&e)))?;
+        let ncpus = aya::util::nr_cpus().map_err(|(_, e)| LoadError::Cpus(e))?;
+        Ok(Sockmap {
+            peers: Mutex::new(peers),
+            hooks: Mutex::new(hooks),
+            activity: Mutex::new(activity),
+            broken: Mutex::new(broken),
+            totals,
+            ncpus,
+            _ebpf: ebpf,
+        })
+    }
+
     /// Sums the per-CPU totals.
     pub fn totals(&self) -> Totals {
         let sum = |i| {
@@ -146,7 +215,6 @@ impl Sockmap {
             passed_bytes: sum(TOTAL_PASSED),
             trimmed_bytes: sum(TOTAL_TRIMMED),
             faults: sum(TOTAL_FAULTS),
-            overflows: sum(TOTAL_OVERFLOWS),
         }
     }
 
@@ -177,12 +245,6 @@ impl Sockmap {
             act.insert(client, z1, 0)?;
             act.insert(server, z2, 0)?;
             drop(act);
-            // Keyed by the receiving socket; the base is what its peer's queue already took.
-            let mut flows = self.flows.lock().unwrap_or_else(|p| p.into_inner());
-            let flow = |base| Flow { base };
-            flows.insert(client, flow(base[1]), 0)?;
-            flows.insert(server, flow(base[0]), 0)?;
-            drop(flows);
             let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
             // Each socket goes in under the other's cookie: the program looks up its own.
             peers.insert(client, s.server.as_raw_fd(), 0)?;
@@ -227,19 +289,14 @@ impl Sockmap {
         let mut broken = self.broken.lock().unwrap_or_else(|p| p.into_inner());
         let _ = broken.remove(&a.client);
         let _ = broken.remove(&a.server);
-        drop(broken);
-        let mut flows = self.flows.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = flows.remove(&a.client);
-        let _ = flows.remove(&a.server);
-        drop(flows);
     }
 
-    /// Why the program marked a socket of the session broken (`enum broken`), if it did.
-    fn broken_reason(&self, a: &Attached) -> Option<u8> {
+    /// Whether the program marked either socket of the session broken.
+    fn is_broken(&self, a: &Attached) -> bool {
         let broken = self.broken.lock().unwrap_or_else(|p| p.into_inner());
         [a.client, a.server]
             .iter()
-            .find_map(|c| broken.get(c, 0).ok())
+            .any(|c| broken.get(c, 0).is_ok())
     }
 
     /// Bytes redirected from the socket with `cookie`, and its last activity (CLOCK_MONOTONIC ns).
@@ -360,23 +417,16 @@ impl Run<'_> {
         acts
     }
 
-    /// A reset when the program could not repair a stream of this session, or a peer fell too
-    /// far behind.
+    /// A reset when the program could not repair a stream of this session.
     fn broken(&self) -> Option<End> {
-        let service = &self.s.svc.name;
-        if self.map.broken_reason(self.a)? == BROKEN_OVERFLOW {
-            tracing::warn!(
-                %service,
-                "sockmap: a peer fell 64 MiB behind its partner (it takes bytes slower than they \
-                 come); the session is reset rather than let the kernel queue grow"
-            );
-        } else {
-            tracing::warn!(
-                %service,
-                "sockmap: a retransmitted segment could not be repaired in the kernel; the \
-                 session is reset rather than forward a corrupt stream"
-            );
+        if !self.map.is_broken(self.a) {
+            return None;
         }
+        tracing::warn!(
+            service = %self.s.svc.name,
+            "sockmap: a retransmitted segment could not be repaired in the kernel; the session \
+             is reset rather than forward a corrupt stream"
+        );
         Some(End::Reset)
     }
 
@@ -471,6 +521,18 @@ impl Run<'_> {
     }
 }
 
+/// An error with its sources, on one line (aya's errors nest the errno).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use std::mem::size_of;
@@ -502,11 +564,8 @@ mod tests {
         let broken = &obj.maps["broken"];
         assert_eq!(broken.key_size() as usize, size_of::<u64>());
         assert_eq!(broken.value_size() as usize, size_of::<u8>());
-        let flows = &obj.maps["flows"];
-        assert_eq!(flows.key_size() as usize, size_of::<u64>());
-        assert_eq!(flows.value_size() as usize, size_of::<Flow>());
         let totals = &obj.maps["totals"];
         assert_eq!(totals.value_size() as usize, size_of::<u64>());
-        assert_eq!(totals.max_entries(), TOTAL_OVERFLOWS + 1);
+        assert_eq!(totals.max_entries(), TOTAL_FAULTS + 1);
     }
 }
