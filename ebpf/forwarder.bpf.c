@@ -15,7 +15,15 @@
  * redirect, the program compares the skb's first sequence number with the socket's copied_seq
  * (the next byte the stream expects) and cuts the repeated head off. What it cannot repair (a
  * gap, an overlap it cannot cut) is never forwarded: the socket is marked in `broken`, its
- * bytes are dropped from then on, and userspace resets the session. */
+ * bytes are dropped from then on, and userspace resets the session.
+ *
+ * Memory: the kernel queues a redirected skb on the peer's psock without charging it to either
+ * socket, so a peer that takes bytes slower than its partner sends them (a server that stops
+ * reading, or just a send path slower than the receive path) would let that queue grow without
+ * bound. The program computes how many bytes it handed on that the peer's send queue has not
+ * taken yet; past BACKLOG_LIMIT it tells userspace once (the `spills` ring buffer), which takes
+ * the session out of the kernel path and finishes it in userspace, under TCP's own
+ * backpressure. */
 
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
@@ -60,11 +68,30 @@ struct {
 	__type(value, __u8);
 } broken SEC(".maps");
 
-/* The one field of the kernel's struct tcp_sock the program reads, relocated by name and type
- * against the running kernel's BTF (CO-RE): the sequence number of the next byte the stream
- * consumes. While the program runs on an skb, that is where the skb should start. */
+/* Per receiving socket (key: its cookie), written by userspace at insertion. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct flow);
+} flows SEC(".maps");
+
+/* Cookies of sockets whose peer fell BACKLOG_LIMIT behind. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 64 * 1024);
+} spills SEC(".maps");
+
+/* The fields of the kernel's struct tcp_sock the program reads, relocated by name and type
+ * against the running kernel's BTF (CO-RE). copied_seq is the sequence number of the next byte
+ * the stream consumes: while the program runs on an skb, that is where the skb should start. */
 struct tcp_sock {
+	__u32 rcv_nxt;
 	__u32 copied_seq;
+	__u32 snd_una;
+	__u32 write_seq;
+	__u64 bytes_received;
+	__u64 bytes_acked;
 } __attribute__((preserve_access_index));
 
 /* bpf_skb_adjust_room() removes at most 4,095 bytes per call (0xfff); 17 calls cover 64 KiB,
@@ -133,6 +160,36 @@ static __always_inline enum repair repair(struct __sk_buff *skb)
 	return over ? BROKEN : REPAIRED;
 }
 
+/* Tells userspace (once) when the bytes this socket handed on exceed what its peer's send queue
+ * took by more than BACKLOG_LIMIT. */
+static __always_inline void watch(struct __sk_buff *skb, __u64 *cookie)
+{
+	struct flow *f = bpf_map_lookup_elem(&flows, cookie);
+	struct bpf_sock *sk = skb->sk, *peer;
+	struct tcp_sock *tp, *pt;
+	__u64 consumed, written;
+
+	if (!f || f->spilled || !sk)
+		return;
+	tp = bpf_skc_to_tcp_sock(sk);
+	if (!tp)
+		return;
+	peer = bpf_map_lookup_elem(&peers, cookie);
+	if (!peer)
+		return;
+	pt = bpf_skc_to_tcp_sock(peer);
+	if (pt) {
+		/* Received and consumed (everything consumed was handed on), against what the
+		 * peer's send queue ever took (acknowledged plus still queued). */
+		consumed = tp->bytes_received - (__u32)(tp->rcv_nxt - tp->copied_seq);
+		written = pt->bytes_acked + (__u32)(pt->write_seq - pt->snd_una);
+		if (consumed > written - f->base + BACKLOG_LIMIT &&
+		    !bpf_ringbuf_output(&spills, cookie, sizeof(*cookie), BPF_RB_FORCE_WAKEUP))
+			f->spilled = 1;
+	}
+	bpf_sk_release(peer);
+}
+
 SEC("sk_skb/stream_verdict")
 int redirect(struct __sk_buff *skb)
 {
@@ -156,6 +213,7 @@ int redirect(struct __sk_buff *skb)
 		return fault(&cookie);
 	}
 
+	watch(skb, &cookie);
 	verdict = bpf_sk_redirect_hash(skb, &peers, &cookie, 0);
 	if (verdict != SK_PASS) {
 		/* No peer (yet, or any more): keep the bytes on this socket rather than drop them. */

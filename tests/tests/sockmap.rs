@@ -3,7 +3,7 @@
 //! redirect), a retransmission that overlaps delivered bytes is forwarded once, and a full map
 //! sends the session to the next data path, counted.
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -88,7 +88,8 @@ fn exchange(to: SocketAddr, request: &[u8]) -> Vec<u8> {
 #[test]
 fn payload_bypasses_userspace() {
     let f = started(tcp_server(echo), "mode = \"sockmap\"");
-    let size = 8 << 20;
+    // Under the 4 MiB a direction may fall behind before the session leaves the kernel path.
+    let size = 3 << 20;
     let mut out = vec![0u8; size];
     pattern(1, &mut out);
     let back = exchange(f.listen[0], &out);
@@ -111,6 +112,7 @@ fn payload_bypasses_userspace() {
         2 * size
     );
     assert_eq!(st["bpf"]["passed_bytes"], 0, "no byte left the fast path");
+    assert_eq!(st["bpf"]["spills"], 0, "the session left the kernel path");
     let stats = &f.service_status("plain").unwrap()["stats"];
     assert_eq!(stats["bytes_copied_in_userspace"], 0, "{stats}");
     assert_eq!(stats["bytes_client_to_server"], size as u64, "{stats}");
@@ -355,12 +357,6 @@ fn bulk_sessions_through_random_packet_drops_arrive_intact() {
         failed.len(),
         &failed[..failed.len().min(3)]
     );
-    assert!(
-        failed.is_empty(),
-        "{} of {SESSIONS} sessions failed: {:?}",
-        failed.len(),
-        &failed[..failed.len().min(3)]
-    );
     assert_eq!(bpf["faults"], 0, "{bpf}");
 }
 
@@ -390,4 +386,157 @@ fn try_exchange(to: SocketAddr, request: &[u8]) -> std::io::Result<Vec<u8>> {
     c.read_to_end(&mut back)?;
     writer.join().expect("writer")?;
     Ok(back)
+}
+
+/// Reads from `/proc/meminfo` (kB).
+fn meminfo(key: &str) -> i64 {
+    let t = std::fs::read_to_string("/proc/meminfo").expect("/proc/meminfo");
+    t.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in /proc/meminfo"))
+}
+
+/// A server that takes nothing until told, then reads slowly. The kernel queues a redirected skb
+/// on the peer without charging it to either socket, so before the spill a client here had
+/// written 5.7 GiB in 20 s (all of it in kernel memory, MemAvailable down as much) and was still
+/// going. Now the program asks for the session to leave the kernel path once 4 MiB are behind:
+/// the client's writes must block after a bounded amount, and every byte must arrive in order
+/// once the server reads, on the next data path.
+#[test]
+fn a_server_that_stops_reading_holds_the_client_back_with_bounded_memory() {
+    // Every connection waits (the health checks' too, which close at once).
+    let go = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let wait = std::sync::Arc::clone(&go);
+    let backend =
+        harness::endpoints::tcp_server_at(std::net::Ipv4Addr::LOCALHOST.into(), move |mut s| {
+            while !wait.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            // About 60 MB/s: far slower than the client.
+            let mut h: u64 = 0xcbf29ce484222325;
+            let mut n: u64 = 0;
+            let mut buf = vec![0u8; 64 * 1024];
+            while let Ok(k @ 1..) = s.read(&mut buf) {
+                n += k as u64;
+                for b in &buf[..k] {
+                    h ^= u64::from(*b);
+                    h = h.wrapping_mul(0x100000001b3);
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let _ = s.write_all(format!("{n} {h:016x}").as_bytes());
+            let _ = s.shutdown(Shutdown::Write);
+        });
+    let f = started(backend, "mode = \"sockmap\"");
+    const TOTAL: usize = 96 << 20;
+    const BOUND: usize = 64 << 20;
+    let mut data = vec![0u8; TOTAL];
+    pattern(3, &mut data);
+    let before = meminfo("MemAvailable:");
+    let mut c = TcpStream::connect(f.listen[0]).expect("connect");
+    c.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut sent = 0;
+    let blocked = loop {
+        assert!(
+            sent < BOUND,
+            "{sent} bytes taken while the server reads nothing (MemAvailable down {} MiB): the \
+             kernel keeps queueing",
+            (before - meminfo("MemAvailable:")) / 1024
+        );
+        match c.write(&data[sent..(sent + (1 << 20)).min(TOTAL)]) {
+            Ok(n) => sent += n,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                break sent
+            }
+            Err(e) => panic!("write after {sent} bytes: {e}"),
+        }
+    };
+    let held = (before - meminfo("MemAvailable:")) / 1024;
+    eprintln!(
+        "server not reading: the client blocked after {} KiB, MemAvailable down {held} MiB",
+        blocked >> 10
+    );
+    go.store(true, std::sync::atomic::Ordering::Relaxed);
+    c.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    if let Err(e) = c.write_all(&data[sent..]) {
+        panic!("the rest, once the server reads: {e}\n{}", f.log_text());
+    }
+    c.shutdown(Shutdown::Write).unwrap();
+    let mut reply = String::new();
+    if let Err(e) = c.read_to_string(&mut reply) {
+        panic!("reply: {e}\n{}", f.log_text());
+    }
+    assert_eq!(
+        reply,
+        format!("{TOTAL} {:016x}", fnv(&data)),
+        "bytes lost, doubled or reordered"
+    );
+    let bpf = &f.status().expect("status")["bpf"];
+    assert_eq!(bpf["spills"], 1, "{bpf}");
+    assert_eq!(bpf["faults"], 0, "{bpf}");
+}
+
+/// The other way round, as with a Redis client that asks for a large value and does not read it:
+/// a server sends 96 MiB to a client that reads nothing for a while. The session must leave the
+/// kernel path with the server's writes blocked after a bounded amount, and the client must get
+/// every byte in order once it reads.
+#[test]
+fn a_client_that_stops_reading_a_large_reply_holds_the_server_back() {
+    const TOTAL: usize = 96 << 20;
+    const BOUND: u64 = 64 << 20;
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let progress = std::sync::Arc::clone(&sent);
+    let backend =
+        harness::endpoints::tcp_server_at(std::net::Ipv4Addr::LOCALHOST.into(), move |mut s| {
+            // Health checks send nothing: only a client's one-byte request gets the reply.
+            let mut one = [0u8; 1];
+            if s.read_exact(&mut one).is_err() {
+                return;
+            }
+            let mut data = vec![0u8; TOTAL];
+            pattern(5, &mut data);
+            for chunk in data.chunks(1 << 20) {
+                if s.write_all(chunk).is_err() {
+                    return;
+                }
+                progress.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+            let _ = s.shutdown(Shutdown::Write);
+        });
+    let f = started(backend, "mode = \"sockmap\"");
+    let before = meminfo("MemAvailable:");
+    let mut c = TcpStream::connect(f.listen[0]).expect("connect");
+    c.write_all(b"?").unwrap();
+    // The server writes until its socket blocks: its count stops growing (for a second).
+    let (mut last, mut still) = (0, 0);
+    while still < 2 {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = sent.load(std::sync::atomic::Ordering::Relaxed);
+        (last, still) = (now, if now == last && now > 0 { still + 1 } else { 0 });
+        assert!(
+            last < BOUND,
+            "{last} bytes taken while the client reads nothing (MemAvailable down {} MiB): the \
+             kernel keeps queueing",
+            (before - meminfo("MemAvailable:")) / 1024
+        );
+    }
+    eprintln!(
+        "client not reading: the server blocked after {} KiB, MemAvailable down {} MiB",
+        last >> 10,
+        (before - meminfo("MemAvailable:")) / 1024
+    );
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut back = Vec::new();
+    if let Err(e) = c.read_to_end(&mut back) {
+        panic!("reply after {} bytes: {e}\n{}", back.len(), f.log_text());
+    }
+    let mut want = vec![0u8; TOTAL];
+    pattern(5, &mut want);
+    assert_eq!(back.len(), TOTAL, "bytes lost or doubled");
+    assert!(back == want, "bytes changed or reordered");
+    let bpf = &f.status().expect("status")["bpf"];
+    assert_eq!(bpf["spills"], 1, "{bpf}");
+    assert_eq!(bpf["faults"], 0, "{bpf}");
 }

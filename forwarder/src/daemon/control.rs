@@ -44,6 +44,7 @@ impl admin::Control for Daemon {
                 passed_bytes: t.passed_bytes,
                 trimmed_bytes: t.trimmed_bytes,
                 faults: t.faults,
+                spills: t.spills,
             }),
             pipes_held: self.datapath.pipes_held(),
             accept_errors: self.global.accept_errors.load(Ordering::Relaxed),

@@ -221,7 +221,11 @@ impl DataPath {
             DataPath::Userspace => userspace::relay(session).await,
             DataPath::Uring(u) => return u.hand_off(session),
             DataPath::Sockmap(m, next) => match m.attach(&session) {
-                Ok(a) => m.relay(session, a).await,
+                Ok(a) => match m.relay(session, a).await {
+                    Ok(end) => end,
+                    // A peer fell behind: the session goes on where TCP's windows bound memory.
+                    Err(spilled) => return Box::pin(next.run(spilled)).await,
+                },
                 Err(why) => {
                     stats
                         .sockmap_fallbacks

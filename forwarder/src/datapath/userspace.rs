@@ -145,7 +145,10 @@ pub async fn relay(mut s: Session) -> End {
         reset(&s.server);
     }
     if let Some(t) = trace.as_mut() {
-        t.bytes = act.bytes();
+        // Added: a session the sockmap spilled here counted its bytes before.
+        for (t, b) in t.bytes.iter_mut().zip(act.bytes()) {
+            *t += b;
+        }
     }
     s.svc.session_ended(trace.as_deref(), end.as_str());
     end

@@ -60,8 +60,12 @@ pub struct BpfTotals {
     pub passed_bytes: u64,
     /// Bytes retransmitted skbs repeated, cut by the program before the redirect.
     pub trimmed_bytes: u64,
-    /// Skbs the program could not repair; each reset its session.
+    /// Skbs the program could not repair (and spills that found bytes consumed without it);
+    /// each reset its session.
     pub faults: u64,
+    /// Sessions moved to the next data path because a peer fell behind.
+    #[serde(default)]
+    pub spills: u64,
 }
 
 /// One service.

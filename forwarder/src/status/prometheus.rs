@@ -94,6 +94,12 @@ pub fn render(st: &Status) -> String {
             "Segments the sockmap program could not repair; each reset its session.",
             vec![(String::new(), b.faults.to_string())],
         );
+        family(
+            "forwarder_sockmap_spills_total",
+            "counter",
+            "Sessions moved out of the sockmap to the next data path because a peer fell behind.",
+            vec![(String::new(), b.spills.to_string())],
+        );
     }
     family(
         "forwarder_ready",

@@ -21,28 +21,37 @@
 //!   before the redirect (counted in `trimmed_bytes`); one it cannot repair puts the socket in
 //!   the `broken` map, whose bytes are dropped from then on: the session is reset at the next
 //!   timer tick or before any EOF is passed on, counted as `faults`, never forwarded corrupt.
+//! - A direction whose peer falls [`spill::LIMIT`] behind (a slow reader: the kernel does not
+//!   charge redirected bytes to any socket) takes the session out of the kernel path; the
+//!   caller finishes it on the next data path (see [`spill`]).
 //! - Map entries are always removed at the end (closing a socket would also unlink it).
 
 // unsafe: aya::Pod for Activity (the socket syscalls are in `sockopt`).
 #![allow(unsafe_code)]
 
+mod load;
 mod sockopt;
+mod spill;
+
+pub use load::LoadError;
 
 use std::io;
 use std::net::Shutdown;
 use std::os::fd::{AsFd, AsRawFd};
-use std::sync::atomic::Ordering;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, SockHash};
-use aya::programs::SkSkb;
 use aya::Ebpf;
 use socket2::SockRef;
+use tokio::sync::Notify;
 
 use super::{cut_end, reset, Session};
 use crate::metrics::End;
+use load::chain;
 use sockopt::{closed, now_ns, queued_bytes, set_rcvlowat, tcp_info};
+use spill::{Flow, Waiters};
 
 /// The program, compiled by `build.rs` (empty when clang-19 or the headers were missing).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/forwarder.bpf.o"));
@@ -72,7 +81,14 @@ pub struct Sockmap {
     hooks: Mutex<SockHash<MapData, u64>>,
     activity: Mutex<PerCpuHashMap<MapData, u64, Activity>>,
     broken: Mutex<HashMap<MapData, u64, u8>>,
+    flows: Mutex<HashMap<MapData, u64, Flow>>,
     totals: PerCpuArray<MapData, u64>,
+    /// Sessions to wake when the program asks for their spill.
+    waiters: Waiters,
+    /// Sessions taken out of the kernel path because a peer fell behind.
+    spills: AtomicU64,
+    /// Faults found by userspace (bytes consumed that the program did not hand on).
+    user_faults: AtomicU64,
     ncpus: usize,
     /// Keeps the program loaded and attached.
     _ebpf: Ebpf,
@@ -87,8 +103,11 @@ pub struct Totals {
     pub passed_bytes: u64,
     /// Bytes retransmitted skbs repeated, cut before the redirect.
     pub trimmed_bytes: u64,
-    /// Skbs the program could not repair; each reset its session.
+    /// Skbs the program could not repair, and spills that found bytes the kernel consumed
+    /// without the program; each reset its session.
     pub faults: u64,
+    /// Sessions moved to the next data path because a peer fell behind.
+    pub spills: u64,
 }
 
 /// Why inserting a session failed.
@@ -103,105 +122,7 @@ pub enum AttachError {
     Other(String),
 }
 
-/// Why the program cannot be loaded and attached here.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    /// `build.rs` could not compile the program, so the binary embeds none.
-    #[error(
-        "this binary was built without the BPF object: install clang-19, libbpf-dev \
-         and linux-libc-dev (`cargo xtask build-ebpf` does, as root), then rebuild the \
-         forwarder"
-    )]
-    NoObject,
-    /// Loading the object failed (the error with its sources, on one line).
-    #[error("loading the BPF object failed: {0}")]
-    Object(String),
-    /// A map the loader expects is not in the object: its name.
-    #[error("the BPF object has no `{0}` map")]
-    NoMap(&'static str),
-    /// A map is not of the type the loader expects: its name and aya's error.
-    #[error("map `{0}`: {1}")]
-    Map(&'static str, aya::maps::MapError),
-    /// The object has no program named `redirect`.
-    #[error("the BPF object has no `redirect` program")]
-    NoProgram,
-    /// `redirect` is not an `sk_skb` program.
-    #[error("program `redirect`: {0}")]
-    Program(aya::programs::ProgramError),
-    /// The verifier's refusal, with its sources on one line.
-    #[error("the verifier rejected `redirect`: {0}")]
-    Verifier(String),
-    /// Duplicating the `peers` map's descriptor to attach to failed.
-    #[error("dup of the map fd: {0}")]
-    Dup(io::Error),
-    /// The attach error, with its sources on one line.
-    #[error("attaching `redirect` as stream_verdict: {0}")]
-    Attach(String),
-    /// The number of possible CPUs, which sizes the per-CPU values, could not be read.
-    #[error("counting CPUs: {0}")]
-    Cpus(io::Error),
-}
-
 impl Sockmap {
-    /// Loads the embedded program with room for `sessions` sessions and attaches it.
-    pub fn load(sessions: u32) -> Result<Sockmap, LoadError> {
-        if OBJECT.is_empty() {
-            return Err(LoadError::NoObject);
-        }
-        let entries = sessions.saturating_mul(2).max(2);
-        let mut ebpf = aya::EbpfLoader::new()
-            .set_max_entries("peers", entries)
-            .set_max_entries("hooks", entries)
-            .set_max_entries("activity", entries)
-            .set_max_entries("broken", entries)
-            .load(OBJECT)
-            .map_err(|e| LoadError::Object(chain(&e)))?;
-        let peers: SockHash<MapData, u64> = ebpf
-            .take_map("peers")
-            .ok_or(LoadError::NoMap("peers"))?
-            .try_into()
-            .map_err(|e| LoadError::Map("peers", e))?;
-        let hooks: SockHash<MapData, u64> = ebpf
-            .take_map("hooks")
-            .ok_or(LoadError::NoMap("hooks"))?
-            .try_into()
-            .map_err(|e| LoadError::Map("hooks", e))?;
-        let activity: PerCpuHashMap<MapData, u64, Activity> = ebpf
-            .take_map("activity")
-            .ok_or(LoadError::NoMap("activity"))?
-            .try_into()
-            .map_err(|e| LoadError::Map("activity", e))?;
-        let broken: HashMap<MapData, u64, u8> = ebpf
-            .take_map("broken")
-            .ok_or(LoadError::NoMap("broken"))?
-            .try_into()
-            .map_err(|e| LoadError::Map("broken", e))?;
-        let totals: PerCpuArray<MapData, u64> = ebpf
-            .take_map("totals")
-            .ok_or(LoadError::NoMap("totals"))?
-            .try_into()
-            .map_err(|e| LoadError::Map("totals", e))?;
-        let prog: &mut SkSkb = ebpf
-            .program_mut("redirect")
-            .ok_or(LoadError::NoProgram)?
-            .try_into()
-            .map_err(LoadError::Program)?;
-        prog.load().map_err(|e| LoadError::Verifier(chain(&e)))?;
-        let map_fd = hooks.fd().try_clone().map_err(LoadError::Dup)?;
-        prog.attach(&map_fd)
-            .map_err(|e| LoadError::Attach(chain(&e)))?;
-        let ncpus = aya::util::nr_cpus().map_err(|(_, e)| LoadError::Cpus(e))?;
-        Ok(Sockmap {
-            peers: Mutex::new(peers),
-            hooks: Mutex::new(hooks),
-            activity: Mutex::new(activity),
-            broken: Mutex::new(broken),
-            totals,
-            ncpus,
-            _ebpf: ebpf,
-        })
-    }
-
     /// Sums the per-CPU totals.
     pub fn totals(&self) -> Totals {
         let sum = |i| {
@@ -214,7 +135,8 @@ impl Sockmap {
             redirected_bytes: sum(TOTAL_REDIRECTED),
             passed_bytes: sum(TOTAL_PASSED),
             trimmed_bytes: sum(TOTAL_TRIMMED),
-            faults: sum(TOTAL_FAULTS),
+            faults: sum(TOTAL_FAULTS) + self.user_faults.load(Ordering::Relaxed),
+            spills: self.spills.load(Ordering::Relaxed),
         }
     }
 
@@ -245,6 +167,15 @@ impl Sockmap {
             act.insert(client, z1, 0)?;
             act.insert(server, z2, 0)?;
             drop(act);
+            // Keyed by the receiving socket; the base is what its peer's queue already took.
+            let mut flows = self.flows.lock().unwrap_or_else(|p| p.into_inner());
+            let flow = |base| Flow {
+                base,
+                ..Flow::default()
+            };
+            flows.insert(client, flow(base[1]), 0)?;
+            flows.insert(server, flow(base[0]), 0)?;
+            drop(flows);
             let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
             // Each socket goes in under the other's cookie: the program looks up its own.
             peers.insert(client, s.server.as_raw_fd(), 0)?;
@@ -274,14 +205,8 @@ impl Sockmap {
 
     /// Removes a session's entries (missing ones are fine).
     fn detach(&self, a: &Attached) {
-        let mut hooks = self.hooks.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = hooks.remove(&a.client);
-        let _ = hooks.remove(&a.server);
-        drop(hooks);
-        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = peers.remove(&a.client);
-        let _ = peers.remove(&a.server);
-        drop(peers);
+        let _ = self.unhook(a);
+        let _ = self.unpeer(a);
         let mut act = self.activity.lock().unwrap_or_else(|p| p.into_inner());
         let _ = act.remove(&a.client);
         let _ = act.remove(&a.server);
@@ -289,6 +214,33 @@ impl Sockmap {
         let mut broken = self.broken.lock().unwrap_or_else(|p| p.into_inner());
         let _ = broken.remove(&a.client);
         let _ = broken.remove(&a.server);
+        drop(broken);
+        let mut flows = self.flows.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = flows.remove(&a.client);
+        let _ = flows.remove(&a.server);
+        drop(flows);
+        let mut w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        w.remove(&a.client);
+        w.remove(&a.server);
+    }
+
+    /// Stops running the program on both sockets of a session (they stay in `peers`).
+    fn unhook(&self, a: &Attached) -> Result<(), aya::maps::MapError> {
+        let mut hooks = self.hooks.lock().unwrap_or_else(|p| p.into_inner());
+        let r = hooks.remove(&a.client);
+        r.and(hooks.remove(&a.server))
+    }
+
+    /// Takes both sockets of a session out of `peers`.
+    fn unpeer(&self, a: &Attached) -> Result<(), aya::maps::MapError> {
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        let r = peers.remove(&a.client);
+        r.and(peers.remove(&a.server))
+    }
+
+    /// Counts a fault userspace found.
+    fn count_fault(&self) {
+        self.user_faults.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Whether the program marked either socket of the session broken.
@@ -310,8 +262,15 @@ impl Sockmap {
             .unwrap_or_default()
     }
 
-    /// Runs an attached session to its end.
-    pub async fn relay(&self, s: Session, a: Attached) -> End {
+    /// Runs an attached session to its end, or gives it back (`Err`) out of the kernel path, for
+    /// the next data path to finish, when a peer fell behind (see [`spill`]).
+    pub async fn relay(&self, mut s: Session, a: Attached) -> Result<End, Session> {
+        let spill = Arc::new(Notify::new());
+        {
+            let mut w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+            w.insert(a.client, Arc::clone(&spill));
+            w.insert(a.server, Arc::clone(&spill));
+        }
         // Runs the program, under the socket lock, over bytes that arrived before the insertion.
         set_rcvlowat(&s.client, 1);
         set_rcvlowat(&s.server, 1);
@@ -319,24 +278,46 @@ impl Sockmap {
             map: self,
             a: &a,
             s: &s,
+            spill: &spill,
             counted: [0, 0],
             last_ns: [now_ns(), now_ns()],
         };
-        let end = run.until_end().await;
+        let outcome = run.until_end().await;
         run.count();
         let bytes = run.counted;
         self.detach(&a);
+        if let Some(t) = s.trace.as_mut() {
+            t.bytes = bytes;
+        }
+        let end = match outcome {
+            Outcome::Spilled => match spill::reregister(s) {
+                Ok(s) => {
+                    self.spills.fetch_add(1, Ordering::Relaxed);
+                    return Err(s);
+                }
+                Err(e) => {
+                    // The sockets are gone with the session: nothing to reset.
+                    tracing::warn!(error = %e, "sockmap: cannot hand a session to the next data path; it is closed");
+                    return Ok(End::Reset);
+                }
+            },
+            Outcome::End(end) => end,
+        };
         if end != End::Closed {
             reset(&s.client);
             reset(&s.server);
         }
-        let mut trace = s.trace;
-        if let Some(t) = trace.as_mut() {
-            t.bytes = bytes;
-        }
-        s.svc.session_ended(trace.as_deref(), end.as_str());
-        end
+        s.svc.session_ended(s.trace.as_deref(), end.as_str());
+        Ok(end)
     }
+}
+
+/// How [`Run::until_end`] left the session.
+enum Outcome {
+    /// It ended.
+    End(End),
+    /// It is out of the kernel path, for the next data path to finish.
+    Spilled,
 }
 
 /// A session's keys in the maps.
@@ -351,6 +332,8 @@ struct Run<'a> {
     map: &'a Sockmap,
     a: &'a Attached,
     s: &'a Session,
+    /// Woken when the program asks for this session's spill.
+    spill: &'a Notify,
     /// Bytes already added to the service counters, per source (0: client, 1: server).
     counted: [u64; 2],
     /// Last activity seen per source.
@@ -358,7 +341,7 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
-    async fn until_end(&mut self) -> End {
+    async fn until_end(&mut self) -> Outcome {
         let s = self.s;
         let t = &s.svc.timeouts;
         // Idle timeouts are checked this often (the BPF map holds the exact last activity).
@@ -369,32 +352,51 @@ impl Run<'_> {
             tokio::select! {
                 r = closed(&s.client), if !done[0] => match r {
                     Ok(()) => {
-                        if let Err(end) = self.propagate_eof(0).await { return end; }
+                        if let Err(o) = self.propagate_eof(0).await { return o; }
                         done[0] = true;
                     }
                     Err(e) => {
                         tracing::debug!(error = %e, "client socket failed");
-                        return End::Reset;
+                        return Outcome::End(End::Reset);
                     }
                 },
                 r = closed(&s.server), if !done[1] => match r {
                     Ok(()) => {
-                        if let Err(end) = self.propagate_eof(1).await { return end; }
+                        if let Err(o) = self.propagate_eof(1).await { return o; }
                         done[1] = true;
                     }
                     Err(e) => {
                         tracing::debug!(error = %e, "server socket failed");
-                        return End::Reset;
+                        return Outcome::End(End::Reset);
                     }
                 },
                 _ = tokio::time::sleep(tick) => {
-                    if let Some(end) = self.broken().or_else(|| self.idle()) { return end; }
+                    if let Some(end) = self.broken().or_else(|| self.idle()) {
+                        return Outcome::End(end);
+                    }
                 }
-                _ = s.cut.cancelled() => return cut_end(&s.svc),
+                _ = self.spill.notified() => return self.spilled().await,
+                _ = s.cut.cancelled() => return Outcome::End(cut_end(&s.svc)),
             }
             if done == [true, true] {
-                return End::Closed;
+                return Outcome::End(End::Closed);
             }
+        }
+    }
+
+    /// [`Run::spill`], unless the program could not repair a stream meanwhile.
+    async fn spilled(&mut self) -> Outcome {
+        if let Some(end) = self.broken() {
+            return Outcome::End(end);
+        }
+        tracing::debug!(
+            service = %self.s.svc.name,
+            limit = spill::LIMIT,
+            "sockmap: a peer fell behind; the session leaves the kernel path"
+        );
+        match self.spill().await {
+            Ok(()) => Outcome::Spilled,
+            Err(end) => Outcome::End(end),
         }
     }
 
@@ -446,8 +448,9 @@ impl Run<'_> {
     }
 
     /// EOF from `from` (0: client, 1: server): waits until every byte redirected from it is in
-    /// the peer's send queue, then half-closes the peer.
-    async fn propagate_eof(&mut self, from: usize) -> Result<(), End> {
+    /// the peer's send queue, then half-closes the peer. A spill asked for meanwhile leaves the
+    /// EOF to the next data path.
+    async fn propagate_eof(&mut self, from: usize) -> Result<(), Outcome> {
         let s = self.s;
         let to = if from == 0 { &s.server } else { &s.client };
         let limit = if from == 0 {
@@ -459,7 +462,7 @@ impl Run<'_> {
         let mut pause = Duration::from_micros(50);
         loop {
             if let Some(end) = self.broken() {
-                return Err(end);
+                return Err(Outcome::End(end));
             }
             let redirected = self.count()[from].bytes;
             let failed = |e: io::Error| {
@@ -468,7 +471,8 @@ impl Run<'_> {
             };
             // The FIN counts one in bytes_received.
             let received = tcp_info(if from == 0 { &s.client } else { &s.server })
-                .map_err(failed)?
+                .map_err(failed)
+                .map_err(Outcome::End)?
                 .tcpi_bytes_received
                 .saturating_sub(1);
             if redirected > received {
@@ -478,10 +482,11 @@ impl Run<'_> {
                     received,
                     "sockmap: more bytes redirected than received; the session is reset"
                 );
-                return Err(End::Reset);
+                return Err(Outcome::End(End::Reset));
             }
             let queued = queued_bytes(to)
-                .map_err(failed)?
+                .map_err(failed)
+                .map_err(Outcome::End)?
                 .saturating_sub(self.a.base[1 - from]);
             if redirected == received && queued >= redirected {
                 break;
@@ -498,15 +503,16 @@ impl Run<'_> {
                     queued,
                     "sockmap: the end of a stream was not handed on in time; the session is reset"
                 );
-                return Err(if from == 0 {
+                return Err(Outcome::End(if from == 0 {
                     End::ServerTimeout
                 } else {
                     End::ClientTimeout
-                });
+                }));
             }
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
-                _ = s.cut.cancelled() => return Err(cut_end(&s.svc)),
+                _ = self.spill.notified() => return Err(self.spilled().await),
+                _ = s.cut.cancelled() => return Err(Outcome::End(cut_end(&s.svc))),
             }
             pause = (pause * 2).min(Duration::from_millis(10));
         }
@@ -515,22 +521,10 @@ impl Run<'_> {
             Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
             Err(e) => {
                 tracing::debug!(error = %e, "shutdown(SHUT_WR) failed");
-                Err(End::Reset)
+                Err(Outcome::End(End::Reset))
             }
         }
     }
-}
-
-/// An error with its sources, on one line (aya's errors nest the errno).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
 }
 
 #[cfg(test)]
@@ -561,6 +555,9 @@ mod tests {
             size_of::<u32>(),
             "aya inserts fds as u32"
         );
+        let flows = &obj.maps["flows"];
+        assert_eq!(flows.key_size() as usize, size_of::<u64>());
+        assert_eq!(flows.value_size() as usize, size_of::<Flow>());
         let broken = &obj.maps["broken"];
         assert_eq!(broken.key_size() as usize, size_of::<u64>());
         assert_eq!(broken.value_size() as usize, size_of::<u8>());

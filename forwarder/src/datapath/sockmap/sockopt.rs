@@ -1,7 +1,7 @@
 //! The socket calls of the sockmap path: EOF and error waits, `TCP_INFO`, `SIOCOUTQ`,
-//! `SO_RCVLOWAT`, and the clock the program stamps activity with.
+//! `SIOCINQ`, `SO_RCVLOWAT`, and the clock the program stamps activity with.
 
-// unsafe: getsockopt(TCP_INFO), ioctl(SIOCOUTQ), setsockopt(SO_RCVLOWAT).
+// unsafe: getsockopt(TCP_INFO), ioctl(SIOCOUTQ, SIOCINQ), setsockopt(SO_RCVLOWAT).
 #![allow(unsafe_code)]
 
 use std::io;
@@ -63,6 +63,18 @@ pub(super) fn queued_bytes(sock: &TcpStream) -> io::Result<u64> {
         return Err(io::Error::last_os_error());
     }
     Ok(info.tcpi_bytes_acked + u64::try_from(outq).unwrap_or(0))
+}
+
+/// Bytes in `sock`'s receive queue not read yet (`SIOCINQ`; the FIN not counted). On a socket
+/// with a psock the kernel reports the psock's queue instead.
+pub(super) fn unread_bytes(sock: &TcpStream) -> io::Result<u64> {
+    let mut inq: libc::c_int = 0;
+    // SAFETY: SIOCINQ (== FIONREAD) writes one int to the pointer, which is valid.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::FIONREAD, &raw mut inq) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(u64::try_from(inq).unwrap_or(0))
 }
 
 /// Sets `SO_RCVLOWAT`. TCP calls `data_ready` (with a sockmap: the program) only once that many
